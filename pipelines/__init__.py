@@ -1,0 +1,3 @@
+"""Ray jobs: curate (raw audio → segment shards); later build, publish."""
+
+__version__ = "0.1.0"

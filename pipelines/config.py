@@ -1,0 +1,174 @@
+"""Typed configuration: one dataclass per stage, mirrored in YAML, overridden with ``key=value``.
+
+``load_config(Cls, file, overrides)`` validates everything before any work starts and raises one
+``ConfigError`` that lists every problem (unknown keys, wrong types, bad values) at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; ``problems`` holds every problem found."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def parse_overrides(pairs: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """``["vad.threshold=0.6", "name=x"]`` → ({"vad": {"threshold": 0.6}, "name": "x"}, problems)."""
+    tree: dict[str, Any] = {}
+    problems = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            problems.append(f"override {pair!r} is not key=value")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                problems.append(f"override {pair!r} conflicts with another override")
+                break
+        else:
+            node[parts[-1]] = value
+    return tree, problems
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(cls: type[T], file: str | None = None, overrides: list[str] = (),
+                extra: dict[str, Any] | None = None) -> T:
+    """Build ``cls`` from a YAML file, then ``extra``, then ``key=value`` overrides; validate it all."""
+    problems: list[str] = []
+    data: dict[str, Any] = {}
+    if file:
+        try:
+            with open(file, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f) or {}
+            if not isinstance(loaded, dict):
+                problems.append(f"{file}: top level must be a mapping, got {type(loaded).__name__}")
+            else:
+                data = loaded
+        except OSError as e:
+            problems.append(f"config file {file!r}: {e.strerror}")
+        except yaml.YAMLError as e:
+            problems.append(f"config file {file!r} is not valid YAML: {e}")
+    data = deep_merge(data, extra or {})
+    over, over_problems = parse_overrides(list(overrides))
+    problems += over_problems
+    data = deep_merge(data, over)
+    value = _build(cls, data, "", problems)
+    if not problems:
+        check = getattr(value, "validate", None)
+        problems += check() if check else []
+    if problems:
+        raise ConfigError(problems)
+    return value
+
+
+def _build(cls: type, data: Any, path: str, problems: list[str]) -> Any:
+    where = path or "config"
+    if not isinstance(data, dict):
+        problems.append(f"{where}: expected a mapping, got {type(data).__name__}")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            close = [n for n in fields if n.startswith(str(key)[:3])]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"{path + '.' if path else ''}{key}: unknown key{hint}; known: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _coerce(hints[name], data[name], f"{path + '.' if path else ''}{name}", problems)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        problems.append(f"{where}: {e}")
+        return None
+
+
+def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, problems)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(non_none[0], value, path, problems)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, (str, dict)) or not isinstance(value, (list, tuple)):
+            if isinstance(value, str) and item_tp is str:
+                return [value]
+            problems.append(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+            return []
+        return [_coerce(item_tp, v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a mapping, got {type(value).__name__}")
+            return {}
+        _, val_tp = typing.get_args(tp)
+        return {str(k): _coerce(val_tp, v, f"{path}.{k}", problems) for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{path}: expected a number, got {type(value).__name__} {value!r}")
+            return 0.0
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
+            return 0
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{path}: expected true or false, got {value!r}")
+            return False
+        return value
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            problems.append(f"{path}: expected a string, got {type(value).__name__}")
+            return ""
+        return str(value)
+    return value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg: Any, exclude: tuple[str, ...] = ()) -> str:
+    d = {k: v for k, v in to_dict(cfg).items() if k not in exclude}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def positive(problems: list[str], **values: float) -> None:
+    """Append a problem for each named value that is not > 0."""
+    for name, v in values.items():
+        if not v > 0:
+            problems.append(f"{name}: must be > 0, got {v}")

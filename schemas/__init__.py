@@ -1,0 +1,1 @@
+"""Record types shared by curation and training (see FORMAT.md)."""

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs everything audiomill needs on a fresh Debian/Ubuntu machine, idempotently:
+# Debian packages for decoding and test audio, then .venv with the pinned Python packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(ffmpeg libsndfile1 sox flac espeak-ng fluidsynth fluid-soundfont-gm
+              alsa-utils sound-theme-freedesktop klettres-data ktuberling-data)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+stamp=".venv/.installed-$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import ray, torch, soundfile, soxr, silero_vad, webdataset" 
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
