@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import types
@@ -80,9 +81,10 @@ def load_config(cls: type[T], file: str | None = None, overrides: list[str] = ()
     problems += over_problems
     data = deep_merge(data, over)
     value = _build(cls, data, "", problems)
-    if not problems:
-        check = getattr(value, "validate", None)
-        problems += check() if check else []
+    # Bad values fall back to defaults, so value checks (e.g. missing inputs) still run and report too.
+    check = getattr(value, "validate", None)
+    if value is not None and check is not None:
+        problems += check()
     if problems:
         raise ConfigError(problems)
     return value
@@ -92,18 +94,21 @@ def _build(cls: type, data: Any, path: str, problems: list[str]) -> Any:
     where = path or "config"
     if not isinstance(data, dict):
         problems.append(f"{where}: expected a mapping, got {type(data).__name__}")
-        return None
+        data = {}
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
-            close = [n for n in fields if n.startswith(str(key)[:3])]
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(f"{path + '.' if path else ''}{key}: unknown key{hint}; known: {', '.join(fields)}")
     kwargs = {}
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = _coerce(hints[name], data[name], f"{path + '.' if path else ''}{name}", problems)
+            before = len(problems)
+            value = _coerce(hints[name], data[name], f"{path + '.' if path else ''}{name}", problems)
+            if len(problems) == before or dataclasses.is_dataclass(hints[name]):
+                kwargs[name] = value
     try:
         return cls(**kwargs)
     except TypeError as e:

@@ -22,6 +22,7 @@ import soundfile as sf
 import soxr
 
 from processors.errors import (
+    CorruptAudio,
     EmptyAudio,
     NonFiniteAudio,
     TruncatedAudio,
@@ -106,7 +107,7 @@ def _iter_soundfile(
         try:
             data = f.read(n, dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError) as e:
-            raise UndecodableAudio(f"decode failed at frame {pos}: {e}") from None
+            raise CorruptAudio(f"decoding failed at frame {pos} of {f.frames}: {e}") from None
         if len(data) == 0:
             break
         pos += len(data)

@@ -25,6 +25,12 @@ class TruncatedAudio(MediaError):
     reason = "truncated"
 
 
+class CorruptAudio(MediaError):
+    """The header parsed but decoding failed part-way (a cut or damaged stream)."""
+
+    reason = "corrupt"
+
+
 class EmptyAudio(MediaError):
     reason = "empty"
 

@@ -1,0 +1,169 @@
+"""``make demo``: build a small corpus with known ground truth from packaged real audio and TTS (no
+downloads), then curate it on an embedded local Ray and print the summary.
+
+    python -m pipelines.demo OUT_DIR [key=value ...]
+
+Sources (Debian packages): alsa-utils and sound-theme-freedesktop sounds, klettres-data spoken letters
+(label = file name, language = folder), ktuberling-data spoken words, espeak-ng two-speaker dialogs with
+known text and turns, and music rendered with fluidsynth from generated MIDI and fluid-soundfont-gm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import yaml
+
+SHARE = Path("/usr/share")
+SOUNDFONT = SHARE / "sounds/sf2/FluidR3_GM.sf2"
+
+DIALOGS = [
+    [("en-us+m3", "Good morning. Did you finish the report about the river project?"),
+     ("en-us+f2", "Almost. I still need the water samples from the second site."),
+     ("en-us+m3", "They arrived yesterday. I will send them after lunch."),
+     ("en-us+f2", "Perfect, then we can present it on Friday.")],
+    [("en+m1", "Where should we put the new bookshelf?"),
+     ("en+f3", "Next to the window, where the light is good for reading."),
+     ("en+m1", "It is heavy. Can you help me carry it upstairs?"),
+     ("en+f3", "Of course. Let me find my gloves first.")],
+    [("en-us+f4", "Have you ever tried cooking rice in a clay pot?"),
+     ("en-us+m7", "Never. Does it taste different from a normal pan?"),
+     ("en-us+f4", "A little smoky, and the bottom gets crispy and golden."),
+     ("en-us+m7", "That sounds wonderful. Teach me this weekend.")],
+]
+
+
+def _tts(voice: str, text: str, path: Path) -> np.ndarray:
+    subprocess.run(["espeak-ng", "-v", voice, "-s", "160", "-w", str(path), text], check=True)
+    x, sr = sf.read(path, dtype="float32")
+    path.unlink()
+    import soxr
+
+    return soxr.resample(x, sr, 16000).astype(np.float32)
+
+
+def build_dialogs(dest: Path) -> None:
+    """Two-speaker dialogs: one WAV each plus a .json sidecar with the text and the speaker turns."""
+    dest.mkdir(parents=True, exist_ok=True)
+    gap = np.zeros(int(0.5 * 16000), np.float32)
+    for n, dialog in enumerate(DIALOGS):
+        parts, turns, t = [], [], 0.5
+        speakers = {v: f"S{i}" for i, v in enumerate(dict.fromkeys(v for v, _ in dialog))}
+        for voice, text in dialog:
+            x = _tts(voice, text, dest / "tmp.wav")
+            turns.append({"speaker": speakers[voice], "start_s": round(t, 3), "end_s": round(t + len(x) / 16000, 3)})
+            parts += [gap, x]
+            t += 0.5 + len(x) / 16000
+        sf.write(dest / f"dialog{n}.wav", np.concatenate(parts + [gap]), 16000, subtype="PCM_16")
+        side = {"text": " ".join(text for _, text in dialog), "language": "en",
+                "labels": {"speakers": {"count": len(speakers), "turns": turns, "by": "manifest"}}}
+        (dest / f"dialog{n}.json").write_text(json.dumps(side, indent=1))
+
+
+def _midi(notes: list[tuple[int, int, int]], program: int, tempo_us: int = 500000) -> bytes:
+    """Format-0 MIDI bytes from (start_tick, length_ticks, pitch), 480 ticks per beat."""
+    events = []
+    for start, length, pitch in notes:
+        events += [(start, 0x90, pitch, 90), (start + length, 0x80, pitch, 0)]
+    events.sort(key=lambda e: (e[0], e[1] == 0x90))
+    body = b"\x00\xff\x51\x03" + tempo_us.to_bytes(3, "big") + bytes([0, 0xC0, program])
+    now = 0
+    for tick, status, pitch, vel in events:
+        body += _varlen(tick - now) + bytes([status, pitch, vel])
+        now = tick
+    body += b"\x00\xff\x2f\x00"
+    return b"MThd" + struct.pack(">IHHH", 6, 0, 1, 480) + b"MTrk" + struct.pack(">I", len(body)) + body
+
+
+def _varlen(v: int) -> bytes:
+    out = [v & 0x7F]
+    while v := v >> 7:
+        out.insert(0, (v & 0x7F) | 0x80)
+    return bytes(out)
+
+
+def build_music(dest: Path) -> None:
+    """Short pieces (piano, strings, guitar) rendered with fluidsynth; one is long enough to be split."""
+    dest.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    scale = [57, 59, 60, 62, 64, 65, 67, 69, 71, 72]
+    for name, program, beats in [("piano", 0, 40), ("strings", 48, 28), ("guitar", 24, 96)]:
+        notes = []
+        for b in range(beats):
+            notes.append((b * 480, 440, int(rng.choice(scale)) + 12))
+            if b % 4 == 0:
+                root = int(rng.choice(scale[:5]))
+                notes += [(b * 480, 1900, root - 12), (b * 480, 1900, root - 5)]
+        mid = dest / f"{name}.mid"
+        mid.write_bytes(_midi(notes, program))
+        subprocess.run(["fluidsynth", "-ni", "-q", "-g", "0.7", "-r", "16000", "-F", str(dest / f"{name}.wav"),
+                        str(SOUNDFONT), str(mid)], check=True, stdout=subprocess.DEVNULL)
+        mid.unlink()
+
+
+def _copy_labelled(files: list[Path], dest: Path, language: str) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        shutil.copy(f, dest / f.name)
+        word = f.stem.replace("_", " ").lower()
+        (dest / f"{f.stem}.json").write_text(json.dumps({"text": word, "label": f.stem, "language": language}))
+
+
+def build_demo_corpus(root: Path, per_language: int = 6) -> Path:
+    """Build the corpus under ``root`` and return the curate config (YAML) that lists its sources."""
+    corpus = root / "corpus"
+    if corpus.exists():
+        shutil.rmtree(corpus)
+    for src, name in [(SHARE / "sounds/alsa", "alsa"), (SHARE / "sounds/freedesktop/stereo", "freedesktop")]:
+        (corpus / name).mkdir(parents=True)
+        for f in sorted(src.iterdir()):
+            shutil.copy(f, corpus / name / f.name)
+    for lang in ["en", "fr", "de", "it", "nl"]:
+        _copy_labelled(sorted((SHARE / "klettres" / lang / "alpha").glob("*.ogg"))[:per_language],
+                       corpus / "klettres" / lang, lang)
+        _copy_labelled(sorted((SHARE / "ktuberling/sounds" / lang).glob("*.ogg"))[:per_language],
+                       corpus / "ktuberling" / lang, lang)
+    build_dialogs(corpus / "dialogs")
+    build_music(corpus / "music")
+    sources = [
+        {"path": str(corpus / "alsa"), "corpus": "alsa-utils", "license": "GPL-2.0", "kind": "speech"},
+        {"path": str(corpus / "freedesktop"), "corpus": "sound-theme-freedesktop", "license": "CC-BY-SA-3.0"},
+        {"path": str(corpus / "klettres"), "corpus": "klettres", "license": "GPL-2.0-or-later", "kind": "speech"},
+        {"path": str(corpus / "ktuberling"), "corpus": "ktuberling", "license": "GPL-2.0-or-later", "kind": "speech"},
+        {"path": str(corpus / "dialogs"), "corpus": "espeak-dialogs", "license": "CC0-1.0", "kind": "speech"},
+        {"path": str(corpus / "music"), "corpus": "fluidsynth-music", "license": "MIT", "kind": "music"},
+    ]
+    config = root / "curate.yaml"
+    config.write_text(yaml.safe_dump({"name": "audiomill-demo", "sources": sources}, sort_keys=False))
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print("usage: python -m pipelines.demo OUT_DIR [key=value ...]", file=sys.stderr)
+        return 2
+    root = Path(argv[0]).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    config = build_demo_corpus(root)
+    n = sum(1 for _ in (root / "corpus").rglob("*") if _.suffix in (".wav", ".ogg", ".oga"))
+    print(f"[audiomill] demo corpus: {n} audio files under {root / 'corpus'}")
+    out = root / "segments"
+    if out.exists():
+        shutil.rmtree(out)
+    from pipelines.cli import main as cli
+
+    return cli(["curate", str(out), "--config", str(config), *argv[1:]])
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    sys.exit(main())

@@ -1,0 +1,58 @@
+import subprocess
+import sys
+
+import pytest
+
+from pipelines.config import ConfigError, load_config, parse_overrides
+from pipelines.curate import CurateConfig
+
+
+def test_overrides_parse_types():
+    tree, problems = parse_overrides(["vad.threshold=0.6", "name=x", "keep_work=true", "shards.max_samples=5"])
+    assert tree == {"vad": {"threshold": 0.6}, "name": "x", "keep_work": True, "shards": {"max_samples": 5}}
+    assert problems == []
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(CurateConfig, None, ["vad.treshold=0.6", "shards.max_samples=lots", "audio.chunk_s=true",
+                                         "bogus=1"], {"inputs": [str(tmp_path / "nope")], "output": str(tmp_path / "o")})
+    text = "\n".join(e.value.problems)
+    assert "vad.treshold: unknown key (did you mean 'threshold'?)" in text
+    assert "shards.max_samples: expected an integer" in text
+    assert "audio.chunk_s: expected a number" in text
+    assert "bogus: unknown key" in text
+    assert "does not exist" in text  # value checks run too, on defaults for the bad values
+    assert len(e.value.problems) == 5
+
+
+def test_value_checks(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(CurateConfig, None, ["vad.max_segment_s=45", "vad.threshold=1.5", "shards.target_mb=0"],
+                    {"inputs": [str(tmp_path / "nope")], "output": str(tmp_path / "o")})
+    text = "\n".join(e.value.problems)
+    for needle in ["does not exist", "exceeds the encoder window", "neg_threshold", "shards.target_mb: must be > 0"]:
+        assert needle in text
+
+
+def test_yaml_file_and_sources(tmp_path):
+    (tmp_path / "in").mkdir()
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(f"sources:\n  - path: {tmp_path / 'in'}\n    corpus: demo\n    kind: music\n"
+                        "vad:\n  threshold: 0.6\n")
+    cfg = load_config(CurateConfig, str(cfg_file), ["output=" + str(tmp_path / "o")])
+    assert cfg.vad.threshold == 0.6 and cfg.sources[0].corpus == "demo" and cfg.sources[0].kind == "music"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sources:\n  - path: x\n    kind: noise\n    colums: {}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(CurateConfig, str(bad), ["output=o"])
+    assert any("colums" in p for p in e.value.problems)
+
+
+def test_cli_config_error_fails_before_ray_starts(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pipelines.curate", str(tmp_path / "missing"), str(tmp_path / "o"),
+                          "vad.threshold=high", "nonsense=1"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "does not exist" in out.stderr and "vad.threshold: expected a number" in out.stderr
+    assert "nonsense: unknown key" in out.stderr
+    assert "Ray" not in out.stdout + out.stderr and not (tmp_path / "o").exists()
