@@ -17,16 +17,19 @@ import hashlib
 import json
 import os
 import posixpath
+import shutil
 import sys
 import time
 from collections import Counter, defaultdict
 from typing import Any
 
 import fsspec
+import fsspec.implementations.local
 
 from pipelines import __version__
 from pipelines.config import ConfigError, config_hash, load_config, positive
-from processors.dedup import DedupItem, NearParams, find_duplicates
+from processors.audio import iter_standardised
+from processors.dedup import DedupItem, SpectralVerifier, NearParams, find_duplicates
 from processors.probe import Probe, ProbeParams
 from processors.segment import SegmentParams
 from processors.sources import FORMATS, InputItem, SourceError, SourceSpec, check_source, list_inputs
@@ -51,6 +54,8 @@ class DedupConfig:
     near: bool = True
     min_matches: int = 12
     min_fraction: float = 0.2
+    min_coverage: float = 0.9
+    verify: bool = True          # confirm near candidates on dense fingerprints (decodes both files)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,9 +247,16 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
     summary = _summary(seen, rejects, stats, index_rows, sum(p.duration_s for p in probes), time.monotonic() - t0)
     _commit(cfg, fs, out, digest, shards, index_rows, rejects, summary)
     if not cfg.keep_work:
-        fs.rm(fsspec.core.url_to_fs(work)[1], recursive=True)
+        _remove_tree(fs, fsspec.core.url_to_fs(work)[1])
     print(format_summary(summary), flush=True)
     return summary
+
+
+def _remove_tree(fs, path: str) -> None:
+    if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+        shutil.rmtree(path)   # fsspec's local rm needs a current directory, which a job's may have lost
+    else:
+        fs.rm(path, recursive=True)
 
 
 def _claim_work(fs, work: str, digest: str) -> None:
@@ -324,8 +336,9 @@ def _dedup(cfg: CurateConfig, probes: list[Probe]) -> tuple[list[Probe], list[Re
     # Keep lossless over lossy, then the longest, then the first by uri.
     items = [DedupItem(p.uri, p.pcm_sha256 if cfg.dedup.exact else p.uri, p.fingerprint,
                        (not p.lossless, -p.duration_s, p.uri)) for p in probes]
-    near = NearParams(cfg.dedup.min_matches, cfg.dedup.min_fraction) if cfg.dedup.near else None
-    dups = find_duplicates(items, near)
+    d = cfg.dedup
+    near = NearParams(d.min_matches, d.min_fraction, min_coverage=d.min_coverage) if d.near else None
+    dups = find_duplicates(items, near, SpectralVerifier(lambda uri: iter_standardised(uri)) if d.verify else None)
     rejects = [Reject(uri, "dedup", "duplicate", f"{how} duplicate", duplicate_of=of)
                for uri, (of, how) in sorted(dups.items())]
     return [p for p in probes if p.uri not in dups], rejects

@@ -3,7 +3,9 @@ import pytest
 import soundfile as sf
 
 from processors.audio import iter_standardised, to_pcm16
-from processors.dedup import DedupItem, Fingerprinter, PcmHasher, find_duplicates
+from processors.dedup import DedupItem, SpectralVerifier, Fingerprinter, PcmHasher, find_duplicates
+
+VERIFY = SpectralVerifier(lambda uri: iter_standardised(uri))
 from tests.factories import ffmpeg, tts, write
 
 
@@ -38,7 +40,7 @@ def corpus(tmp_path_factory):
 def test_exact_and_near_duplicates_are_found_and_the_first_ranked_kept(corpus):
     names = ["a", "b", "same_voice_other_take", "copy", "gain", "trimmed", "resampled", "mp3"]
     items = [_item(corpus[n], i) for i, n in enumerate(names)]
-    dups = find_duplicates(items)
+    dups = find_duplicates(items, verify=VERIFY)
     a = str(corpus["a"])
     assert dups[str(corpus["copy"])] == (a, "exact")
     for n in ["gain", "trimmed", "resampled", "mp3"]:
@@ -62,3 +64,20 @@ def test_fingerprint_is_independent_of_block_size(corpus):
         prints.append(fp.finish())
     assert len(prints[0]) > 50
     assert all(np.array_equal(prints[0], p) for p in prints[1:])
+
+
+def test_template_sentences_sharing_most_audio_are_not_duplicates(tmp_path):
+    """TTS renders shared words sample-identically; only the differing word tells them apart."""
+    texts = ["Please turn on the kitchen lights now.", "Please turn on the bedroom lights now."]
+    texts += [f"Cluster test sentence {i} for the job." for i in range(6)]
+    items = [_item(write(tmp_path / f"t{i}.wav", np.concatenate([tts(t), np.zeros(8000, np.float32)])), i)
+             for i, t in enumerate(texts)]
+    assert find_duplicates(items, verify=VERIFY) == {}
+
+
+@pytest.mark.parametrize("offset", [777, 3333, 5000, 8000, 12345])
+def test_trims_at_any_sample_offset_are_found(corpus, tmp_path, offset):
+    x = sf.read(corpus["a"], dtype="float32")[0]
+    trimmed = write(tmp_path / "t.wav", x[offset:-1234])
+    dups = find_duplicates([_item(corpus["a"], 0), _item(trimmed, 1)], verify=VERIFY)
+    assert dups == {str(trimmed): (str(corpus["a"]), "near")}
