@@ -56,3 +56,20 @@ def test_cli_config_error_fails_before_ray_starts(tmp_path):
     assert "does not exist" in out.stderr and "vad.threshold: expected a number" in out.stderr
     assert "nonsense: unknown key" in out.stderr
     assert "Ray" not in out.stdout + out.stderr and not (tmp_path / "o").exists()
+
+
+def test_shipped_config_lists_every_key_with_its_default(tmp_path):
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "curate.yaml").read_text())
+    defaults = dataclasses.asdict(CurateConfig())
+    assert {k: v for k, v in shipped.items() if k != "sources"} == {
+        k: v for k, v in defaults.items() if k not in ("inputs", "output", "sources")}
+    (tmp_path / "in").mkdir()
+    shipped["sources"][0]["path"] = str(tmp_path / "in")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(shipped))
+    cfg = load_config(CurateConfig, str(tmp_path / "c.yaml"), ["output=o"])
+    assert cfg.sources[0].license == "CC-BY-4.0"
