@@ -160,6 +160,7 @@ def bench_lhotse(corpus: Path, out: Path) -> float:
                                            duration=ts["end"] - ts["start"], channel=rec.channel_ids))
     cuts = CutSet.from_manifests(recordings=recordings, supervisions=SupervisionSet.from_segments(sups))
     cuts = cuts.trim_to_supervisions(keep_overlapping=False)
+    (out / "shar").mkdir()
     cuts.to_shar(out / "shar", fields={"recording": "flac"}, shard_size=1000)
     return seconds / (_cpu() - c0)
 

@@ -89,8 +89,7 @@ def cut_batch(batch: dict[str, np.ndarray], work: str, params: SegmentParams) ->
             if samples:
                 atomic_write(posixpath.join(work, "parts", name + ".tar"), data)
             marker.update(ok=True, seconds=round(len(x) / 16000, 3),
-                          samples=[[w.key, w.size] for w in written],
-                          kinds=[[seg.kind, seg.duration_s] for seg, _ in cut])
+                          samples=[[w.key, w.size] for w in written])
         write_json(posixpath.join(work, "parts", name + ".json"), marker)
         done.append(name)
     return {"part": done}

@@ -7,7 +7,8 @@ Frames are silero's: 512 samples at 16 kHz = 32 ms. Regions are half-open ``(sta
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
+import importlib.util
+import os
 
 import numpy as np
 
@@ -23,28 +24,51 @@ def frames(seconds: float) -> int:
 
 
 class SileroVad:
-    """silero-vad's sequence model: one onnx call per block of frames, numpy in, probabilities out.
+    """silero-vad's sequence model (the onnx file shipped in the silero-vad package): one onnx call per
+    block of frames carrying the LSTM state, numpy in, probabilities out. Runs without importing torch.
 
     Loads once per worker (Ray calls ``__init__`` on the actor). ``probs(x)`` for 16 kHz float32 ``x`` of
     n samples returns ``ceil(n / 512)`` speech probabilities in [0, 1].
     """
 
     MODEL_FILE = "silero_vad_16k_sequence.onnx"
+    CONTEXT = 64
 
     def __init__(self, max_frames: int = 512, device: str = "cpu"):
+        spec = importlib.util.find_spec("silero_vad")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("VAD needs silero-vad: pip install silero-vad onnxruntime")
         try:
-            from silero_vad.sequence_vad import SileroVADSequence
+            import onnxruntime as ort
         except ImportError as e:
-            raise ImportError("VAD needs silero-vad and onnxruntime: pip install silero-vad onnxruntime") from e
-        path = importlib.resources.files("silero_vad") / "data" / self.MODEL_FILE
-        self._model = SileroVADSequence(str(path), sampling_rate=SR, max_frames=max_frames,
-                                        force_onnx_cpu=device == "cpu")
+            raise ImportError("VAD needs onnxruntime: pip install onnxruntime") from e
+        path = os.path.join(spec.submodule_search_locations[0], "data", self.MODEL_FILE)
+        opts = ort.SessionOptions()
+        opts.inter_op_num_threads = opts.intra_op_num_threads = 1
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        available = set(ort.get_available_providers())
+        self._session = ort.InferenceSession(path, sess_options=opts, providers=[p for p in providers if p in available])
+        self._max_frames = max_frames
         self.version = f"silero-vad@{_package_version('silero-vad')}"
 
     def probs(self, x: np.ndarray) -> np.ndarray:
-        if x.size == 0:
+        x = np.ascontiguousarray(x, np.float32)
+        n_frames = -(-len(x) // FRAME)
+        if n_frames == 0:
             return np.zeros(0, np.float32)
-        return self._model.audio_forward(np.ascontiguousarray(x, np.float32), sampling_rate=SR)
+        padded = np.zeros(n_frames * FRAME + self.CONTEXT, np.float32)
+        padded[self.CONTEXT:self.CONTEXT + len(x)] = x
+        # Frame i is its 512 samples prefixed by the 64 before them (zeros before the first).
+        windows = np.lib.stride_tricks.as_strided(
+            padded, shape=(n_frames, FRAME + self.CONTEXT), strides=(FRAME * 4, 4))
+        h = np.zeros((1, 1, 128), np.float32)
+        c = np.zeros((1, 1, 128), np.float32)
+        out = []
+        for i in range(0, n_frames, self._max_frames):
+            block = np.ascontiguousarray(windows[i:i + self._max_frames])
+            p, h, c = self._session.run(["speech_probs", "hn", "cn"], {"input": block, "h": h, "c": c})
+            out.append(p)
+        return np.concatenate(out).reshape(-1).astype(np.float32)
 
 
 def _package_version(name: str) -> str:

@@ -53,3 +53,12 @@ def test_silero_finds_tts_speech_between_silences(vad):
     assert len(regions) == 1
     start_s, end_s = regions[0][0] * FRAME / SR, regions[0][1] * FRAME / SR
     assert abs(start_s - 2.0) < 0.4 and abs(end_s - (2.0 + len(speech) / SR)) < 0.5
+
+
+def test_probabilities_match_the_silero_package_exactly(vad):
+    from silero_vad import load_silero_vad
+
+    x = np.concatenate([silence(0.3), tts("Compare with the reference implementation."), tone(0.7, 200, 0.1)])
+    reference = load_silero_vad(sequence=True).audio_forward(x, sampling_rate=SR)
+    assert np.array_equal(vad.probs(x), np.asarray(reference, np.float32))
+    assert vad.probs(np.zeros(0, np.float32)).shape == (0,)
