@@ -1,0 +1,269 @@
+"""Example shards → token sequences with loss masks → token-budget batches.
+
+Streaming uses the webdataset package: a deterministic, resampled shard order per rank (every rank sees
+the same number of steps, so DDP never waits on a rank that ran dry), tar reading with a handler that
+reports and skips a corrupt or truncated shard, and a sample shuffle buffer. The stream is a pure
+function of (shards, seed, rank, world), so a resumed run skips the samples it had consumed and continues
+with the same order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from schemas.example import Example
+from trainer.losses import IGNORE
+from trainer.model import audio_tokens
+
+log = logging.getLogger("audiomill.train")
+
+
+@dataclasses.dataclass
+class Encoded:
+    """One training sequence: ids, labels (-100 = no loss) and the audios its <|AUDIO|> runs stand for."""
+
+    input_ids: list[int]
+    labels: list[int]
+    audios: list[np.ndarray]
+    task: str = ""
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclasses.dataclass
+class PairEncoded:
+    """A DPO pair: the same prompt and audios with the chosen and the rejected reply."""
+
+    chosen: Encoded
+    rejected: Encoded
+    task: str = ""
+
+    def __len__(self) -> int:
+        return max(len(self.chosen), len(self.rejected))
+
+
+class Encoder:
+    """Turns examples into ``Encoded`` sequences exactly as Qwen2-Audio's processor would render them,
+    with the loss mask built piece by piece (prompt, audio and role headers never carry loss)."""
+
+    def __init__(self, tokenizer, chunk_s: int):
+        self.tok = tokenizer
+        self.chunk_s = chunk_s
+        ids = tokenizer.convert_tokens_to_ids
+        self.audio_bos, self.audio, self.audio_eos = ids("<|audio_bos|>"), ids("<|AUDIO|>"), ids("<|audio_eos|>")
+        self.im_start, self.im_end, self.eos = ids("<|im_start|>"), ids("<|im_end|>"), tokenizer.eos_token_id
+        self.newline = self._text("\n")
+
+    def _text(self, s: str) -> list[int]:
+        return self.tok.encode(s, add_special_tokens=False) if s else []
+
+    def _audio(self, x: np.ndarray) -> list[int]:
+        return [self.audio_bos] + [self.audio] * audio_tokens(len(x), self.chunk_s) + [self.audio_eos]
+
+    def pretrain(self, ex: Example, audios: list[np.ndarray]) -> Encoded:
+        prefix = [t for x in audios for t in self._audio(x)] + self._text(ex.prompt)
+        target = self._text(ex.target) + [self.eos]
+        return Encoded(prefix + target, [IGNORE] * len(prefix) + target, audios, ex.task)
+
+    def chat(self, messages: list[dict[str, Any]], audios: list[np.ndarray], reply: str | None = None,
+             task: str = "") -> Encoded:
+        """ChatML; loss on assistant content and its <|im_end|>. ``reply`` appends one assistant turn."""
+        if reply is not None:
+            messages = [*messages, {"role": "assistant", "content": [{"type": "text", "text": reply}]}]
+        ids: list[int] = []
+        labels: list[int] = []
+        for m in messages:
+            head = [self.im_start] + self._text(m["role"] + "\n")
+            body: list[int] = []
+            content = m["content"]
+            for c in ([{"type": "text", "text": content}] if isinstance(content, str) else content):
+                body += self._audio(audios[c["audio"]]) if c["type"] == "audio" else self._text(c["text"])
+            learn = m["role"] == "assistant"
+            ids += head + body + [self.im_end] + self.newline
+            labels += [IGNORE] * len(head) + (body + [self.im_end] if learn else [IGNORE] * (len(body) + 1))
+            labels += [IGNORE] * len(self.newline)
+        return Encoded(ids, labels, audios, task)
+
+    def prompt_ids(self, ex: Example, audios: list[np.ndarray]) -> list[int]:
+        """The generation prompt: pretrain prefix, or the chat up to ``<|im_start|>assistant\\n``."""
+        if ex.stage == "pretrain":
+            return [t for x in audios for t in self._audio(x)] + self._text(ex.prompt)
+        turns = _prompt_turns(ex)
+        return self.chat(turns, audios).input_ids + [self.im_start] + self._text("assistant\n")
+
+    def encode(self, ex: Example, audios: list[np.ndarray]) -> Encoded | PairEncoded:
+        if ex.stage == "pretrain":
+            return self.pretrain(ex, audios)
+        if ex.stage == "sft":
+            return self.chat(ex.messages, audios, task=ex.task)
+        turns = _prompt_turns(ex)
+        return PairEncoded(self.chat(turns, audios, ex.chosen), self.chat(turns, audios, ex.rejected), ex.task)
+
+
+def _prompt_turns(ex: Example) -> list[dict[str, Any]]:
+    """Messages up to the last user turn (an SFT example's final assistant turn is the answer)."""
+    msgs = list(ex.messages)
+    while msgs and msgs[-1]["role"] == "assistant":
+        msgs.pop()
+    return msgs
+
+
+def reference_answer(ex: Example) -> str:
+    """What a correct model says: the target, the last assistant turn, or DPO's chosen reply."""
+    if ex.stage == "pretrain":
+        return ex.target
+    if ex.stage == "dpo":
+        return ex.chosen
+    return "".join(c["text"] for c in ex.messages[-1]["content"] if c["type"] == "text")
+
+
+def decode_sample(sample: dict[str, Any]) -> tuple[Example, list[np.ndarray]]:
+    """A webdataset sample (``json`` + ``audio{i}.flac`` bytes) → the example and its 16 kHz audios."""
+    ex = Example.from_json(sample["json"])
+    audios = []
+    for ref in ex.audio:
+        ext = ref.member
+        if ext not in sample:
+            raise ValueError(f"{ex.id}: member {ext} missing")
+        x, sr = sf.read(io.BytesIO(sample[ext]), dtype="float32")
+        if sr != 16000 or x.ndim != 1:
+            raise ValueError(f"{ex.id}: {ext} is not 16 kHz mono")
+        audios.append(x)
+    return ex, audios
+
+
+class SkipCounter:
+    """webdataset handler: report a corrupt or truncated shard (or sample) and go on."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def __call__(self, exn: Exception) -> bool:
+        self.errors.append(f"{type(exn).__name__}: {exn}")
+        log.warning("skipping unreadable data: %s", self.errors[-1])
+        return True
+
+
+def shard_order(urls: list[str], seed: int, rank: int, world: int) -> Iterator[str]:
+    """Endless, reshuffled each epoch; rank r takes every world-th shard (all shards when there are
+    fewer shards than ranks, since samples are then split by index)."""
+    epoch = 0
+    while True:
+        order = sorted(urls)
+        random.Random(f"{seed}:{epoch}").shuffle(order)
+        yield from (order[rank::world] if len(order) >= world else order)
+        epoch += 1
+
+
+def sample_stream(urls: list[str], seed: int = 0, rank: int = 0, world: int = 1, shuffle_buffer: int = 64,
+                  skip: int = 0, errors: SkipCounter | None = None) -> Iterator[dict[str, Any]]:
+    """Raw samples (undecoded), deterministic for its arguments; ``skip`` fast-forwards a resumed run."""
+    import webdataset as wds
+
+    handler = errors or SkipCounter()
+    by_index = len(urls) < world
+    pipeline = wds.DataPipeline(
+        _url_dicts(shard_order(urls, seed, rank, world)),
+        wds.tarfile_to_samples(handler=handler),
+        wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=random.Random(seed * 1000 + rank)),
+    )
+    n = 0
+    for i, sample in enumerate(pipeline):
+        if by_index and i % world != rank:
+            continue
+        n += 1
+        if n <= skip:
+            continue
+        yield sample
+
+
+def _url_dicts(urls: Iterator[str]) -> Iterator[dict[str, str]]:
+    for u in urls:
+        yield {"url": u}
+
+
+def read_all(urls: list[str]) -> Iterator[tuple[Example, list[np.ndarray]]]:
+    """Every example of ``urls`` once, in shard order (for evaluation)."""
+    import webdataset as wds
+
+    for sample in wds.DataPipeline(wds.SimpleShardList(sorted(urls)), wds.tarfile_to_samples()):
+        yield decode_sample(sample)
+
+
+def token_batches(items: Iterator[Encoded | PairEncoded], max_tokens: int, max_batch: int = 64) -> Iterator[list]:
+    """Group consecutive items so that (batch size × longest sequence) stays within ``max_tokens``.
+    A single longer item forms a batch of its own."""
+    batch: list = []
+    longest = 0
+    for item in items:
+        n = len(item)
+        if batch and (max(longest, n) * (len(batch) + 1) > max_tokens or len(batch) >= max_batch):
+            yield batch
+            batch, longest = [], 0
+        batch.append(item)
+        longest = max(longest, n)
+    if batch:
+        yield batch
+
+
+def collate(items: list[Encoded], pad_id: int, feature_extractor) -> dict[str, Any]:
+    """Right-padded ids, labels and masks, plus Whisper features of every audio in order."""
+    import torch
+
+    width = max(len(e) for e in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for i, e in enumerate(items):
+        ids[i, : len(e)] = torch.tensor(e.input_ids)
+        labels[i, : len(e)] = torch.tensor(e.labels)
+        mask[i, : len(e)] = 1
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    audios = [a for e in items for a in e.audios]
+    if audios:
+        feats = feature_extractor(audios, sampling_rate=16000, return_attention_mask=True, padding="max_length",
+                                  return_tensors="pt")
+        batch["input_features"] = feats["input_features"]
+        batch["feature_attention_mask"] = feats["attention_mask"]
+    return batch
+
+
+def write_examples(out_dir: str, examples: list[tuple[Example, list[np.ndarray]]], per_shard: int = 100,
+                   prefix: str = "examples") -> list[str]:
+    """Write examples (with their audio) as example-layer shards plus a manifest; return the shard paths."""
+    import os
+
+    from processors.audio import encode_flac
+    from processors.shards import atomic_write, sha256_bytes, tar_bytes
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths, shards = [], []
+    for n, start in enumerate(range(0, len(examples), per_shard)):
+        samples = []
+        for ex, audios in examples[start:start + per_shard]:
+            members = [("json", ex.to_json().encode())]
+            members += [(ref.member, encode_flac(x)) for ref, x in zip(ex.audio, audios)]
+            samples.append((ex.id, members))
+        data, _ = tar_bytes(samples)
+        path = os.path.join(out_dir, f"{prefix}-{n:06d}.tar")
+        atomic_write(path, data)
+        paths.append(path)
+        shards.append({"name": os.path.basename(path), "bytes": len(data), "samples": len(samples),
+                       "sha256": sha256_bytes(data)})
+    counts: dict[str, int] = {}
+    for ex, _ in examples:
+        counts[f"{ex.stage}/{ex.task}"] = counts.get(f"{ex.stage}/{ex.task}", 0) + 1
+    manifest = {"schema": "audiomill.manifest/1", "layer": "examples", "record_schema": "audiomill.example/1",
+                "counts": counts, "shards": shards}
+    atomic_write(os.path.join(out_dir, "manifest.json"), json.dumps(manifest, indent=2, sort_keys=True).encode())
+    return paths

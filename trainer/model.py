@@ -1,0 +1,114 @@
+"""Qwen2-Audio models and processors for the three presets.
+
+- ``tiny``: 2-layer encoder and LM, 80 mel bins, 4 s audio window (100 audio tokens); CPU tests.
+- ``small``: 4-layer encoder, 4-layer LM, 80 mel bins, 30 s window; a CPU demo and a first GPU run.
+- ``qwen2-audio-7b``: an existing HF-format checkpoint from a local directory (``model_dir``).
+
+The tiny and small tokenizers are byte-level BPEs trained locally with ``tokenizers`` on the shards'
+text, with the Qwen2-Audio special tokens; the tokenizer travels with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
+AUDIO_SPAN = "<|audio_bos|><|AUDIO|><|audio_eos|>"
+
+# ChatML as Qwen2-Audio's processor renders it; an audio item is {"type": "audio", "audio": i}. No system
+# prompt is added: voice chat and audio analysis are told apart by the conversation itself.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    chunk_s: int               # audio window: mel frames = 100 × chunk_s = 2 × max_source_positions
+    num_mel_bins: int
+    encoder_layers: int
+    encoder_heads: int
+    d_model: int
+    encoder_ffn: int
+    lm_layers: int
+    lm_hidden: int
+    lm_heads: int
+    lm_kv_heads: int
+    lm_ffn: int
+    vocab_size: int
+
+
+PRESETS = {
+    "tiny": Preset(chunk_s=4, num_mel_bins=80, encoder_layers=2, encoder_heads=4, d_model=64, encoder_ffn=256,
+                   lm_layers=2, lm_hidden=64, lm_heads=4, lm_kv_heads=2, lm_ffn=256, vocab_size=1000),
+    "small": Preset(chunk_s=30, num_mel_bins=80, encoder_layers=4, encoder_heads=4, d_model=256, encoder_ffn=1024,
+                    lm_layers=4, lm_hidden=256, lm_heads=4, lm_kv_heads=2, lm_ffn=1024, vocab_size=4000),
+}
+LARGE_PRESETS = ("qwen2-audio-7b",)
+
+
+def audio_tokens(num_samples: int, chunk_s: int) -> int:
+    """Audio tokens the encoder emits for ``num_samples`` at 16 kHz (25 per second, window-capped):
+    mel frames (10 ms hop) → conv stride 2 → average pool 2. 2 s → 50; 30 s → 750."""
+    mel = min(-(-num_samples // 160), chunk_s * 100)
+    after_conv = (mel - 1) // 2 + 1
+    return (after_conv - 2) // 2 + 1
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A byte-level BPE trained on ``texts`` with the Qwen2-Audio special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=SPECIAL_TOKENS[1:])
+
+
+def build_processor(tokenizer, chunk_s: int, num_mel_bins: int = 80):
+    from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
+
+    fe = WhisperFeatureExtractor(feature_size=num_mel_bins, sampling_rate=16000, hop_length=160,
+                                 chunk_length=chunk_s, n_fft=400)
+    return Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+
+
+def build_model(preset: Preset, tokenizer, seed: int = 0):
+    """A randomly initialised Qwen2AudioForConditionalGeneration of ``preset`` for ``tokenizer``."""
+    import torch
+    from transformers import Qwen2AudioConfig, Qwen2AudioEncoderConfig, Qwen2AudioForConditionalGeneration, Qwen2Config
+
+    enc = Qwen2AudioEncoderConfig(num_mel_bins=preset.num_mel_bins, encoder_layers=preset.encoder_layers,
+                                  encoder_attention_heads=preset.encoder_heads, encoder_ffn_dim=preset.encoder_ffn,
+                                  d_model=preset.d_model, max_source_positions=preset.chunk_s * 50)
+    lm = Qwen2Config(vocab_size=len(tokenizer), hidden_size=preset.lm_hidden, intermediate_size=preset.lm_ffn,
+                     num_hidden_layers=preset.lm_layers, num_attention_heads=preset.lm_heads,
+                     num_key_value_heads=preset.lm_kv_heads, max_position_embeddings=4096, tie_word_embeddings=True,
+                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    cfg = Qwen2AudioConfig(audio_config=enc, text_config=lm,
+                           audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"))
+    torch.manual_seed(seed)
+    return Qwen2AudioForConditionalGeneration(cfg)
+
+
+def load_pretrained(path: str, dtype=None):
+    """Model and processor from a directory written by ``save_pretrained`` (ours or Qwen's)."""
+    from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
+
+    processor = Qwen2AudioProcessor.from_pretrained(path)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    return model, processor
+
+
+def chunk_seconds(processor) -> int:
+    return int(processor.feature_extractor.chunk_length)
