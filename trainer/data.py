@@ -173,7 +173,7 @@ def sample_stream(urls: list[str], seed: int = 0, rank: int = 0, world: int = 1,
     handler = errors or SkipCounter()
     by_index = len(urls) < world
     pipeline = wds.DataPipeline(
-        _url_dicts(shard_order(urls, seed, rank, world)),
+        lambda: _url_dicts(shard_order(urls, seed, rank, world)),
         wds.tarfile_to_samples(handler=handler),
         wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=random.Random(seed * 1000 + rank)),
     )

@@ -1,0 +1,31 @@
+import math
+
+import pytest
+import torch
+
+from trainer.losses import IGNORE, DPOLoss, count_targets, nll_sum, sequence_logprob, token_logprobs
+
+
+def test_dpo_loss_on_hand_computed_numbers():
+    # β = 0.5; chosen: policy -10, ref -12 → reward 1.0; rejected: policy -9, ref -8 → reward -0.5.
+    # loss = -log σ(1.0 - (-0.5)) = log(1 + e^-1.5) = 0.201413
+    losses, rc, rr = DPOLoss(beta=0.5)(torch.tensor([-10.0]), torch.tensor([-9.0]), torch.tensor([-12.0]),
+                                       torch.tensor([-8.0]))
+    assert losses.item() == pytest.approx(math.log1p(math.exp(-1.5)), abs=1e-6)
+    assert rc.item() == pytest.approx(1.0) and rr.item() == pytest.approx(-0.5)
+    # Equal policy and reference: zero margin, loss log 2.
+    same = DPOLoss(0.1)(torch.zeros(3), torch.zeros(3), torch.zeros(3), torch.zeros(3))[0]
+    assert torch.allclose(same, torch.full((3,), math.log(2)))
+
+
+def test_token_logprobs_pick_the_next_token_and_respect_the_mask():
+    logits = torch.log(torch.tensor([[[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]]]))
+    labels = torch.tensor([[IGNORE, 1, 2]])      # position 0 predicts label 1, position 1 predicts label 2
+    logps, mask = token_logprobs(logits, labels)
+    assert mask.tolist() == [[True, True]]
+    assert logps[0].tolist() == pytest.approx([math.log(0.2), math.log(0.1)], abs=1e-6)
+    assert sequence_logprob(logits, labels).item() == pytest.approx(math.log(0.2) + math.log(0.1), abs=1e-6)
+    masked = torch.tensor([[IGNORE, IGNORE, 2]])
+    assert sequence_logprob(logits, masked).item() == pytest.approx(math.log(0.1), abs=1e-6)
+    assert count_targets(masked) == 1
+    assert nll_sum(logits, masked).item() == pytest.approx(-math.log(0.1), abs=1e-5)

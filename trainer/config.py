@@ -1,0 +1,76 @@
+"""Training configuration: one dataclass, mirrored in YAML, overridden with ``key=value``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from trainer.model import LARGE_PRESETS, PRESETS
+
+STAGES = ("pretrain", "sft", "dpo")
+MODULES = ("encoder", "projector", "lm")
+# What each stage trains by default (the Qwen-Audio recipe). A preset built from scratch has a random
+# LM, so its pretrain stage trains the LM too.
+DEFAULT_TRAIN = {"pretrain": ("encoder", "projector"), "sft": ("projector", "lm"), "dpo": ("projector", "lm")}
+DEFAULT_STEPS = {"pretrain": 1000, "sft": 500, "dpo": 200}
+DEFAULT_LR = {"pretrain": 1e-3, "sft": 5e-4, "dpo": 5e-5}
+TRANSCRIPTION_TASKS = ("asr", "transcribe", "s2tt")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    examples: str = ""               # EXAMPLES_DIR: <stage>/*.tar for training, <stage>/eval/*.tar held out
+    output: str = ""                 # OUTPUT_DIR: <stage>/final, <stage>/eval.json, <stage>/checkpoints
+    stage: str = "pretrain"
+    preset: str = "tiny"             # tiny | small | qwen2-audio-7b
+    model_dir: str = ""              # start from this checkpoint ("" → a new model of the preset)
+    max_steps: int = 0               # 0 → the stage's default
+    lr: float = 0.0                  # 0 → the stage's default
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    max_tokens: int = 2048           # token budget of one micro-batch (audio tokens at 25/s + text)
+    max_batch: int = 64
+    grad_accum: int = 1
+    train_modules: list[str] = dataclasses.field(default_factory=list)   # [] → the stage's default
+    task_weights: dict[str, float] = dataclasses.field(default_factory=dict)  # sampling weight per task
+    beta: float = 0.1                # DPO
+    seed: int = 0
+    shuffle_buffer: int = 64
+    checkpoint_every: int = 200
+    eval_max_examples: int = 200
+    eval_max_new_tokens: int = 32
+    num_workers: int = 1             # Ray Train workers
+    use_gpu: bool = False
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    launcher: str = "ray"            # ray (Ray Train TorchTrainer) | local (same loop, this process)
+    vocab_size: int = 0              # 0 → the preset's
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.examples:
+            problems.append("examples: an EXAMPLES_DIR is required")
+        if not self.output:
+            problems.append("output: an OUTPUT_DIR is required")
+        if self.stage not in STAGES:
+            problems.append(f"stage: {self.stage!r} is not one of {', '.join(STAGES)}")
+        if self.preset not in PRESETS and self.preset not in LARGE_PRESETS:
+            problems.append(f"preset: {self.preset!r} is not one of {', '.join([*PRESETS, *LARGE_PRESETS])}")
+        if self.preset in LARGE_PRESETS and not self.model_dir:
+            problems.append(f"model_dir: preset {self.preset} loads a local HF-format checkpoint; set model_dir")
+        bad = [m for m in self.train_modules if m not in MODULES]
+        if bad:
+            problems.append(f"train_modules: {bad} not in {', '.join(MODULES)}")
+        if self.launcher not in ("ray", "local"):
+            problems.append("launcher: ray or local")
+        for name in ("max_tokens", "grad_accum", "num_workers", "max_batch", "checkpoint_every"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name}: must be > 0")
+        if self.max_steps < 0 or self.lr < 0:
+            problems.append("max_steps and lr: must be ≥ 0")
+        return problems
+
+    def steps(self) -> int:
+        return self.max_steps or DEFAULT_STEPS[self.stage]
+
+    def learning_rate(self) -> float:
+        return self.lr or DEFAULT_LR[self.stage]

@@ -1,0 +1,426 @@
+"""The training recipe: pretrain → SFT → DPO over example shards, one loop for all three stages.
+
+``run_stage(cfg)`` trains one stage on Ray Train (TorchTrainer, DDP; gloo on CPU) or in this process
+(``launcher=local``, the same loop with one rank). Each stage leaves ``OUTPUT/<stage>/final`` (model +
+processor by ``save_pretrained``), ``OUTPUT/<stage>/eval.json`` and resumable checkpoints under
+``OUTPUT/<stage>/checkpoints`` holding model, optimiser, scheduler, data position and RNG state.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import glob
+import json
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from trainer.config import DEFAULT_TRAIN, STAGES, TRANSCRIPTION_TASKS, TrainConfig
+from trainer.data import (Encoder, PairEncoded, SkipCounter, collate, decode_sample, read_all, reference_answer,
+                          sample_stream, token_batches)
+from trainer.losses import DPOLoss, count_targets, nll_sum, sequence_logprob
+from trainer.model import PRESETS, build_model, build_processor, chunk_seconds, load_pretrained, train_tokenizer
+
+log = logging.getLogger("audiomill.train")
+
+
+@dataclasses.dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+    ray: bool = False
+
+
+# ---- model set-up ----------------------------------------------------------------------------------
+
+def stage_shards(examples: str, stage: str, held_out: bool = False) -> list[str]:
+    folder = os.path.join(examples, stage, "eval") if held_out else os.path.join(examples, stage)
+    return sorted(glob.glob(os.path.join(folder, "*.tar")))
+
+
+def corpus_texts(examples: str) -> Iterator[str]:
+    """Every prompt, target and turn in the training shards of all stages (for the tokenizer)."""
+    for stage in STAGES:
+        for ex, _ in read_all(stage_shards(examples, stage)):
+            yield from (ex.prompt, ex.target, ex.chosen, ex.rejected)
+            for m in ex.messages:
+                for c in m["content"] if not isinstance(m["content"], str) else [{"type": "text", "text": m["content"]}]:
+                    if c["type"] == "text":
+                        yield c["text"]
+
+
+def load_or_build(cfg: TrainConfig) -> tuple[Any, Any, bool]:
+    """(model, processor, fresh): from ``model_dir`` if set, else a new model of the preset with a
+    tokenizer trained on the shards' text (deterministic, so every rank builds the same one)."""
+    if cfg.model_dir:
+        dtype = torch.bfloat16 if cfg.bf16 else None
+        model, processor = load_pretrained(cfg.model_dir, dtype=dtype)
+        return model, processor, False
+    preset = PRESETS[cfg.preset]
+    tok = train_tokenizer(corpus_texts(cfg.examples), cfg.vocab_size or preset.vocab_size)
+    processor = build_processor(tok, preset.chunk_s, preset.num_mel_bins)
+    return build_model(preset, tok, seed=cfg.seed), processor, True
+
+
+def set_trainable(model, modules: list[str] | tuple[str, ...]) -> int:
+    """Freeze everything but ``modules`` (encoder = audio tower, projector, lm = language model and
+    head); return the number of trainable parameters."""
+    inner = model.model
+    parts = {"encoder": [inner.audio_tower], "projector": [inner.multi_modal_projector],
+             "lm": [inner.language_model, model.lm_head]}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in modules:
+        for part in parts[m]:
+            for p in part.parameters():
+                p.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _core(model):
+    return model.module if hasattr(model, "module") else model
+
+
+# ---- the step ----------------------------------------------------------------------------------------
+
+def _to(batch: dict[str, Any], device) -> dict[str, Any]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _logits(model, batch: dict[str, Any], dtype) -> torch.Tensor:
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if dtype is not None and "input_features" in inputs:
+        inputs["input_features"] = inputs["input_features"].to(dtype)
+    return model(**inputs).logits
+
+
+def lm_step(model, micro: list[list], pad_id: int, fe, dist: Dist, dtype=None) -> dict[str, float]:
+    """Backward over micro-batches of ``Encoded``; the loss is normalised by the target tokens of the
+    whole accumulated (and, under DDP, global) batch, so accumulation and sharding leave it unchanged."""
+    batches = [collate(m, pad_id, fe) for m in micro]
+    tokens = torch.tensor(float(sum(count_targets(b["labels"]) for b in batches)))
+    if dist.world > 1:
+        torch.distributed.all_reduce(tokens)
+    total = 0.0
+    for b in batches:
+        b = _to(b, dist.device)
+        loss = nll_sum(_logits(model, b, dtype), b["labels"]) * dist.world / tokens.clamp(min=1)
+        loss.backward()
+        total += loss.item() / dist.world
+    return {"loss": total, "target_tokens": tokens.item()}
+
+
+def dpo_step(model, ref, micro: list[list[PairEncoded]], pad_id: int, fe, dist: Dist, loss_fn: DPOLoss,
+             dtype=None) -> dict[str, float]:
+    """Backward of the DPO loss over micro-batches of pairs; the reference runs without gradients."""
+    pairs = torch.tensor(float(sum(len(m) for m in micro)))
+    if dist.world > 1:
+        torch.distributed.all_reduce(pairs)
+    total, correct, margin = 0.0, 0.0, 0.0
+    for m in micro:
+        b = _to(collate([p.chosen for p in m] + [p.rejected for p in m], pad_id, fe), dist.device)
+        n = len(m)
+        logps = sequence_logprob(_logits(model, b, dtype), b["labels"])
+        with torch.no_grad():
+            ref_logps = sequence_logprob(_logits(ref, b, dtype), b["labels"])
+        losses, rc, rr = loss_fn(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:])
+        loss = losses.sum() * dist.world / pairs
+        loss.backward()
+        total += loss.item() / dist.world
+        correct += (rc > rr).float().sum().item()
+        margin += (rc - rr).sum().item()
+    count = sum(len(m) for m in micro)
+    return {"loss": total, "reward_accuracy": correct / count, "reward_margin": margin / count}
+
+
+# ---- data --------------------------------------------------------------------------------------------
+
+def encoded_stream(cfg: TrainConfig, encoder: Encoder, dist: Dist, skip: int, errors: SkipCounter) -> Iterator:
+    """Encoded examples of the stage, mixed by ``task_weights`` (rejection sampling, seeded)."""
+    urls = stage_shards(cfg.examples, cfg.stage)
+    if not urls:
+        raise FileNotFoundError(f"no example shards in {os.path.join(cfg.examples, cfg.stage)}")
+    weights = cfg.task_weights
+    top = max(weights.values()) if weights else 1.0
+    rng = random.Random(f"mix:{cfg.seed}:{dist.rank}")
+    for sample in sample_stream(urls, cfg.seed, dist.rank, dist.world, cfg.shuffle_buffer, skip, errors):
+        try:
+            ex, audios = decode_sample(sample)
+        except (ValueError, KeyError, RuntimeError) as e:
+            errors(e)
+            continue
+        if weights and rng.random() >= weights.get(ex.task, 0.0) / top:
+            continue
+        yield encoder.encode(ex, audios)
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------
+
+def latest_checkpoint(stage_dir: str) -> str | None:
+    found = glob.glob(os.path.join(stage_dir, "checkpoints", "step-*", "state.pt"))
+    if not found:
+        return None
+    return max(found, key=lambda p: int(re.search(r"step-(\d+)", p).group(1)))
+
+
+def save_checkpoint(stage_dir: str, step: int, model, opt, sched, consumed: int, processor) -> str:
+    folder = os.path.join(stage_dir, "checkpoints", f"step-{step:07d}")
+    tmp = folder + ".tmp"
+    os.makedirs(tmp, exist_ok=True)
+    state = {"model": _core(model).state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "step": step, "consumed": consumed, "torch_rng": torch.get_rng_state(),
+             "python_rng": list(random.getstate()[1]), "python_rng_pos": random.getstate()[2]}
+    torch.save(state, os.path.join(tmp, "state.pt"))
+    processor.save_pretrained(tmp)
+    if os.path.exists(folder):
+        import shutil
+
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def load_checkpoint(path: str, model, opt, sched) -> tuple[int, int]:
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    _core(model).load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate((3, tuple(int(v) for v in state["python_rng"]), state["python_rng_pos"]))
+    return int(state["step"]), int(state["consumed"])
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(cfg: TrainConfig, model, ref, processor, device) -> dict[str, Any]:
+    """Greedy generation on held-out examples: accuracy per classification task, WER on transcription;
+    after DPO, held-out reward accuracy and the chosen-vs-rejected likelihood shift."""
+    model.eval()
+    encoder = Encoder(processor.tokenizer, chunk_seconds(processor))
+    examples = list(read_all(stage_shards(cfg.examples, cfg.stage, held_out=True)))[: cfg.eval_max_examples]
+    if not examples:
+        return {"examples": 0}
+    if cfg.stage == "dpo":
+        return _eval_dpo(cfg, model, ref, processor, encoder, examples, device)
+    per_task: dict[str, dict[str, list]] = {}
+    eos = [processor.tokenizer.eos_token_id, processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    for ex, audios in examples:
+        ids = torch.tensor([encoder.prompt_ids(ex, audios)], device=device)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if audios:
+            f = processor.feature_extractor(audios, sampling_rate=16000, return_attention_mask=True,
+                                            padding="max_length", return_tensors="pt")
+            inputs["input_features"] = f["input_features"].to(device, model.dtype)
+            inputs["feature_attention_mask"] = f["attention_mask"].to(device)
+        out = model.generate(**inputs, max_new_tokens=cfg.eval_max_new_tokens, do_sample=False, eos_token_id=eos,
+                             pad_token_id=processor.tokenizer.pad_token_id)
+        hyp = processor.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        slot = per_task.setdefault(ex.task, {"hyp": [], "ref": []})
+        slot["hyp"].append(hyp)
+        slot["ref"].append(reference_answer(ex).strip())
+    result: dict[str, Any] = {"examples": len(examples), "tasks": {}}
+    for task, s in sorted(per_task.items()):
+        if task in TRANSCRIPTION_TASKS:
+            import jiwer
+
+            result["tasks"][task] = {"wer": jiwer.wer(s["ref"], s["hyp"]), "n": len(s["ref"])}
+        else:
+            acc = sum(_norm(h) == _norm(r) for h, r in zip(s["hyp"], s["ref"])) / len(s["ref"])
+            result["tasks"][task] = {"accuracy": acc, "n": len(s["ref"]), "chance": _chance(s["ref"])}
+        result["tasks"][task]["samples"] = list(zip(s["ref"], s["hyp"]))[:5]
+    return result
+
+
+def _norm(s: str) -> str:
+    return " ".join(s.lower().replace(".", " ").split())
+
+
+def _chance(refs: list[str]) -> float:
+    """Accuracy of always answering the most frequent reference."""
+    from collections import Counter
+
+    return Counter(map(_norm, refs)).most_common(1)[0][1] / len(refs)
+
+
+def _eval_dpo(cfg, model, ref, processor, encoder, examples, device) -> dict[str, Any]:
+    pairs = [encoder.encode(ex, audios) for ex, audios in examples]
+    correct, shift = 0, 0.0
+    for p in pairs:
+        b = _to(collate([p.chosen, p.rejected], processor.tokenizer.pad_token_id, processor.feature_extractor), device)
+        lp = sequence_logprob(_logits(model, b, None), b["labels"])
+        rp = sequence_logprob(_logits(ref, b, None), b["labels"])
+        rc, rr = cfg.beta * (lp[0] - rp[0]), cfg.beta * (lp[1] - rp[1])
+        correct += int(rc > rr)
+        shift += ((lp[0] - lp[1]) - (rp[0] - rp[1])).item()
+    return {"examples": len(pairs), "reward_accuracy": correct / len(pairs),
+            "chosen_minus_rejected_logp_shift": shift / len(pairs)}
+
+
+# ---- the loop ------------------------------------------------------------------------------------------
+
+def train_loop(config: dict[str, Any]) -> dict[str, Any]:
+    """The per-worker loop (Ray Train calls it on every worker; ``launcher=local`` calls it here)."""
+    cfg = TrainConfig(**{k: v for k, v in config.items() if not k.startswith("_")})
+    dist = _dist(config.get("_ray", False))
+    torch.manual_seed(cfg.seed + dist.rank)
+    random.seed(cfg.seed + dist.rank)
+    stage_dir = os.path.join(cfg.output, cfg.stage)
+    os.makedirs(stage_dir, exist_ok=True)
+    model, processor, fresh = load_or_build(cfg)
+    modules = cfg.train_modules or (list(DEFAULT_TRAIN[cfg.stage]) + (["lm"] if fresh and cfg.stage == "pretrain" else []))
+    n_trainable = set_trainable(model, modules)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    ref = None
+    if cfg.stage == "dpo":
+        ref = copy.deepcopy(model).eval().requires_grad_(False).to(dist.device)
+    dtype = torch.bfloat16 if cfg.bf16 else None
+    model.to(dist.device)
+    if cfg.bf16:
+        model.to(torch.bfloat16)
+    if dist.world > 1:
+        import ray.train.torch
+
+        model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay)
+    from transformers import get_cosine_schedule_with_warmup
+
+    sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.steps() // 10 + 1), cfg.steps())
+    step, consumed = 0, 0
+    resume = latest_checkpoint(stage_dir)
+    if resume:
+        step, consumed = load_checkpoint(resume, model, opt, sched)
+        _say(dist, f"resuming {cfg.stage} from {resume} (step {step}, {consumed} examples consumed)")
+    encoder = Encoder(processor.tokenizer, chunk_seconds(processor))
+    errors = SkipCounter()
+    batches = token_batches(encoded_stream(cfg, encoder, dist, consumed, errors), cfg.max_tokens, cfg.max_batch)
+    writer = _writer(stage_dir) if dist.rank == 0 else None
+    loss_fn = DPOLoss(cfg.beta)
+    pad, fe = processor.tokenizer.pad_token_id, processor.feature_extractor
+    _say(dist, f"{cfg.stage}: training {', '.join(modules)} ({n_trainable:,} parameters) for {cfg.steps()} steps "
+               f"on {dist.world} worker(s), device {dist.device}")
+    history = []
+    t_last, tokens_since = time.monotonic(), 0
+    model.train()
+    while step < cfg.steps():
+        micro = [next(batches) for _ in range(cfg.grad_accum)]
+        consumed += sum(len(m) for m in micro)
+        tokens_since += sum(len(e) for m in micro for e in m)
+        if cfg.stage == "dpo":
+            metrics = dpo_step(model, ref, micro, pad, fe, dist, loss_fn, dtype)
+        else:
+            metrics = lm_step(model, micro, pad, fe, dist, dtype)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        metrics["lr"] = sched.get_last_lr()[0]
+        history.append({"step": step, **metrics})
+        if step % 10 == 0 or step == cfg.steps():
+            elapsed = time.monotonic() - t_last
+            metrics["tokens_per_s"] = tokens_since * dist.world / max(elapsed, 1e-9)
+            t_last, tokens_since = time.monotonic(), 0
+            _log(writer, dist, cfg.stage, step, metrics)
+        if step % cfg.checkpoint_every == 0 and step < cfg.steps() and dist.rank == 0:
+            folder = save_checkpoint(stage_dir, step, model, opt, sched, consumed, processor)
+            _report(dist, {"step": step, **metrics}, folder)
+    result: dict[str, Any] = {"steps": step, "skipped_data": errors.errors[:20]}
+    if dist.rank == 0:
+        final = os.path.join(stage_dir, "final")
+        _core(model).save_pretrained(final)
+        processor.save_pretrained(final)
+        save_checkpoint(stage_dir, step, model, opt, sched, consumed, processor)
+        result["eval"] = evaluate(cfg, _core(model), ref, processor, dist.device)
+        result["train"] = {"final_loss": history[-1]["loss"] if history else None,
+                           "first_loss": history[0]["loss"] if history else None}
+        with open(os.path.join(stage_dir, "eval.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        if writer:
+            writer.close()
+        _say(dist, f"{cfg.stage}: done; eval {json.dumps(result['eval'])[:400]}")
+        _report(dist, {"step": step, "done": True}, os.path.join(stage_dir, "checkpoints", f"step-{step:07d}"))
+    return result
+
+
+def _dist(in_ray: bool) -> Dist:
+    if not in_ray:
+        return Dist()
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    return Dist(rank=ctx.get_world_rank(), world=ctx.get_world_size(), device=ray.train.torch.get_device(), ray=True)
+
+
+def _writer(stage_dir: str):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(os.path.join(stage_dir, "tensorboard"))
+
+
+def _log(writer, dist: Dist, stage: str, step: int, metrics: dict[str, float]) -> None:
+    if writer is not None:
+        for k, v in metrics.items():
+            writer.add_scalar(f"{stage}/{k}", v, step)
+    _say(dist, f"{stage} step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+
+def _say(dist: Dist, msg: str) -> None:
+    if dist.rank == 0:
+        print(f"[audiomill] {msg}", flush=True)
+
+
+def _report(dist: Dist, metrics: dict[str, Any], folder: str) -> None:
+    if dist.ray:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def run_stage(cfg: TrainConfig) -> dict[str, Any]:
+    """Train one stage with the configured launcher; return what ``eval.json`` holds."""
+    config = dataclasses.asdict(cfg)
+    if cfg.launcher == "local":
+        return train_loop(config)
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        ray.init(address=address) if address else ray.init(address="local", include_dashboard=False,
+                                                            log_to_driver=True)
+    trainer = TorchTrainer(
+        train_loop, train_loop_config={**config, "_ray": True},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        run_config=RunConfig(name=f"audiomill-{cfg.stage}", storage_path=os.path.abspath(os.path.join(cfg.output, "ray")),
+                             failure_config=FailureConfig(max_failures=1)),
+    )
+    trainer.fit()
+    with open(os.path.join(cfg.output, cfg.stage, "eval.json")) as f:
+        return json.load(f)
+
+
+def run_all(cfg: TrainConfig) -> dict[str, Any]:
+    """pretrain → SFT → DPO, each stage starting from the previous stage's final export."""
+    results, model_dir = {}, cfg.model_dir
+    for stage in STAGES:
+        if not stage_shards(cfg.examples, stage):
+            print(f"[audiomill] no {stage} shards in {cfg.examples}: stage skipped", flush=True)
+            continue
+        stage_cfg = dataclasses.replace(cfg, stage=stage, model_dir=model_dir)
+        results[stage] = run_stage(stage_cfg)
+        model_dir = os.path.join(cfg.output, stage, "final")
+    return results
