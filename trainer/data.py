@@ -35,6 +35,7 @@ class Encoded:
     labels: list[int]
     audios: list[np.ndarray]
     task: str = ""
+    position: int = -1     # index of its raw sample in the rank's stream (the resume point)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -47,6 +48,7 @@ class PairEncoded:
     chosen: Encoded
     rejected: Encoded
     task: str = ""
+    position: int = -1
 
     def __len__(self) -> int:
         return max(len(self.chosen), len(self.rejected))
@@ -166,8 +168,9 @@ def shard_order(urls: list[str], seed: int, rank: int, world: int) -> Iterator[s
 
 
 def sample_stream(urls: list[str], seed: int = 0, rank: int = 0, world: int = 1, shuffle_buffer: int = 64,
-                  skip: int = 0, errors: SkipCounter | None = None) -> Iterator[dict[str, Any]]:
-    """Raw samples (undecoded), deterministic for its arguments; ``skip`` fast-forwards a resumed run."""
+                  skip: int = 0, errors: SkipCounter | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(position, raw sample) pairs, deterministic for its arguments; ``skip`` fast-forwards a resumed
+    run past the first ``skip`` positions without decoding them."""
     import webdataset as wds
 
     handler = errors or SkipCounter()
@@ -184,7 +187,7 @@ def sample_stream(urls: list[str], seed: int = 0, rank: int = 0, world: int = 1,
         n += 1
         if n <= skip:
             continue
-        yield sample
+        yield n - 1, sample
 
 
 def _url_dicts(urls: Iterator[str]) -> Iterator[dict[str, str]]:

@@ -150,16 +150,18 @@ def encoded_stream(cfg: TrainConfig, encoder: Encoder, dist: Dist, skip: int, er
         raise FileNotFoundError(f"no example shards in {os.path.join(cfg.examples, cfg.stage)}")
     weights = cfg.task_weights
     top = max(weights.values()) if weights else 1.0
-    rng = random.Random(f"mix:{cfg.seed}:{dist.rank}")
-    for sample in sample_stream(urls, cfg.seed, dist.rank, dist.world, cfg.shuffle_buffer, skip, errors):
+    for position, sample in sample_stream(urls, cfg.seed, dist.rank, dist.world, cfg.shuffle_buffer, skip, errors):
         try:
             ex, audios = decode_sample(sample)
         except (ValueError, KeyError, RuntimeError) as e:
             errors(e)
             continue
-        if weights and rng.random() >= weights.get(ex.task, 0.0) / top:
+        # The draw depends on the position only, so a resumed run makes the same choices.
+        if weights and random.Random(f"mix:{cfg.seed}:{dist.rank}:{position}").random() >= weights.get(ex.task, 0.0) / top:
             continue
-        yield encoder.encode(ex, audios)
+        item = encoder.encode(ex, audios)
+        item.position = position
+        yield item
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------
@@ -314,7 +316,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     model.train()
     while step < cfg.steps():
         micro = [next(batches) for _ in range(cfg.grad_accum)]
-        consumed += sum(len(m) for m in micro)
+        consumed = micro[-1][-1].position + 1
         tokens_since += sum(len(e) for m in micro for e in m)
         if cfg.stage == "dpo":
             metrics = dpo_step(model, ref, micro, pad, fe, dist, loss_fn, dtype)
@@ -327,6 +329,9 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         step += 1
         metrics["lr"] = sched.get_last_lr()[0]
         history.append({"step": step, **metrics})
+        if dist.rank == 0:
+            with open(os.path.join(stage_dir, "train_log.jsonl"), "a") as f:
+                f.write(json.dumps({"step": step, **metrics}) + "\n")
         if step % 10 == 0 or step == cfg.steps():
             elapsed = time.monotonic() - t_last
             metrics["tokens_per_s"] = tokens_since * dist.world / max(elapsed, 1e-9)
