@@ -354,7 +354,7 @@ def _dedup(cfg: CurateConfig, probes: list[Probe]) -> tuple[list[Probe], list[Re
 
 def _segment_pass(cfg: CurateConfig, items: list[InputItem], probes: dict[str, Probe], work: str):
     import ray
-    from pipelines.stages import VadStage, cut_batch, decode_batch, read_json
+    from pipelines.stages import CudaVadStage, VadStage, cut_batch, decode_batch, read_json
 
     fs, wpath = fsspec.core.url_to_fs(work)
     done = {posixpath.basename(p)[:-5] for p in fs.glob(posixpath.join(wpath, "parts", "*.json"))}
@@ -371,9 +371,9 @@ def _segment_pass(cfg: CurateConfig, items: list[InputItem], probes: dict[str, P
         actors = r.vad_actors or max(1, _cpus() // 2)
         ds = (_dataset(rows, 4 * _cpus())
               .map_batches(decode_batch, batch_size=1, num_cpus=r.task_num_cpus)
-              .map_batches(VadStage, batch_size=r.vad_batch_size, num_cpus=r.vad_num_cpus, num_gpus=r.vad_num_gpus,
-                           compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-                           fn_constructor_kwargs={"device": "cuda" if r.vad_num_gpus else "cpu"})
+              .map_batches(CudaVadStage if r.vad_num_gpus else VadStage, batch_size=r.vad_batch_size,
+                           num_cpus=r.vad_num_cpus, num_gpus=r.vad_num_gpus,
+                           compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
               .map_batches(cut_batch, batch_size=1, num_cpus=r.task_num_cpus,
                            fn_kwargs={"work": work, "params": cfg.segment_params()}))
         for _ in ds.iter_batches(batch_size=None):

@@ -62,13 +62,22 @@ def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
 class VadStage:
     """Actor: loads silero-vad once, then adds per-frame speech probabilities (``probs``) to chunk rows."""
 
-    def __init__(self, device: str = "cpu"):
-        self.vad = SileroVad(device=device)
+    device = "cpu"
+
+    def __init__(self) -> None:
+        self.vad = SileroVad(device=self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         out: dict[str, Any] = {k: list(v) for k, v in batch.items()}
         out["probs"] = [self.vad.probs(np.asarray(pcm, np.float32)) for pcm in batch["pcm"]]
         return out
+
+
+class CudaVadStage(VadStage):
+    """The same on a GPU actor (onnxruntime's CUDA provider when installed). A subclass rather than a
+    constructor argument, so Ray keeps no constructor arguments in the object store for actor restarts."""
+
+    device = "cuda"
 
 
 def cut_batch(batch: dict[str, np.ndarray], work: str, params: SegmentParams) -> dict[str, list]:

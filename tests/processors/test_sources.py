@@ -84,3 +84,23 @@ def test_esc50_csv(tmp_path):
 def test_check_source_reports_problems(tmp_path):
     problems = check_source(SourceSpec(path=str(tmp_path / "nope"), format="mp4", kind="noise", columns={"x": "y"}))
     assert len(problems) == 4
+
+
+def test_fsspec_urls_are_listed_and_decoded(tmp_path):
+    """A non-local filesystem goes through fsspec for listing, sidecars and decoding (memory:// here;
+    s3:// and gs:// take the same path with the s3 / gcs extras)."""
+    import io
+
+    import fsspec
+    import soundfile as sf
+
+    from processors.audio import load_standardised
+
+    fs = fsspec.filesystem("memory")
+    buf = io.BytesIO()
+    sf.write(buf, tone(1.5, sr=22050), 22050, format="WAV")
+    fs.pipe("/remote/corpus/a.wav", buf.getvalue())
+    fs.pipe("/remote/corpus/a.txt", b"remote words")
+    items, rejects = list_inputs(SourceSpec(path="memory://remote/corpus"))
+    assert [(i.uri, i.text) for i in items] == [("memory:///remote/corpus/a.wav", "remote words")] and not rejects
+    assert len(load_standardised(items[0].uri)) == 24000

@@ -1,0 +1,78 @@
+"""Trainer throughput on CPU, measured side by side in one run.
+
+    .venv/bin/python bench/train.py [--steps 30]
+
+For the ``tiny`` and ``small`` presets: optimizer steps of the real loop (forward, backward, AdamW) →
+samples/s and tokens/s; and the loader alone (shard streaming, FLAC decode, encoding, token-budget
+batching and Whisper features) → samples/s, with its ratio to the trainer's consumption (goal ≥ 10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from tests.trainer.factory import build_language_id  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+from trainer.data import Encoder, SkipCounter, collate, token_batches  # noqa: E402
+from trainer.recipe import Dist, encoded_stream, lm_step, load_or_build, set_trainable  # noqa: E402
+
+
+def measure(examples: Path, preset: str, steps: int, max_tokens: int) -> dict[str, float]:
+    cfg = TrainConfig(examples=str(examples), output="unused", preset=preset, max_tokens=max_tokens)
+    model, processor, _ = load_or_build(cfg)
+    set_trainable(model, ["encoder", "projector", "lm"])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    enc = Encoder(processor.tokenizer, processor.feature_extractor.chunk_length)
+    pad, fe = processor.tokenizer.pad_token_id, processor.feature_extractor
+
+    def batches():
+        return token_batches(encoded_stream(cfg, enc, Dist(), 0, SkipCounter()), max_tokens)
+
+    stream = batches()
+    lm_step(model, [next(stream)], pad, fe, Dist())  # warm-up
+    opt.zero_grad()
+    samples = tokens = 0
+    t0 = time.perf_counter()
+    for batch in itertools.islice(stream, steps):
+        lm_step(model, [batch], pad, fe, Dist())
+        opt.step()
+        opt.zero_grad()
+        samples += len(batch)
+        tokens += sum(len(e) for e in batch)
+    train_s = time.perf_counter() - t0
+    loader_samples = 0
+    t0 = time.perf_counter()
+    for batch in itertools.islice(batches(), steps * 3):
+        collate(batch, pad, fe)
+        loader_samples += len(batch)
+    loader_s = time.perf_counter() - t0
+    params = sum(p.numel() for p in model.parameters())
+    return {"params": params, "train_samples_s": samples / train_s, "train_tokens_s": tokens / train_s,
+            "loader_samples_s": loader_samples / loader_s, "ratio": (loader_samples / loader_s) / (samples / train_s)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=30)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory(prefix="audiomill-bench-train-") as tmp:
+        build_language_id(Path(tmp))
+        for preset, max_tokens in [("tiny", 2000), ("small", 8000)]:
+            r = measure(Path(tmp), preset, args.steps, max_tokens)
+            print(f"{preset:6s} {r['params'] / 1e6:6.2f} M params  train {r['train_samples_s']:7.1f} samples/s "
+                  f"{r['train_tokens_s']:8.0f} tokens/s   loader {r['loader_samples_s']:7.1f} samples/s   "
+                  f"loader/consumption {r['ratio']:5.1f} (goal ≥ 10)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
