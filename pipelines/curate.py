@@ -59,17 +59,6 @@ class DedupConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class VadConfig:
-    threshold: float = 0.5
-    neg_threshold: float = 0.35
-    min_speech_s: float = 0.25
-    min_silence_s: float = 0.1
-    merge_gap_s: float = 0.5
-    max_segment_s: float = 30.0
-    pad_s: float = 0.2
-
-
-@dataclasses.dataclass(frozen=True)
 class SegmentConfig:
     min_segment_s: float = 0.3
     min_nonspeech_s: float = 0.25
@@ -91,6 +80,7 @@ class RayConfig:
     object_store_mb: int = 1024  # embedded Ray only
     vad_actors: int = 0          # 0 → one per 2 CPUs, at least 1
     task_num_cpus: float = 1.0   # CPUs reserved per decode / cut / pack task
+    decode_tasks: int = 0        # decode tasks in flight; 0 → 2 per VAD actor (bounds decoded audio in memory)
     vad_batch_size: int = 4
     vad_num_cpus: float = 0.5
     vad_num_gpus: float = 0.0
@@ -116,7 +106,7 @@ class CurateConfig:
     keep_work: bool = False
     audio: AudioConfig = AudioConfig()
     dedup: DedupConfig = DedupConfig()
-    vad: VadConfig = VadConfig()
+    vad: VadParams = VadParams()
     segment: SegmentConfig = SegmentConfig()
     shards: ShardConfig = ShardConfig()
     ray: RayConfig = RayConfig()
@@ -157,7 +147,7 @@ class CurateConfig:
 
     def segment_params(self) -> SegmentParams:
         s = self.segment
-        return SegmentParams(vad=VadParams(**dataclasses.asdict(self.vad)), min_segment_s=s.min_segment_s,
+        return SegmentParams(vad=self.vad, min_segment_s=s.min_segment_s,
                              min_nonspeech_s=s.min_nonspeech_s, silence_dbfs=s.silence_dbfs,
                              whole_utterances=s.whole_utterances)
 
@@ -370,7 +360,8 @@ def _segment_pass(cfg: CurateConfig, items: list[InputItem], probes: dict[str, P
         r = cfg.ray
         actors = r.vad_actors or max(1, _cpus() // 2)
         ds = (_dataset(rows, 4 * _cpus())
-              .map_batches(decode_batch, batch_size=1, num_cpus=r.task_num_cpus)
+              .map_batches(decode_batch, batch_size=1, num_cpus=r.task_num_cpus,
+                           compute=ray.data.TaskPoolStrategy(size=r.decode_tasks or 2 * actors))
               .map_batches(CudaVadStage if r.vad_num_gpus else VadStage, batch_size=r.vad_batch_size,
                            num_cpus=r.vad_num_cpus, num_gpus=r.vad_num_gpus,
                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))

@@ -26,7 +26,7 @@ from trainer.config import DEFAULT_TRAIN, STAGES, TRANSCRIPTION_TASKS, TrainConf
 from trainer.data import (Encoder, PairEncoded, SkipCounter, collate, decode_sample, read_all, reference_answer,
                           sample_stream, token_batches)
 from trainer.losses import DPOLoss, count_targets, nll_sum, sequence_logprob
-from trainer.model import PRESETS, build_model, build_processor, chunk_seconds, load_pretrained, train_tokenizer
+from trainer.model import LARGE_PRESETS, PRESETS, build_model, build_processor, chunk_seconds, load_pretrained, train_tokenizer
 
 log = logging.getLogger("audiomill.train")
 
@@ -273,6 +273,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     """The per-worker loop (Ray Train calls it on every worker; ``launcher=local`` calls it here)."""
     cfg = TrainConfig(**{k: v for k, v in config.items() if not k.startswith("_")})
     dist = _dist(config.get("_ray", False))
+    if not dist.ray and cfg.use_gpu and torch.cuda.is_available():
+        dist.device = torch.device("cuda")
     torch.manual_seed(cfg.seed + dist.rank)
     random.seed(cfg.seed + dist.rank)
     stage_dir = os.path.join(cfg.output, cfg.stage)
@@ -292,7 +294,10 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     if dist.world > 1:
         import ray.train.torch
 
-        model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+        if cfg.preset in LARGE_PRESETS:   # shard parameters, gradients and optimiser state
+            model = ray.train.torch.prepare_model(model, parallel_strategy="fsdp")
+        else:
+            model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay)
     from transformers import get_cosine_schedule_with_warmup
