@@ -217,6 +217,7 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
     _claim_work(fs, work, digest)
 
     items, rejects = _list_all(cfg)
+    seen = len(items) + len(rejects)   # every listed input; each ends accepted or with one reject
     init_ray(cfg.ray)
     t_ray = time.monotonic()
     _say(f"{len(items)} inputs listed, {len(rejects)} rejected while listing; Ray ready in {t_ray - t0:.1f} s")
@@ -224,7 +225,7 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
     probes, probe_rejects = _probe_pass(cfg, items, work)
     t_probe = time.monotonic()
     rejects += probe_rejects
-    _check_budget(cfg, len(items) + len(rejects) - len(probe_rejects), len(rejects))
+    _check_budget(cfg, seen, len(rejects))
     kept, dup_rejects = _dedup(cfg, probes)
     rejects += dup_rejects
     t_dedup = time.monotonic()
@@ -240,7 +241,6 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
     shards, index_rows = _pack(cfg, plans, out)
     _say(f"packed in {time.monotonic() - t_seg:.1f} s")
 
-    seen = len(items) + sum(1 for r in rejects if r.stage == "list")
     summary = _summary(seen, rejects, index_rows, sum(p.duration_s for p in probes),
                        time.monotonic() - t0, time.monotonic() - t_ray)
     _commit(cfg, fs, out, digest, shards, index_rows, rejects, summary)

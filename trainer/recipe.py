@@ -229,17 +229,22 @@ def evaluate(cfg: TrainConfig, model, ref, processor, device) -> dict[str, Any]:
         slot = per_task.setdefault(ex.task, {"hyp": [], "ref": []})
         slot["hyp"].append(hyp)
         slot["ref"].append(reference_answer(ex).strip())
-    result: dict[str, Any] = {"examples": len(examples), "tasks": {}}
-    for task, s in sorted(per_task.items()):
-        if task in TRANSCRIPTION_TASKS:
-            import jiwer
+    return {"examples": len(examples),
+            "tasks": {task: score_task(task, s["ref"], s["hyp"]) for task, s in sorted(per_task.items())}}
 
-            result["tasks"][task] = {"wer": jiwer.wer(s["ref"], s["hyp"]), "n": len(s["ref"])}
-        else:
-            acc = sum(_norm(h) == _norm(r) for h, r in zip(s["hyp"], s["ref"])) / len(s["ref"])
-            result["tasks"][task] = {"accuracy": acc, "n": len(s["ref"]), "chance": _chance(s["ref"])}
-        result["tasks"][task]["samples"] = list(zip(s["ref"], s["hyp"]))[:5]
-    return result
+
+def score_task(task: str, refs: list[str], hyps: list[str]) -> dict[str, Any]:
+    """WER (jiwer) for transcription tasks; exact-match accuracy (case and full stops ignored) with the
+    majority-answer chance level for the rest; plus a few (reference, hypothesis) samples."""
+    if task in TRANSCRIPTION_TASKS:
+        import jiwer
+
+        out: dict[str, Any] = {"wer": jiwer.wer([_norm(r) for r in refs], [_norm(h) for h in hyps]), "n": len(refs)}
+    else:
+        acc = sum(_norm(h) == _norm(r) for h, r in zip(hyps, refs)) / len(refs)
+        out = {"accuracy": acc, "n": len(refs), "chance": _chance(refs)}
+    out["samples"] = list(zip(refs, hyps))[:5]
+    return out
 
 
 def _norm(s: str) -> str:

@@ -29,3 +29,12 @@ def test_token_logprobs_pick_the_next_token_and_respect_the_mask():
     assert sequence_logprob(logits, masked).item() == pytest.approx(math.log(0.1), abs=1e-6)
     assert count_targets(masked) == 1
     assert nll_sum(logits, masked).item() == pytest.approx(-math.log(0.1), abs=1e-5)
+
+
+def test_scores_by_task_kind():
+    from trainer.recipe import score_task
+
+    asr = score_task("asr", ["the cat sat", "hello world"], ["the cat sit", "hello world"])
+    assert asr["wer"] == pytest.approx(1 / 5) and asr["n"] == 2
+    lid = score_task("lid", ["english", "french", "english", "german"], ["English.", "german", "english", "german"])
+    assert lid["accuracy"] == 0.75 and lid["chance"] == 0.5
