@@ -347,8 +347,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
             metrics["tokens_per_s"] = tokens_since * dist.world / max(elapsed, 1e-9)
             t_last, tokens_since = time.monotonic(), 0
             _log(writer, dist, cfg.stage, step, metrics)
-        if step % cfg.checkpoint_every == 0 and step < cfg.steps() and dist.rank == 0:
-            folder = save_checkpoint(stage_dir, step, model, opt, sched, consumed, processor)
+        if step % cfg.checkpoint_every == 0 and step < cfg.steps():
+            folder = save_checkpoint(stage_dir, step, model, opt, sched, consumed, processor) if dist.rank == 0 else None
             _report(dist, {"step": step, **metrics}, folder)
     result: dict[str, Any] = {"steps": step, "skipped_data": errors.errors[:20]}
     if dist.rank == 0:
@@ -364,7 +364,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         if writer:
             writer.close()
         _say(dist, f"{cfg.stage}: done; eval {json.dumps(result['eval'])[:400]}")
-        _report(dist, {"step": step, "done": True}, os.path.join(stage_dir, "checkpoints", f"step-{step:07d}"))
+    final_ckpt = os.path.join(stage_dir, "checkpoints", f"step-{step:07d}") if dist.rank == 0 else None
+    _report(dist, {"step": step, "done": True}, final_ckpt)
     return result
 
 
@@ -396,11 +397,13 @@ def _say(dist: Dist, msg: str) -> None:
         print(f"[audiomill] {msg}", flush=True)
 
 
-def _report(dist: Dist, metrics: dict[str, Any], folder: str) -> None:
+def _report(dist: Dist, metrics: dict[str, Any], folder: str | None) -> None:
+    """Every rank reports (Ray Train synchronises on it); only rank 0 hands over the checkpoint."""
     if dist.ray:
         import ray.train
 
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
+        ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def run_stage(cfg: TrainConfig) -> dict[str, Any]:
