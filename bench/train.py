@@ -67,8 +67,8 @@ def main() -> None:
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory(prefix="audiomill-bench-train-") as tmp:
         build_language_id(Path(tmp))
-        for preset, max_tokens in [("tiny", 2000), ("small", 8000)]:
-            r = measure(Path(tmp), preset, args.steps, max_tokens)
+        for preset, max_tokens, steps in [("tiny", 2000, args.steps), ("small", 1200, max(3, args.steps // 3))]:
+            r = measure(Path(tmp), preset, steps, max_tokens)
             print(f"{preset:6s} {r['params'] / 1e6:6.2f} M params  train {r['train_samples_s']:7.1f} samples/s "
                   f"{r['train_tokens_s']:8.0f} tokens/s   loader {r['loader_samples_s']:7.1f} samples/s   "
                   f"loader/consumption {r['ratio']:5.1f} (goal ≥ 10)", flush=True)
