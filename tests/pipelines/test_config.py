@@ -59,6 +59,7 @@ def test_cli_config_error_fails_before_ray_starts(tmp_path):
 
 
 def test_shipped_config_lists_every_key_with_its_default(tmp_path):
+    """configs/curate.yaml is written by scripts/write_configs.py; rerun it after changing a default."""
     import dataclasses
     from pathlib import Path
 

@@ -1,0 +1,23 @@
+"""`audiomill train-all` runs pretrain → SFT → DPO from example shards, each stage from the last one's export."""
+
+import json
+import subprocess
+import sys
+
+from tests.trainer.factory import build_language_id
+
+
+def test_train_all_cli_runs_every_stage(tmp_path):
+    build_language_id(tmp_path / "ex")
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "pipelines.cli", "train-all", str(tmp_path / "ex"), str(out),
+                          "launcher=local", "max_steps=4", "max_tokens=600", "eval_max_examples=4"],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for stage in ("pretrain", "sft", "dpo"):
+        assert (out / stage / "final" / "model.safetensors").exists()
+        assert (out / stage / "final" / "tokenizer.json").exists()
+        result = json.loads((out / stage / "eval.json").read_text())
+        assert result["steps"] == 4 and result["eval"]["examples"] == 4
+        assert list((out / stage / "tensorboard").iterdir())
+    assert "reward_accuracy" in json.loads((out / "dpo" / "eval.json").read_text())["eval"]
