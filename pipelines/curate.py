@@ -40,15 +40,6 @@ MANIFEST_SCHEMA = "audiomill.manifest/1"
 
 
 @dataclasses.dataclass(frozen=True)
-class AudioConfig:
-    min_duration_s: float = 0.1
-    duration_tolerance_s: float = 0.25
-    silence_peak_dbfs: float = -70.0
-    chunk_s: float = 300.0
-    block_s: float = 20.0
-
-
-@dataclasses.dataclass(frozen=True)
 class DedupConfig:
     exact: bool = True
     near: bool = True
@@ -56,14 +47,6 @@ class DedupConfig:
     min_fraction: float = 0.2
     min_coverage: float = 0.9
     verify: bool = True          # confirm near candidates on dense fingerprints (decodes both files)
-
-
-@dataclasses.dataclass(frozen=True)
-class SegmentConfig:
-    min_segment_s: float = 0.3
-    min_nonspeech_s: float = 0.25
-    silence_dbfs: float = -55.0
-    whole_utterances: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,10 +87,10 @@ class CurateConfig:
     version: str = "1"
     parent_version: str = ""
     keep_work: bool = False
-    audio: AudioConfig = AudioConfig()
+    audio: ProbeParams = ProbeParams()
     dedup: DedupConfig = DedupConfig()
     vad: VadParams = VadParams()
-    segment: SegmentConfig = SegmentConfig()
+    segment: SegmentParams = SegmentParams()
     shards: ShardConfig = ShardConfig()
     ray: RayConfig = RayConfig()
     errors: ErrorConfig = ErrorConfig()
@@ -138,18 +121,6 @@ class CurateConfig:
         if not 0 < self.errors.max_reject_fraction <= 1:
             problems.append("errors.max_reject_fraction: must be in (0, 1]")
         return problems
-
-    def probe_params(self) -> ProbeParams:
-        a = self.audio
-        return ProbeParams(min_duration_s=a.min_duration_s, duration_tolerance_s=a.duration_tolerance_s,
-                           silence_peak_dbfs=a.silence_peak_dbfs, chunk_s=a.chunk_s, block_s=a.block_s,
-                           fingerprint=self.dedup.near)
-
-    def segment_params(self) -> SegmentParams:
-        s = self.segment
-        return SegmentParams(vad=self.vad, min_segment_s=s.min_segment_s,
-                             min_nonspeech_s=s.min_nonspeech_s, silence_dbfs=s.silence_dbfs,
-                             whole_utterances=s.whole_utterances)
 
 
 def parse_input(text: str, license: str, split: str) -> SourceSpec:
@@ -302,7 +273,8 @@ def _probe_pass(cfg: CurateConfig, items: list[InputItem], work: str) -> tuple[l
     todo = [{**it.to_row(), "unit": _unit(it.uri)} for it in items if _unit(it.uri) not in done]
     if todo:
         ds = _dataset(todo, 4 * _cpus()).map_batches(
-            probe_batch, batch_size=1, num_cpus=1, fn_kwargs={"work": work, "params": cfg.probe_params()})
+            probe_batch, batch_size=1, num_cpus=1,
+            fn_kwargs={"work": work, "params": cfg.audio, "fingerprint": cfg.dedup.near})
         for _ in ds.iter_batches(batch_size=None):
             pass
     probes, rejects = [], []
@@ -366,7 +338,7 @@ def _segment_pass(cfg: CurateConfig, items: list[InputItem], probes: dict[str, P
                            num_cpus=r.vad_num_cpus, num_gpus=r.vad_num_gpus,
                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
               .map_batches(cut_batch, batch_size=1, num_cpus=r.task_num_cpus,
-                           fn_kwargs={"work": work, "params": cfg.segment_params()}))
+                           fn_kwargs={"work": work, "params": cfg.segment, "vad": cfg.vad}))
         for _ in ds.iter_batches(batch_size=None):
             pass
     units, rejects = [], []

@@ -18,7 +18,7 @@ from processors.probe import ProbeParams, probe
 from processors.segment import SegmentParams, cut_chunk, plan_chunk
 from processors.shards import Sample, atomic_write, tar_bytes
 from processors.sources import InputItem
-from processors.vad import SileroVad
+from processors.vad import SileroVad, VadParams
 
 
 def read_json(url: str) -> Any:
@@ -30,13 +30,13 @@ def write_json(url: str, obj: Any) -> None:
     atomic_write(url, json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
 
 
-def probe_batch(batch: dict[str, np.ndarray], work: str, params: ProbeParams) -> dict[str, list]:
+def probe_batch(batch: dict[str, np.ndarray], work: str, params: ProbeParams, fingerprint: bool = True) -> dict[str, list]:
     """Probe each input; write ``probe/<unit>.json`` holding the probe or the reject."""
     units = []
     for row in _rows(batch):
         item = InputItem.from_row(row)
         try:
-            result = {"ok": True, "probe": probe(item, params).to_json_dict()}
+            result = {"ok": True, "probe": probe(item, params, fingerprint).to_json_dict()}
         except MediaError as e:
             result = {"ok": False, "reason": e.reason, "detail": e.detail}
         write_json(posixpath.join(work, "probe", row["unit"] + ".json"), result)
@@ -80,7 +80,7 @@ class CudaVadStage(VadStage):
     device = "cuda"
 
 
-def cut_batch(batch: dict[str, np.ndarray], work: str, params: SegmentParams) -> dict[str, list]:
+def cut_batch(batch: dict[str, np.ndarray], work: str, params: SegmentParams, vad: VadParams) -> dict[str, list]:
     """Plan and cut segments of each chunk; write ``parts/<unit>-<chunk>.tar`` and its marker."""
     done = []
     for row in _rows(batch):
@@ -91,7 +91,7 @@ def cut_batch(batch: dict[str, np.ndarray], work: str, params: SegmentParams) ->
         else:
             item = InputItem.from_row(json.loads(row["item"]))
             x = np.asarray(row["pcm"], np.float32)
-            plans = plan_chunk(x, np.asarray(row["probs"]), item, int(row["n_chunks"]) == 1, params)
+            plans = plan_chunk(x, np.asarray(row["probs"]), item, int(row["n_chunks"]) == 1, params, vad)
             cut = cut_chunk(x, plans, item, row["file_sha256"], float(row["start_s"]))
             samples: list[Sample] = [(seg.id, [("json", seg.to_json().encode()), ("flac", flac)]) for seg, flac in cut]
             data, written = tar_bytes(samples)

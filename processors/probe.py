@@ -31,7 +31,6 @@ class ProbeParams:
     chunk_s: float = 300.0
     cut_search_s: float = 15.0
     block_s: float = 20.0
-    fingerprint: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +67,10 @@ def file_sha256(uri: str) -> str:
     return h.hexdigest()
 
 
-def probe(item: InputItem, p: ProbeParams) -> Probe:
+def probe(item: InputItem, p: ProbeParams, fingerprint: bool = True) -> Probe:
+    """``fingerprint=False`` skips the landmark fingerprint (near-duplicate detection off)."""
     pcm_hash = PcmHasher()
-    fingerprint = Fingerprinter() if p.fingerprint else None
+    fingerprint = Fingerprinter() if fingerprint else None
     energies: list[np.ndarray] = []
     carry = np.zeros(0, np.float32)
     n, peak = 0, 0.0

@@ -25,7 +25,8 @@ ENERGY_HOP = 160
 
 @dataclasses.dataclass(frozen=True)
 class SegmentParams:
-    vad: VadParams = VadParams()
+    """Settings of segment planning beyond VAD's (``VadParams``)."""
+
     min_segment_s: float = 0.3
     min_nonspeech_s: float = 0.25
     silence_dbfs: float = -55.0
@@ -64,38 +65,39 @@ def split_at_low_energy(start: int, end: int, energy: np.ndarray, max_len: int, 
     return pieces
 
 
-def plan_chunk(x: np.ndarray, probs: np.ndarray, item: InputItem, single_chunk: bool, p: SegmentParams) -> list[PlannedSegment]:
+def plan_chunk(x: np.ndarray, probs: np.ndarray, item: InputItem, single_chunk: bool, p: SegmentParams,
+               vad: VadParams = VadParams()) -> list[PlannedSegment]:
     n = len(x)
-    max_len = int(p.vad.max_segment_s * TARGET_SR)
+    max_len = int(vad.max_segment_s * TARGET_SR)
     min_len = int(p.min_segment_s * TARGET_SR)
     speech_kind = "mixed" if item.kind in ("music", "sound") else "speech"
     energy = frame_rms(x, ENERGY_HOP, ENERGY_HOP)
 
     if p.whole_utterances and single_chunk and item.text and n <= max_len:
-        return [_whole_utterance(x, probs, item, p, speech_kind)]
+        return [_whole_utterance(x, probs, vad, speech_kind)]
 
-    speech = [(s * FRAME, min(n, e * FRAME)) for s, e in plan_speech(probs, p.vad)]
-    plans = [PlannedSegment(s, e, speech_kind, _speech_ratio(probs, s, e, p.vad.threshold))
+    speech = [(s * FRAME, min(n, e * FRAME)) for s, e in plan_speech(probs, vad)]
+    plans = [PlannedSegment(s, e, speech_kind, _speech_ratio(probs, s, e, vad.threshold))
              for s, e in speech if e - s >= min_len]
     if item.kind != "speech":
-        plans += _nonspeech(x, probs, speech, energy, item, p)
+        plans += _nonspeech(x, probs, speech, energy, item, p, vad)
     elif not plans and _rms_db(x) > p.silence_dbfs:
         # A speech corpus whose clip VAD missed (a short word): keep it whole, the corpus says speech.
-        plans = [PlannedSegment(0, min(n, max_len), "speech", _speech_ratio(probs, 0, n, p.vad.threshold))]
+        plans = [PlannedSegment(0, min(n, max_len), "speech", _speech_ratio(probs, 0, n, vad.threshold))]
     return sorted(plans, key=lambda s: s.start)
 
 
-def _whole_utterance(x, probs, item, p: SegmentParams, kind: str) -> PlannedSegment:
-    raw = speech_regions(probs, p.vad.threshold, p.vad.neg_threshold, 1, 1)
-    pad = int(p.vad.pad_s * TARGET_SR)
+def _whole_utterance(x, probs, vad: VadParams, kind: str) -> PlannedSegment:
+    raw = speech_regions(probs, vad.threshold, vad.neg_threshold, 1, 1)
+    pad = int(vad.pad_s * TARGET_SR)
     start = max(0, raw[0][0] * FRAME - pad) if raw else 0
     end = min(len(x), raw[-1][1] * FRAME + pad) if raw else len(x)
-    return PlannedSegment(start, end, kind, _speech_ratio(probs, start, end, p.vad.threshold), whole_utterance=True)
+    return PlannedSegment(start, end, kind, _speech_ratio(probs, start, end, vad.threshold), whole_utterance=True)
 
 
-def _nonspeech(x, probs, speech, energy, item, p: SegmentParams) -> list[PlannedSegment]:
+def _nonspeech(x, probs, speech, energy, item, p: SegmentParams, vad: VadParams) -> list[PlannedSegment]:
     kind = item.kind if item.kind in ("music", "sound", "mixed") else "sound"
-    max_len = int(p.vad.max_segment_s * TARGET_SR)
+    max_len = int(vad.max_segment_s * TARGET_SR)
     gaps, pos = [], 0
     for s, e in speech + [(len(x), len(x))]:
         if s - pos >= int(p.min_nonspeech_s * TARGET_SR):
@@ -106,7 +108,7 @@ def _nonspeech(x, probs, speech, energy, item, p: SegmentParams) -> list[Planned
         for s, e in split_at_low_energy(g0, g1, energy, max_len):
             s, e = _trim_silence(x, s, e, p.silence_dbfs)
             if e - s >= int(p.min_nonspeech_s * TARGET_SR) and _rms_db(x[s:e]) > p.silence_dbfs:
-                plans.append(PlannedSegment(s, e, kind, _speech_ratio(probs, s, e, p.vad.threshold)))
+                plans.append(PlannedSegment(s, e, kind, _speech_ratio(probs, s, e, vad.threshold)))
     return plans
 
 

@@ -26,13 +26,13 @@ RUNNER = textwrap.dedent('''
     cfg = CurateConfig(inputs=[path], output=work)
     item = InputItem(uri=path, corpus="long", license="CC0-1.0", split="train")
     row = {k: np.array([v]) for k, v in {**item.to_row(), "unit": "u"}.items()}
-    probe_batch(row, work, cfg.probe_params())
+    probe_batch(row, work, cfg.audio)
     probe = Probe.from_json_dict(read_json(work + "/probe/u.json")["probe"])
     vad, segments = VadStage(), 0
     for i, (s, e) in enumerate(probe.chunks):
         chunk = {"unit": ["u"], "chunk": [i], "n_chunks": [len(probe.chunks)], "uri": [path], "start_s": [s],
                  "end_s": [e], "file_sha256": [probe.file_sha256], "item": [json.dumps(item.to_row())]}
-        cut_batch(vad(decode_batch({k: np.array(v) for k, v in chunk.items()})), work, cfg.segment_params())
+        cut_batch(vad(decode_batch({k: np.array(v) for k, v in chunk.items()})), work, cfg.segment, cfg.vad)
         segments += len(read_json(f"{work}/parts/u-{i:05d}.json")["samples"])
     print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "chunks": len(probe.chunks), "duration_s": probe.duration_s, "segments": segments}))
