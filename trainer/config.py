@@ -35,6 +35,7 @@ class TrainConfig:
     beta: float = 0.1                # DPO
     seed: int = 0
     shuffle_buffer: int = 64
+    loader_workers: int = 0          # DataLoader worker processes that decode, encode and collate (0 → in-process)
     checkpoint_every: int = 200
     eval_max_examples: int = 200
     eval_max_new_tokens: int = 32
@@ -65,6 +66,8 @@ class TrainConfig:
         for name in ("max_tokens", "grad_accum", "num_workers", "max_batch", "checkpoint_every"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}: must be > 0")
+        if self.loader_workers < 0:
+            problems.append("loader_workers: must be ≥ 0")
         if self.max_steps < 0 or self.lr < 0:
             problems.append("max_steps and lr: must be ≥ 0")
         return problems

@@ -102,10 +102,27 @@ def _logits(model, batch: dict[str, Any], dtype) -> torch.Tensor:
     return model(**inputs).logits
 
 
+class Batch(list):
+    """The items of one micro-batch, with their collated tensors when a loader worker already made them
+    and the (virtual) loader worker that produced it."""
+
+    tensors: dict[str, Any] | None = None
+    worker: int = 0
+
+
+def _tensors(items: list, pad_id: int, fe, pairs: bool) -> dict[str, Any]:
+    cached = getattr(items, "tensors", None)
+    if cached is not None:
+        return cached
+    if pairs:
+        return collate([p.chosen for p in items] + [p.rejected for p in items], pad_id, fe)
+    return collate(items, pad_id, fe)
+
+
 def lm_step(model, micro: list[list], pad_id: int, fe, dist: Dist, dtype=None) -> dict[str, float]:
     """Backward over micro-batches of ``Encoded``; the loss is normalised by the target tokens of the
     whole accumulated (and, under DDP, global) batch, so accumulation and sharding leave it unchanged."""
-    batches = [collate(m, pad_id, fe) for m in micro]
+    batches = [_tensors(m, pad_id, fe, pairs=False) for m in micro]
     tokens = torch.tensor(float(sum(count_targets(b["labels"]) for b in batches)))
     if dist.world > 1:
         torch.distributed.all_reduce(tokens)
@@ -126,7 +143,7 @@ def dpo_step(model, ref, micro: list[list[PairEncoded]], pad_id: int, fe, dist: 
         torch.distributed.all_reduce(pairs)
     total, correct, margin = 0.0, 0.0, 0.0
     for m in micro:
-        b = _to(collate([p.chosen for p in m] + [p.rejected for p in m], pad_id, fe), dist.device)
+        b = _to(_tensors(m, pad_id, fe, pairs=True), dist.device)
         n = len(m)
         logps = sequence_logprob(_logits(model, b, dtype), b["labels"])
         with torch.no_grad():
@@ -173,12 +190,54 @@ def latest_checkpoint(stage_dir: str) -> str | None:
     return max(found, key=lambda p: int(re.search(r"step-(\d+)", p).group(1)))
 
 
-def save_checkpoint(stage_dir: str, step: int, model, opt, sched, consumed: int, processor) -> str:
+class StageLoader(torch.utils.data.IterableDataset):
+    """Micro-batches of the stage, built in DataLoader workers (or in-process): each worker streams its own
+    share of the shards (virtual rank = rank × workers + worker), encodes, batches by token budget and
+    collates. ``positions`` (per virtual worker) and ``offset`` (micro-batches consumed, mod workers, so
+    the round-robin restarts at the right worker) make a resumed run continue the same sequence."""
+
+    def __init__(self, cfg: TrainConfig, encoder: Encoder, dist: Dist, positions: list[int], offset: int,
+                 pad_id: int, fe, errors: SkipCounter):
+        super().__init__()
+        self.cfg, self.encoder, self.dist = cfg, encoder, dist
+        self.positions, self.offset, self.pad_id, self.fe, self.errors = positions, offset, pad_id, fe, errors
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        n = info.num_workers if info else 1
+        worker = ((info.id if info else 0) + self.offset) % n
+        vdist = Dist(rank=self.dist.rank * n + worker, world=self.dist.world * n)
+        stream = encoded_stream(self.cfg, self.encoder, vdist, self.positions[worker], self.errors)
+        for items in token_batches(stream, self.cfg.max_tokens, self.cfg.max_batch):
+            batch = Batch(items)
+            batch.worker = worker
+            batch.tensors = _tensors(items, self.pad_id, self.fe, pairs=self.cfg.stage == "dpo")
+            yield batch
+
+
+def micro_batches(cfg: TrainConfig, encoder: Encoder, dist: Dist, positions: list[int], consumed_batches: int,
+                  pad_id: int, fe, errors: SkipCounter) -> Iterator[Batch]:
+    """The stage's micro-batches; with ``loader_workers`` > 0 from a DataLoader whose workers decode,
+    encode and collate (their skipped-data reports go to the log, not to ``errors``)."""
+    workers = max(1, cfg.loader_workers)
+    loader = StageLoader(cfg, encoder, dist, positions, consumed_batches % workers, pad_id, fe, errors)
+    if cfg.loader_workers == 0:
+        return iter(loader)
+    return iter(torch.utils.data.DataLoader(loader, batch_size=None, num_workers=cfg.loader_workers,
+                                            prefetch_factor=4, collate_fn=_identity))
+
+
+def _identity(batch: Batch) -> Batch:
+    return batch
+
+
+def save_checkpoint(stage_dir: str, step: int, model, opt, sched, consumed: dict[str, Any], processor) -> str:
     folder = os.path.join(stage_dir, "checkpoints", f"step-{step:07d}")
     tmp = folder + ".tmp"
     os.makedirs(tmp, exist_ok=True)
     state = {"model": _core(model).state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "step": step, "consumed": consumed, "torch_rng": torch.get_rng_state(),
+             "step": step, "positions": list(consumed["positions"]), "batches": consumed["batches"],
+             "torch_rng": torch.get_rng_state(),
              "python_rng": list(random.getstate()[1]), "python_rng_pos": random.getstate()[2]}
     torch.save(state, os.path.join(tmp, "state.pt"))
     processor.save_pretrained(tmp)
@@ -190,14 +249,14 @@ def save_checkpoint(stage_dir: str, step: int, model, opt, sched, consumed: int,
     return folder
 
 
-def load_checkpoint(path: str, model, opt, sched) -> tuple[int, int]:
+def load_checkpoint(path: str, model, opt, sched) -> tuple[int, dict[str, Any]]:
     state = torch.load(path, weights_only=True, map_location="cpu")
     _core(model).load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     random.setstate((3, tuple(int(v) for v in state["python_rng"]), state["python_rng_pos"]))
-    return int(state["step"]), int(state["consumed"])
+    return int(state["step"]), {"positions": [int(p) for p in state["positions"]], "batches": int(state["batches"])}
 
 
 # ---- evaluation ----------------------------------------------------------------------------------------
@@ -308,17 +367,20 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     from transformers import get_cosine_schedule_with_warmup
 
     sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.steps() // 10 + 1), cfg.steps())
-    step, consumed = 0, 0
+    step, consumed = 0, {"positions": [0] * max(1, cfg.loader_workers), "batches": 0}
     resume = latest_checkpoint(stage_dir)
     if resume:
         step, consumed = load_checkpoint(resume, model, opt, sched)
-        _say(dist, f"resuming {cfg.stage} from {resume} (step {step}, {consumed} examples consumed)")
+        if len(consumed["positions"]) != max(1, cfg.loader_workers):
+            raise ValueError(f"{resume} was written with {len(consumed['positions'])} loader workers; "
+                             f"resume with loader_workers={len(consumed['positions'])}")
+        _say(dist, f"resuming {cfg.stage} from {resume} (step {step}, stream positions {consumed['positions']})")
     encoder = Encoder(processor.tokenizer, chunk_seconds(processor))
     errors = SkipCounter()
-    batches = token_batches(encoded_stream(cfg, encoder, dist, consumed, errors), cfg.max_tokens, cfg.max_batch)
+    pad, fe = processor.tokenizer.pad_token_id, processor.feature_extractor
+    batches = micro_batches(cfg, encoder, dist, consumed["positions"], consumed["batches"], pad, fe, errors)
     writer = _writer(stage_dir) if dist.rank == 0 else None
     loss_fn = DPOLoss(cfg.beta)
-    pad, fe = processor.tokenizer.pad_token_id, processor.feature_extractor
     _say(dist, f"{cfg.stage}: training {', '.join(modules)} ({n_trainable:,} parameters) for {cfg.steps()} steps "
                f"on {dist.world} worker(s), device {dist.device}")
     history = []
@@ -326,7 +388,9 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     model.train()
     while step < cfg.steps():
         micro = [next(batches) for _ in range(cfg.grad_accum)]
-        consumed = micro[-1][-1].position + 1
+        for m in micro:
+            consumed["positions"][m.worker] = m[-1].position + 1
+        consumed["batches"] += len(micro)
         tokens_since += sum(len(e) for m in micro for e in m)
         if cfg.stage == "dpo":
             metrics = dpo_step(model, ref, micro, pad, fe, dist, loss_fn, dtype)

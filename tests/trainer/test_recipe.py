@@ -94,9 +94,13 @@ def _losses(stage_dir: Path) -> dict[int, float]:
     return out
 
 
-def test_resume_after_kill_continues_the_same_loss_curve(examples, tmp_path):
-    args = [str(examples), "stage=pretrain", "launcher=local", "max_steps=14", "checkpoint_every=4", "max_tokens=600",
-            "task_weights={lid: 1.0}"]
+@pytest.mark.parametrize("loader_workers,grad_accum,every,kill_after", [(0, 1, 4, 8), (2, 3, 3, 9)])
+def test_resume_after_kill_continues_the_same_loss_curve(examples, tmp_path, loader_workers, grad_accum, every,
+                                                         kill_after):
+    """With 2 loader workers and 3 micro-batches a step, the step-9 checkpoint has consumed 27 micro-batches:
+    the resumed DataLoader must start its round-robin at the second worker."""
+    args = [str(examples), "stage=pretrain", "launcher=local", "max_steps=14", f"checkpoint_every={every}",
+            "max_tokens=600", "task_weights={lid: 1.0}", f"grad_accum={grad_accum}", f"loader_workers={loader_workers}"]
     cmd = [sys.executable, "-m", "pipelines.cli", "train"]
     subprocess.run(cmd + [args[0], str(tmp_path / "straight"), *args[1:]], check=True, capture_output=True,
                    timeout=600)
@@ -104,7 +108,7 @@ def test_resume_after_kill_continues_the_same_loss_curve(examples, tmp_path):
     proc = subprocess.Popen(cmd + [args[0], str(killed), *args[1:]], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (killed / "pretrain" / "checkpoints" / "step-0000008").exists():
+    while time.monotonic() < deadline and not (killed / "pretrain" / "checkpoints" / f"step-{kill_after:07d}").exists():
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
