@@ -3,8 +3,9 @@
     .venv/bin/python bench/train.py [--steps 30]
 
 For the ``tiny`` and ``small`` presets: optimizer steps of the real loop (forward, backward, AdamW) →
-samples/s and tokens/s; and the loader alone (shard streaming, FLAC decode, encoding, token-budget
-batching and Whisper features) → samples/s, with its ratio to the trainer's consumption (goal ≥ 10).
+samples/s and tokens/s, with the loader in-process or in a DataLoader worker (``loader_workers=1``); and
+the loader alone in-process (shard streaming, FLAC decode, encoding, token-budget batching and Whisper
+features) → samples/s, with its ratio to the trainer's consumption (goal ≥ 10).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import torch  # noqa: E402
 from tests.trainer.factory import build_language_id  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import Encoder, SkipCounter, collate, token_batches  # noqa: E402
-from trainer.recipe import Dist, encoded_stream, lm_step, load_or_build, set_trainable  # noqa: E402
+from trainer.recipe import Dist, encoded_stream, lm_step, load_or_build, micro_batches, set_trainable  # noqa: E402
 
 
-def measure(examples: Path, preset: str, steps: int, max_tokens: int) -> dict[str, float]:
-    cfg = TrainConfig(examples=str(examples), output="unused", preset=preset, max_tokens=max_tokens)
+def measure(examples: Path, preset: str, steps: int, max_tokens: int, loader_workers: int = 0) -> dict[str, float]:
+    cfg = TrainConfig(examples=str(examples), output="unused", preset=preset, max_tokens=max_tokens,
+                      loader_workers=loader_workers)
     model, processor, _ = load_or_build(cfg)
     set_trainable(model, ["encoder", "projector", "lm"])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -37,7 +39,7 @@ def measure(examples: Path, preset: str, steps: int, max_tokens: int) -> dict[st
     def batches():
         return token_batches(encoded_stream(cfg, enc, Dist(), 0, SkipCounter()), max_tokens)
 
-    stream = batches()
+    stream = micro_batches(cfg, enc, Dist(), [0] * max(1, loader_workers), 0, pad, fe, SkipCounter())
     lm_step(model, [next(stream)], pad, fe, Dist())  # warm-up
     opt.zero_grad()
     samples = tokens = 0
@@ -67,9 +69,10 @@ def main() -> None:
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory(prefix="audiomill-bench-train-") as tmp:
         build_language_id(Path(tmp))
-        for preset, max_tokens, steps in [("tiny", 2000, args.steps), ("small", 1200, max(3, args.steps // 3))]:
-            r = measure(Path(tmp), preset, steps, max_tokens)
-            print(f"{preset:6s} {r['params'] / 1e6:6.2f} M params  train {r['train_samples_s']:7.1f} samples/s "
+        for preset, max_tokens, steps, workers in [("tiny", 2000, args.steps, 0), ("tiny", 2000, args.steps, 1),
+                                                   ("small", 1200, max(3, args.steps // 3), 0)]:
+            r = measure(Path(tmp), preset, steps, max_tokens, workers)
+            print(f"{preset:6s} loader_workers={workers} {r['params'] / 1e6:6.2f} M params  train {r['train_samples_s']:7.1f} samples/s "
                   f"{r['train_tokens_s']:8.0f} tokens/s   loader {r['loader_samples_s']:7.1f} samples/s   "
                   f"loader/consumption {r['ratio']:5.1f} (goal ≥ 10)", flush=True)
 
