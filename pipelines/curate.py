@@ -27,7 +27,7 @@ import fsspec
 import fsspec.implementations.local
 
 from pipelines import __version__
-from pipelines.config import ConfigError, config_hash, load_config, positive
+from pipelines.config import ConfigError, config_hash, positive
 from processors.audio import iter_standardised
 from processors.dedup import DedupItem, SpectralVerifier, NearParams, find_duplicates
 from processors.probe import Probe, ProbeParams

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import soundfile as sf
 
 from processors.audio import decode_flac, encode_flac, iter_standardised, load_standardised, to_pcm16
 from processors.errors import CorruptAudio, EmptyAudio, NonFiniteAudio, TruncatedAudio, UndecodableAudio, UnreadableInput

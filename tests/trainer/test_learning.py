@@ -1,13 +1,13 @@
 """Proof that it learns: spoken-language ID on held-out TTS words (4 languages: chance 0.25), tiny model,
 pretrain → SFT → DPO on CPU; then the final export loads with plain transformers and answers."""
 
+import dataclasses
 import json
 
-import numpy as np
 import pytest
 
 from trainer.config import TrainConfig
-from trainer.recipe import run_all
+from trainer.recipe import run_stage
 from tests.trainer.factory import QUESTION, WORDS, build_language_id
 
 pytestmark = pytest.mark.slow
@@ -20,10 +20,6 @@ def test_pretrain_sft_dpo_learns_language_id(tmp_path):
                       max_tokens=2000)
     steps = {"pretrain": 500, "sft": 150, "dpo": 60}
     results = {}
-    import dataclasses
-
-    from trainer.recipe import run_stage
-
     model_dir = ""
     for stage, n in steps.items():
         results[stage] = run_stage(dataclasses.replace(cfg, stage=stage, max_steps=n, model_dir=model_dir))

@@ -1,7 +1,6 @@
 """The training loop's arithmetic and resumability on a tiny model and TTS examples."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
