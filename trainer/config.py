@@ -41,7 +41,8 @@ class TrainConfig:
     eval_max_new_tokens: int = 32
     num_workers: int = 1             # Ray Train workers
     use_gpu: bool = False
-    bf16: bool = False
+    bf16: bool = False               # bf16 compute (autocast, or FSDP's mixed precision), fp32 master weights
+    parallel: str = "auto"           # ddp | fsdp over the Ray Train workers (auto → fsdp for large presets)
     gradient_checkpointing: bool = False
     launcher: str = "ray"            # ray (Ray Train TorchTrainer) | local (same loop, this process)
     vocab_size: int = 0              # 0 → the preset's
@@ -61,6 +62,8 @@ class TrainConfig:
         bad = [m for m in self.train_modules if m not in MODULES]
         if bad:
             problems.append(f"train_modules: {bad} not in {', '.join(MODULES)}")
+        if self.parallel not in ("auto", "ddp", "fsdp"):
+            problems.append(f"parallel: {self.parallel!r} is not one of auto, ddp, fsdp")
         if self.launcher not in ("ray", "local"):
             problems.append("launcher: ray or local")
         for name in ("max_tokens", "grad_accum", "num_workers", "max_batch", "checkpoint_every"):

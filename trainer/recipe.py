@@ -8,8 +8,10 @@ processor by ``save_pretrained``), ``OUTPUT/<stage>/eval.json`` and resumable ch
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import functools
 import glob
 import json
 import logging
@@ -25,6 +27,7 @@ import torch
 from trainer.config import DEFAULT_TRAIN, STAGES, TRANSCRIPTION_TASKS, TrainConfig
 from trainer.data import (Encoder, PairEncoded, SkipCounter, collate, decode_sample, read_all, reference_answer,
                           sample_stream, token_batches)
+from trainer import parallel
 from trainer.losses import DPOLoss, count_targets, nll_sum, sequence_logprob
 from trainer.model import LARGE_PRESETS, PRESETS, build_model, build_processor, chunk_seconds, load_pretrained, train_tokenizer
 
@@ -95,11 +98,11 @@ def _to(batch: dict[str, Any], device) -> dict[str, Any]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _logits(model, batch: dict[str, Any], dtype) -> torch.Tensor:
+def _logits(model, batch: dict[str, Any], amp=contextlib.nullcontext) -> torch.Tensor:
+    """fp32 logits, the forward run under ``amp()`` (bf16 autocast when configured)."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    if dtype is not None and "input_features" in inputs:
-        inputs["input_features"] = inputs["input_features"].to(dtype)
-    return model(**inputs).logits
+    with amp():
+        return model(**inputs).logits.float()
 
 
 class Batch(list):
@@ -119,43 +122,49 @@ def _tensors(items: list, pad_id: int, fe, pairs: bool) -> dict[str, Any]:
     return collate(items, pad_id, fe)
 
 
-def lm_step(model, micro: list[list], pad_id: int, fe, dist: Dist, dtype=None) -> dict[str, float]:
+def lm_step(model, micro: list[list], pad_id: int, fe, dist: Dist, amp=contextlib.nullcontext) -> dict[str, float]:
     """Backward over micro-batches of ``Encoded``; the loss is normalised by the target tokens of the
-    whole accumulated (and, under DDP, global) batch, so accumulation and sharding leave it unchanged."""
+    whole accumulated (and, under DDP or FSDP, global) batch, so accumulation and sharding leave it
+    unchanged. The returned loss is the global batch's."""
     batches = [_tensors(m, pad_id, fe, pairs=False) for m in micro]
-    tokens = torch.tensor(float(sum(count_targets(b["labels"]) for b in batches)))
-    if dist.world > 1:
-        torch.distributed.all_reduce(tokens)
+    tokens = torch.tensor(_sum(dist, [sum(count_targets(b["labels"]) for b in batches)])[0], device=dist.device)
     total = 0.0
     for b in batches:
         b = _to(b, dist.device)
-        loss = nll_sum(_logits(model, b, dtype), b["labels"]) * dist.world / tokens.clamp(min=1)
+        loss = nll_sum(_logits(model, b, amp), b["labels"]) * dist.world / tokens.clamp(min=1)
         loss.backward()
         total += loss.item() / dist.world
-    return {"loss": total, "target_tokens": tokens.item()}
+    return {"loss": _sum(dist, [total])[0], "target_tokens": tokens.item()}
 
 
 def dpo_step(model, ref, micro: list[list[PairEncoded]], pad_id: int, fe, dist: Dist, loss_fn: DPOLoss,
-             dtype=None) -> dict[str, float]:
+             amp=contextlib.nullcontext) -> dict[str, float]:
     """Backward of the DPO loss over micro-batches of pairs; the reference runs without gradients."""
-    pairs = torch.tensor(float(sum(len(m) for m in micro)))
-    if dist.world > 1:
-        torch.distributed.all_reduce(pairs)
+    pairs = torch.tensor(_sum(dist, [sum(len(m) for m in micro)])[0], device=dist.device)
     total, correct, margin = 0.0, 0.0, 0.0
     for m in micro:
         b = _to(_tensors(m, pad_id, fe, pairs=True), dist.device)
         n = len(m)
-        logps = sequence_logprob(_logits(model, b, dtype), b["labels"])
+        logps = sequence_logprob(_logits(model, b, amp), b["labels"])
         with torch.no_grad():
-            ref_logps = sequence_logprob(_logits(ref, b, dtype), b["labels"])
+            ref_logps = sequence_logprob(_logits(ref, b, amp), b["labels"])
         losses, rc, rr = loss_fn(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:])
         loss = losses.sum() * dist.world / pairs
         loss.backward()
         total += loss.item() / dist.world
         correct += (rc > rr).float().sum().item()
         margin += (rc - rr).sum().item()
-    count = sum(len(m) for m in micro)
+    total, correct, margin, count = _sum(dist, [total, correct, margin, sum(len(m) for m in micro)])
     return {"loss": total, "reward_accuracy": correct / count, "reward_margin": margin / count}
+
+
+def _sum(dist: Dist, values: list[float]) -> list[float]:
+    """Per-rank partial sums → global sums (the logged metrics cover every rank's data)."""
+    if dist.world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=dist.device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
 
 
 # ---- data --------------------------------------------------------------------------------------------
@@ -231,14 +240,20 @@ def _identity(batch: Batch) -> Batch:
     return batch
 
 
-def save_checkpoint(stage_dir: str, step: int, model, opt, sched, consumed: dict[str, Any], processor) -> str:
+def save_checkpoint(stage_dir: str, step: int, model, opt, sched, consumed: dict[str, Any], processor,
+                    dist: Dist) -> str | None:
+    """Collective: every rank hands over its model and optimiser shards and its own stream positions and
+    RNG state; rank 0 writes ``step-N/`` and returns its path."""
+    model_state, opt_state = parallel.full_state(model, opt)
+    ranks = _gather(dist, {"positions": list(consumed["positions"]), "torch_rng": torch.get_rng_state(),
+                           "python_rng": list(random.getstate()[1]), "python_rng_pos": random.getstate()[2]})
+    if dist.rank != 0:
+        return None
     folder = os.path.join(stage_dir, "checkpoints", f"step-{step:07d}")
     tmp = folder + ".tmp"
     os.makedirs(tmp, exist_ok=True)
-    state = {"model": _core(model).state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "step": step, "positions": list(consumed["positions"]), "batches": consumed["batches"],
-             "torch_rng": torch.get_rng_state(),
-             "python_rng": list(random.getstate()[1]), "python_rng_pos": random.getstate()[2]}
+    state = {"model": model_state, "optimizer": opt_state, "scheduler": sched.state_dict(), "step": step,
+             "batches": consumed["batches"], "ranks": ranks}
     torch.save(state, os.path.join(tmp, "state.pt"))
     processor.save_pretrained(tmp)
     if os.path.exists(folder):
@@ -249,19 +264,39 @@ def save_checkpoint(stage_dir: str, step: int, model, opt, sched, consumed: dict
     return folder
 
 
-def load_checkpoint(path: str, model, opt, sched) -> tuple[int, dict[str, Any]]:
+def load_checkpoint(path: str, model, opt, sched, dist: Dist) -> tuple[int, dict[str, Any]]:
+    """Restore a checkpoint on every rank; each rank takes back its own stream positions and RNG."""
     state = torch.load(path, weights_only=True, map_location="cpu")
-    _core(model).load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
+    if len(state["ranks"]) != dist.world:
+        raise ValueError(f"{path} was written by {len(state['ranks'])} workers; resume with "
+                         f"num_workers={len(state['ranks'])}")
+    parallel.load_full_state(model, opt, state["model"], state["optimizer"])
     sched.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    random.setstate((3, tuple(int(v) for v in state["python_rng"]), state["python_rng_pos"]))
-    return int(state["step"]), {"positions": [int(p) for p in state["positions"]], "batches": int(state["batches"])}
+    mine = state["ranks"][dist.rank]
+    torch.set_rng_state(mine["torch_rng"])
+    random.setstate((3, tuple(int(v) for v in mine["python_rng"]), mine["python_rng_pos"]))
+    return int(state["step"]), {"positions": [int(p) for p in mine["positions"]], "batches": int(state["batches"])}
+
+
+def _gather(dist: Dist, obj: Any) -> list[Any]:
+    if dist.world == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.world
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
 
 # ---- evaluation ----------------------------------------------------------------------------------------
 
 @torch.no_grad()
+def evaluate_export(cfg: TrainConfig, final: str, ref_dir: str, device) -> dict[str, Any]:
+    """``evaluate`` on the model saved in ``final`` (and, for DPO, the reference saved in ``ref_dir``)."""
+    dtype = torch.bfloat16 if cfg.bf16 else None
+    model, processor = load_pretrained(final, dtype=dtype)
+    ref = load_pretrained(ref_dir, dtype=dtype)[0].to(device).eval() if cfg.stage == "dpo" else None
+    return evaluate(cfg, model.to(device), ref, processor, device)
+
+
 def evaluate(cfg: TrainConfig, model, ref, processor, device) -> dict[str, Any]:
     """Greedy generation on held-out examples: accuracy per classification task, WER on transcription;
     after DPO, held-out reward accuracy and the chosen-vs-rejected likelihood shift."""
@@ -322,8 +357,11 @@ def _eval_dpo(cfg, model, ref, processor, encoder, examples, device) -> dict[str
     correct, shift = 0, 0.0
     for p in pairs:
         b = _to(collate([p.chosen, p.rejected], processor.tokenizer.pad_token_id, processor.feature_extractor), device)
-        lp = sequence_logprob(_logits(model, b, None), b["labels"])
-        rp = sequence_logprob(_logits(ref, b, None), b["labels"])
+        if "input_features" in b:
+            b["input_features"] = b["input_features"].to(model.dtype)
+        with torch.no_grad():
+            lp = sequence_logprob(_logits(model, b), b["labels"])
+            rp = sequence_logprob(_logits(ref, b), b["labels"])
         rc, rr = cfg.beta * (lp[0] - rp[0]), cfg.beta * (lp[1] - rp[1])
         correct += int(rc > rr)
         shift += ((lp[0] - lp[1]) - (rp[0] - rp[1])).item()
@@ -344,24 +382,27 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     stage_dir = os.path.join(cfg.output, cfg.stage)
     os.makedirs(stage_dir, exist_ok=True)
     model, processor, fresh = load_or_build(cfg)
+    mode = parallel.strategy(cfg.parallel, cfg.preset, dist.world, LARGE_PRESETS)
     modules = cfg.train_modules or (list(DEFAULT_TRAIN[cfg.stage]) + (["lm"] if fresh and cfg.stage == "pretrain" else []))
     n_trainable = set_trainable(model, modules)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ref_dir = cfg.model_dir
     ref = None
     if cfg.stage == "dpo":
+        if not ref_dir:   # a DPO run from a new model: keep its starting point for the held-out eval
+            ref_dir = os.path.join(stage_dir, "reference")
+            if dist.rank == 0 and not latest_checkpoint(stage_dir):
+                model.save_pretrained(ref_dir)
+                processor.save_pretrained(ref_dir)
         ref = copy.deepcopy(model).eval().requires_grad_(False).to(dist.device)
-    dtype = torch.bfloat16 if cfg.bf16 else None
+        ref = parallel.wrap(ref, "fsdp", dist.device, dist.world, cfg.bf16) if mode == "fsdp" else ref
     model.to(dist.device)
-    if cfg.bf16:
-        model.to(torch.bfloat16)
-    if dist.world > 1:
-        import ray.train.torch
-
-        if cfg.preset in LARGE_PRESETS:   # shard parameters, gradients and optimiser state
-            model = ray.train.torch.prepare_model(model, parallel_strategy="fsdp")
-        else:
-            model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+    model = parallel.wrap(model, mode, dist.device, dist.world, cfg.bf16)
+    model.float()   # fp32 master weights (sharded first under FSDP, so a bf16 checkpoint never lands whole in fp32)
+    if ref is not None and mode == "fsdp":
+        ref.float()
+    amp = functools.partial(parallel.autocast, mode, dist.device, cfg.bf16)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay)
     from transformers import get_cosine_schedule_with_warmup
@@ -370,7 +411,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     step, consumed = 0, {"positions": [0] * max(1, cfg.loader_workers), "batches": 0}
     resume = latest_checkpoint(stage_dir)
     if resume:
-        step, consumed = load_checkpoint(resume, model, opt, sched)
+        step, consumed = load_checkpoint(resume, model, opt, sched, dist)
         if len(consumed["positions"]) != max(1, cfg.loader_workers):
             raise ValueError(f"{resume} was written with {len(consumed['positions'])} loader workers; "
                              f"resume with loader_workers={len(consumed['positions'])}")
@@ -382,7 +423,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     writer = _writer(stage_dir) if dist.rank == 0 else None
     loss_fn = DPOLoss(cfg.beta)
     _say(dist, f"{cfg.stage}: training {', '.join(modules)} ({n_trainable:,} parameters) for {cfg.steps()} steps "
-               f"on {dist.world} worker(s), device {dist.device}")
+               f"on {dist.world} worker(s) ({mode}), device {dist.device}{', bf16' if cfg.bf16 else ''}")
     history = []
     t_last, tokens_since = time.monotonic(), 0
     model.train()
@@ -393,9 +434,9 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         consumed["batches"] += len(micro)
         tokens_since += sum(len(e) for m in micro for e in m)
         if cfg.stage == "dpo":
-            metrics = dpo_step(model, ref, micro, pad, fe, dist, loss_fn, dtype)
+            metrics = dpo_step(model, ref, micro, pad, fe, dist, loss_fn, amp)
         else:
-            metrics = lm_step(model, micro, pad, fe, dist, dtype)
+            metrics = lm_step(model, micro, pad, fe, dist, amp)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
@@ -412,15 +453,21 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
             t_last, tokens_since = time.monotonic(), 0
             _log(writer, dist, cfg.stage, step, metrics)
         if step % cfg.checkpoint_every == 0 and step < cfg.steps():
-            folder = save_checkpoint(stage_dir, step, model, opt, sched, consumed, processor) if dist.rank == 0 else None
+            folder = save_checkpoint(stage_dir, step, model, opt, sched, consumed, processor, dist)
             _report(dist, {"step": step, **metrics}, folder)
     result: dict[str, Any] = {"steps": step, "skipped_data": errors.errors[:20]}
+    final_ckpt = save_checkpoint(stage_dir, step, model, opt, sched, consumed, processor, dist)
+    model_state = parallel.full_model_state(model)
+    del opt, ref
     if dist.rank == 0:
         final = os.path.join(stage_dir, "final")
-        _core(model).save_pretrained(final)
+        export_dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+        core = _core(model).to(export_dtype)   # training is over; save_pretrained records the parameters' dtype
+        core.save_pretrained(final, state_dict={k: v.to(export_dtype) for k, v in model_state.items()})
         processor.save_pretrained(final)
-        save_checkpoint(stage_dir, step, model, opt, sched, consumed, processor)
-        result["eval"] = evaluate(cfg, _core(model), ref, processor, dist.device)
+        del model_state
+        # The held-out eval runs on the export itself (whole, on rank 0), so it also checks the export.
+        result["eval"] = evaluate_export(cfg, final, ref_dir, dist.device)
         result["train"] = {"final_loss": history[-1]["loss"] if history else None,
                            "first_loss": history[0]["loss"] if history else None}
         with open(os.path.join(stage_dir, "eval.json"), "w") as f:
@@ -428,7 +475,6 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         if writer:
             writer.close()
         _say(dist, f"{cfg.stage}: done; eval {json.dumps(result['eval'])[:400]}")
-    final_ckpt = os.path.join(stage_dir, "checkpoints", f"step-{step:07d}") if dist.rank == 0 else None
     _report(dist, {"step": step, "done": True}, final_ckpt)
     return result
 
