@@ -3,13 +3,17 @@
 PY := .venv/bin/python
 DEMO := build/demo
 
-.PHONY: setup demo test test-slow test-all bench clean
+.PHONY: setup demo demo-train test test-slow test-all bench clean
 
 setup:
 	@bash scripts/setup.sh
 
 demo: setup
 	$(PY) -m pipelines.demo $(DEMO)
+
+# Training demo: spoken-language ID from TTS audio, pretrain → SFT → DPO on Ray Train (CPU, ~6 min).
+demo-train: setup
+	$(PY) -m trainer.demo build/demo-train
 
 test: setup
 	.venv/bin/pytest -q
@@ -22,6 +26,7 @@ test-all: setup
 
 bench: setup
 	$(PY) bench/curate.py
+	$(PY) bench/train.py
 
 clean:
 	rm -rf build

@@ -10,6 +10,7 @@ with the same order.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -64,10 +65,14 @@ class Encoder:
         ids = tokenizer.convert_tokens_to_ids
         self.audio_bos, self.audio, self.audio_eos = ids("<|audio_bos|>"), ids("<|AUDIO|>"), ids("<|audio_eos|>")
         self.im_start, self.im_end, self.eos = ids("<|im_start|>"), ids("<|im_end|>"), tokenizer.eos_token_id
+        self._cached = functools.lru_cache(maxsize=8192)(self._encode)   # prompts and labels repeat
         self.newline = self._text("\n")
 
+    def _encode(self, s: str) -> tuple[int, ...]:
+        return tuple(self.tok.encode(s, add_special_tokens=False)) if s else ()
+
     def _text(self, s: str) -> list[int]:
-        return self.tok.encode(s, add_special_tokens=False) if s else []
+        return list(self._cached(s))
 
     def _audio(self, x: np.ndarray) -> list[int]:
         return [self.audio_bos] + [self.audio] * audio_tokens(len(x), self.chunk_s) + [self.audio_eos]
@@ -219,9 +224,12 @@ def token_batches(items: Iterator[Encoded | PairEncoded], max_tokens: int, max_b
         yield batch
 
 
-def collate(items: list[Encoded], pad_id: int, feature_extractor) -> dict[str, Any]:
-    """Right-padded ids, labels and masks, plus Whisper features of every audio in order."""
+def collate(items: list[Encoded], pad_id: int, features) -> dict[str, Any]:
+    """Right-padded ids, labels and masks, plus Whisper features of every audio in order (``features``: a
+    ``LogMel``, or the processor's feature extractor to build one from)."""
     import torch
+
+    from trainer.features import LogMel
 
     width = max(len(e) for e in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
@@ -234,10 +242,8 @@ def collate(items: list[Encoded], pad_id: int, feature_extractor) -> dict[str, A
     batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
     audios = [a for e in items for a in e.audios]
     if audios:
-        feats = feature_extractor(audios, sampling_rate=16000, return_attention_mask=True, padding="max_length",
-                                  return_tensors="pt")
-        batch["input_features"] = feats["input_features"]
-        batch["feature_attention_mask"] = feats["attention_mask"]
+        logmel = features if isinstance(features, LogMel) else LogMel(features)
+        batch["input_features"], batch["feature_attention_mask"] = logmel(audios)
     return batch
 
 

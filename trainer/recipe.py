@@ -28,6 +28,7 @@ from trainer.config import DEFAULT_TRAIN, STAGES, TRANSCRIPTION_TASKS, TrainConf
 from trainer.data import (Encoder, PairEncoded, SkipCounter, collate, decode_sample, read_all, reference_answer,
                           sample_stream, token_batches)
 from trainer import parallel
+from trainer.features import LogMel
 from trainer.losses import DPOLoss, count_targets, nll_sum, sequence_logprob
 from trainer.model import LARGE_PRESETS, PRESETS, build_model, build_processor, chunk_seconds, load_pretrained, train_tokenizer
 
@@ -221,6 +222,9 @@ class StageLoader(torch.utils.data.IterableDataset):
             batch = Batch(items)
             batch.worker = worker
             batch.tensors = _tensors(items, self.pad_id, self.fe, pairs=self.cfg.stage == "dpo")
+            for item in items:   # the features hold the audio now; don't ship the waveforms between processes
+                for e in (item.chosen, item.rejected) if isinstance(item, PairEncoded) else (item,):
+                    e.audios = []
             yield batch
 
 
@@ -308,15 +312,15 @@ def evaluate(cfg: TrainConfig, model, ref, processor, device) -> dict[str, Any]:
     if cfg.stage == "dpo":
         return _eval_dpo(cfg, model, ref, processor, encoder, examples, device)
     per_task: dict[str, dict[str, list]] = {}
+    logmel = LogMel(processor.feature_extractor)
     eos = [processor.tokenizer.eos_token_id, processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
     for ex, audios in examples:
         ids = torch.tensor([encoder.prompt_ids(ex, audios)], device=device)
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         if audios:
-            f = processor.feature_extractor(audios, sampling_rate=16000, return_attention_mask=True,
-                                            padding="max_length", return_tensors="pt")
-            inputs["input_features"] = f["input_features"].to(device, model.dtype)
-            inputs["feature_attention_mask"] = f["attention_mask"].to(device)
+            feats, mask = logmel(audios)
+            inputs["input_features"] = feats.to(device, model.dtype)
+            inputs["feature_attention_mask"] = mask.to(device)
         out = model.generate(**inputs, max_new_tokens=cfg.eval_max_new_tokens, do_sample=False, eos_token_id=eos,
                              pad_token_id=processor.tokenizer.pad_token_id)
         hyp = processor.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
@@ -418,7 +422,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         _say(dist, f"resuming {cfg.stage} from {resume} (step {step}, stream positions {consumed['positions']})")
     encoder = Encoder(processor.tokenizer, chunk_seconds(processor))
     errors = SkipCounter()
-    pad, fe = processor.tokenizer.pad_token_id, processor.feature_extractor
+    pad, fe = processor.tokenizer.pad_token_id, LogMel(processor.feature_extractor)
     batches = micro_batches(cfg, encoder, dist, consumed["positions"], consumed["batches"], pad, fe, errors)
     writer = _writer(stage_dir) if dist.rank == 0 else None
     loss_fn = DPOLoss(cfg.beta)

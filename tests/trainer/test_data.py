@@ -6,7 +6,7 @@ import os
 import pytest
 
 from trainer.data import SkipCounter, sample_stream
-from tests.trainer.factory import build_language_id
+from trainer.demo import build_language_id
 
 
 @pytest.fixture(scope="module")

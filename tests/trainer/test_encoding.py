@@ -83,3 +83,27 @@ def test_token_budget_batches_and_collate_runs_the_model(proc):
     batch = collate(batches[0], proc.tokenizer.pad_token_id, proc.feature_extractor)
     out = model(**batch)
     assert out.loss is not None and np.isfinite(out.loss.item())
+
+
+@pytest.mark.parametrize("chunk_s,lengths_s", [(4, [0.3, 1.7, 3.99, 4.0, 6.5]), (30, [0.01, 2.0, 12.345, 29.99, 31.0])])
+def test_logmel_matches_the_whisper_feature_extractor(chunk_s, lengths_s):
+    """A batch of mixed lengths (shorter, equal to and longer than the window; a near-silent clip and a
+    loud one), against the extractor itself: features within float rounding, masks identical."""
+    import torch
+
+    from trainer.features import LogMel
+
+    fe = build_processor(train_tokenizer(["a b c"] * 5, vocab_size=300), chunk_s=chunk_s).feature_extractor
+    rng = np.random.default_rng(1)
+    audios = [rng.normal(0, 0.3, int(s * 16000)).astype(np.float32) for s in lengths_s]
+    audios[0] *= 1e-4
+    audios[2] = np.sin(np.arange(len(audios[2])) * 0.05).astype(np.float32)
+    ref = fe(audios, sampling_rate=16000, return_attention_mask=True, padding="max_length", return_tensors="pt")
+    feats, mask = LogMel(fe)(audios)
+    assert feats.shape == ref["input_features"].shape and feats.dtype == torch.float32
+    assert torch.equal(mask, ref["attention_mask"].long())
+    assert (feats - ref["input_features"]).abs().max().item() < 1e-4
+    # Each clip alone gives the same features as in the batch (the STFT span follows the longest clip).
+    for i, a in enumerate(audios):
+        alone, _ = LogMel(fe)([a])
+        assert (alone[0] - feats[i]).abs().max().item() < 1e-5

@@ -9,7 +9,7 @@ import torch
 
 from trainer.config import TrainConfig
 from trainer.recipe import run_stage
-from tests.trainer.factory import build_language_id
+from trainer.demo import build_language_id
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -14,7 +14,7 @@ from trainer.config import TrainConfig
 from trainer.data import Encoder, read_all
 from trainer.losses import DPOLoss, IGNORE, nll_sum
 from trainer.recipe import Dist, dpo_step, lm_step, load_or_build, stage_shards
-from tests.trainer.factory import build_language_id
+from trainer.demo import build_language_id
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from tests.trainer.factory import build_language_id
+from trainer.demo import build_language_id
 
 
 def test_train_all_cli_runs_every_stage(tmp_path):
