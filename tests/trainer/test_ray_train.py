@@ -57,11 +57,13 @@ def test_ddp_and_fsdp_train_alike_and_fsdp_resumes(tmp_path, ray_cluster):
 
 
 def test_fsdp_bf16_mixed_precision_pretrain_then_dpo(tmp_path, ray_cluster):
-    """bf16 compute with fp32 master weights and fp32 gradient reduction; the export is bf16. DPO then
-    starts from that bf16 export, with its frozen reference sharded too."""
+    """The large-model recipe on the tiny preset: FSDP, bf16 compute with fp32 master weights and fp32
+    gradient reduction, gradient checkpointing; the export is bf16. DPO then starts from that bf16
+    export, with its frozen reference sharded too."""
     build_language_id(tmp_path / "ex")
     cfg = TrainConfig(examples=str(tmp_path / "ex"), output=str(tmp_path / "out"), stage="pretrain", launcher="ray",
-                      num_workers=2, parallel="fsdp", bf16=True, max_steps=4, checkpoint_every=2, max_tokens=600)
+                      num_workers=2, parallel="fsdp", bf16=True, gradient_checkpointing=True, max_steps=4,
+                      checkpoint_every=2, max_tokens=600)
     result = run_stage(cfg)
     assert result["steps"] == 4 and result["eval"]["examples"] == 16
     losses = _losses(tmp_path / "out")
