@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     dpo = results["dpo"]["eval"]
     print(f"{'dpo':9s} {results['dpo']['steps']:5d}  {'reward accuracy':28s} {dpo['reward_accuracy']:6.3f} {0.5:6.3f}")
     print(f"{'':9s} {'':5s}  {'chosen − rejected log-p shift':28s} {dpo['chosen_minus_rejected_logp_shift']:+6.3f}")
-    print(f"[demo] plain transformers, held-out French word {word!r}: {QUESTION!r} → {reply!r}")
+    print(f"[demo] plain transformers, held-out French word {word!r}: {QUESTION!r} → {reply!r} (expected 'french')")
     print(f"[demo] exports in {out}/<stage>/final; {time.monotonic() - t0:.0f} s", flush=True)
     return 0
 

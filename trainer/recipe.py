@@ -522,6 +522,9 @@ def _report(dist: Dist, metrics: dict[str, Any], folder: str | None) -> None:
 
 def run_stage(cfg: TrainConfig) -> dict[str, Any]:
     """Train one stage with the configured launcher; return what ``eval.json`` holds."""
+    # Ray Train workers run in their own working directory: relative paths are resolved here.
+    cfg = dataclasses.replace(cfg, **{k: os.path.abspath(getattr(cfg, k)) for k in ("examples", "output", "model_dir")
+                                      if getattr(cfg, k) and "://" not in getattr(cfg, k)})
     config = dataclasses.asdict(cfg)
     if cfg.launcher == "local":
         return train_loop(config)

@@ -56,12 +56,13 @@ def test_ddp_and_fsdp_train_alike_and_fsdp_resumes(tmp_path, ray_cluster):
     assert state["model"]["model.audio_tower.conv1.weight"].shape == wa["model.audio_tower.conv1.weight"].shape
 
 
-def test_fsdp_bf16_mixed_precision_pretrain_then_dpo(tmp_path, ray_cluster):
+def test_fsdp_bf16_mixed_precision_pretrain_then_dpo(tmp_path, ray_cluster, monkeypatch):
     """The large-model recipe on the tiny preset: FSDP, bf16 compute with fp32 master weights and fp32
     gradient reduction, gradient checkpointing; the export is bf16. DPO then starts from that bf16
     export, with its frozen reference sharded too."""
     build_language_id(tmp_path / "ex")
-    cfg = TrainConfig(examples=str(tmp_path / "ex"), output=str(tmp_path / "out"), stage="pretrain", launcher="ray",
+    monkeypatch.chdir(tmp_path)   # relative paths, as a user types them: Ray Train workers run elsewhere
+    cfg = TrainConfig(examples="ex", output="out", stage="pretrain", launcher="ray",
                       num_workers=2, parallel="fsdp", bf16=True, gradient_checkpointing=True, max_steps=4,
                       checkpoint_every=2, max_tokens=600)
     result = run_stage(cfg)
@@ -73,8 +74,7 @@ def test_fsdp_bf16_mixed_precision_pretrain_then_dpo(tmp_path, ray_cluster):
     assert all(v["exp_avg"].dtype == torch.float32 for v in state["optimizer"]["state"].values())
     assert json.loads((tmp_path / "out" / "pretrain" / "final" / "config.json").read_text())["dtype"] == "bfloat16"
 
-    dpo = run_stage(dataclasses.replace(cfg, stage="dpo", model_dir=str(tmp_path / "out" / "pretrain" / "final"),
-                                        max_steps=2))
+    dpo = run_stage(dataclasses.replace(cfg, stage="dpo", model_dir="out/pretrain/final", max_steps=2))
     assert dpo["steps"] == 2 and dpo["eval"]["examples"] == 16 and 0.0 <= dpo["eval"]["reward_accuracy"] <= 1.0
     rows = [json.loads(line) for line in (tmp_path / "out" / "dpo" / "train_log.jsonl").read_text().splitlines()]
     # Step 1: the policy equals its reference, so the loss is log 2 (bf16 rounding aside).
