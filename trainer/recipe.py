@@ -378,6 +378,9 @@ def _eval_dpo(cfg, model, ref, processor, encoder, examples, device) -> dict[str
 def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     """The per-worker loop (Ray Train calls it on every worker; ``launcher=local`` calls it here)."""
     cfg = TrainConfig(**{k: v for k, v in config.items() if not k.startswith("_")})
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()   # the loop reports its own progress
     dist = _dist(config.get("_ray", False))
     if not dist.ray and cfg.use_gpu and torch.cuda.is_available():
         dist.device = torch.device("cuda")
@@ -459,7 +462,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         if step % cfg.checkpoint_every == 0 and step < cfg.steps():
             folder = save_checkpoint(stage_dir, step, model, opt, sched, consumed, processor, dist)
             _report(dist, {"step": step, **metrics}, folder)
-    result: dict[str, Any] = {"steps": step, "skipped_data": errors.errors[:20]}
+    result: dict[str, Any] = {"steps": step, "workers": dist.world, "parallel": mode, "bf16": cfg.bf16,
+                              "skipped_data": errors.errors[:20]}
     final_ckpt = save_checkpoint(stage_dir, step, model, opt, sched, consumed, processor, dist)
     model_state = parallel.full_model_state(model)
     del opt, ref

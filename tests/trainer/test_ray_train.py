@@ -66,7 +66,7 @@ def test_fsdp_bf16_mixed_precision_pretrain_then_dpo(tmp_path, ray_cluster, monk
                       num_workers=2, parallel="fsdp", bf16=True, gradient_checkpointing=True, max_steps=4,
                       checkpoint_every=2, max_tokens=600)
     result = run_stage(cfg)
-    assert result["steps"] == 4 and result["eval"]["examples"] == 16
+    assert result["steps"] == 4 and result["eval"]["examples"] == 16 and result["parallel"] == "fsdp"
     losses = _losses(tmp_path / "out")
     assert sorted(losses) == [1, 2, 3, 4] and losses[4] < losses[1]
     state = torch.load(tmp_path / "out" / "pretrain" / "checkpoints" / "step-0000002" / "state.pt", weights_only=True)
@@ -74,7 +74,10 @@ def test_fsdp_bf16_mixed_precision_pretrain_then_dpo(tmp_path, ray_cluster, monk
     assert all(v["exp_avg"].dtype == torch.float32 for v in state["optimizer"]["state"].values())
     assert json.loads((tmp_path / "out" / "pretrain" / "final" / "config.json").read_text())["dtype"] == "bfloat16"
 
-    dpo = run_stage(dataclasses.replace(cfg, stage="dpo", model_dir="out/pretrain/final", max_steps=2))
+    # The large preset's path: a local HF-format checkpoint, FSDP chosen by parallel=auto.
+    dpo = run_stage(dataclasses.replace(cfg, stage="dpo", preset="qwen2-audio-7b", parallel="auto",
+                                        model_dir="out/pretrain/final", max_steps=2))
+    assert dpo["parallel"] == "fsdp" and dpo["workers"] == 2 and dpo["bf16"]
     assert dpo["steps"] == 2 and dpo["eval"]["examples"] == 16 and 0.0 <= dpo["eval"]["reward_accuracy"] <= 1.0
     rows = [json.loads(line) for line in (tmp_path / "out" / "dpo" / "train_log.jsonl").read_text().splitlines()]
     # Step 1: the policy equals its reference, so the loss is log 2 (bf16 rounding aside).
