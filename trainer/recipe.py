@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import re
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -511,7 +512,12 @@ def _log(writer, dist: Dist, stage: str, step: int, metrics: dict[str, float]) -
 
 
 def _say(dist: Dist, msg: str) -> None:
-    if dist.rank == 0:
+    if dist.rank != 0:
+        return
+    if dist.ray:   # Ray Train's patched print both tees and logs a print: write to the stream once
+        sys.__stdout__.write(f"[audiomill] {msg}\n")
+        sys.__stdout__.flush()
+    else:
         print(f"[audiomill] {msg}", flush=True)
 
 
