@@ -238,7 +238,20 @@ def micro_batches(cfg: TrainConfig, encoder: Encoder, dist: Dist, positions: lis
     if cfg.loader_workers == 0:
         return iter(loader)
     return iter(torch.utils.data.DataLoader(loader, batch_size=None, num_workers=cfg.loader_workers,
-                                            prefetch_factor=4, collate_fn=_identity))
+                                            prefetch_factor=4, collate_fn=_identity,
+                                            worker_init_fn=functools.partial(_die_with_parent, os.getpid())))
+
+
+def _die_with_parent(parent: int, worker_id: int) -> None:
+    """A loader worker ends with its trainer. A trainer killed with SIGKILL can't stop its workers, and a
+    worker blocked on a full queue would otherwise live on, holding its memory."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    if os.getppid() != parent:   # the trainer died before the line above took effect
+        os._exit(1)
 
 
 def _identity(batch: Batch) -> Batch:

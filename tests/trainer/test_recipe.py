@@ -109,9 +109,15 @@ def test_resume_after_kill_continues_the_same_loss_curve(examples, tmp_path, loa
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (killed / "pretrain" / "checkpoints" / f"step-{kill_after:07d}").exists():
         time.sleep(0.1)
+    import psutil
+
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert len(children) == loader_workers
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "pretrain" / "final").exists(), "killed too late"
+    _, alive = psutil.wait_procs(children, timeout=20)
+    assert not alive, f"loader workers outlived the killed trainer: {alive}"
     subprocess.run(cmd + [args[0], str(killed), *args[1:]], check=True, capture_output=True, timeout=600)
     a, b = _losses(tmp_path / "straight" / "pretrain"), _losses(killed / "pretrain")
     assert sorted(a) == sorted(b) == list(range(1, 15))
