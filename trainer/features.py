@@ -24,8 +24,7 @@ class LogMel:
         self.mel = torch.from_numpy(np.asarray(fe.mel_filters, dtype=np.float32)).T.contiguous()   # [mel, freq]
         self.window = torch.hann_window(self.n_fft)
         self.floor = torch.tensor(1e-10, dtype=torch.float32).log10().item()
-        self.dither = float(getattr(fe, "dither", 0.0))
-        if self.dither:
+        if float(getattr(fe, "dither", 0.0)):
             raise ValueError("dithered feature extraction is not supported")
 
     def __call__(self, audios: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

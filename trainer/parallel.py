@@ -20,15 +20,15 @@ from typing import Any
 
 import torch
 
-FULL = dict(full_state_dict=True, cpu_offload=True)
+from trainer.model import LARGE_PRESETS
 
 
-def strategy(parallel: str, preset: str, world: int, large_presets: tuple[str, ...]) -> str:
+def strategy(parallel: str, preset: str, world: int) -> str:
     """``none`` for one rank, else ``parallel`` with ``auto`` resolved by the preset."""
     if world <= 1:
         return "none"
     if parallel == "auto":
-        return "fsdp" if preset in large_presets else "ddp"
+        return "fsdp" if preset in LARGE_PRESETS else "ddp"
     return parallel
 
 
@@ -68,16 +68,8 @@ def full_state(model, opt) -> tuple[dict[str, Any], dict[str, Any]]:
     """(model state, optimiser state) as full CPU tensors keyed by name; collective, rank 0 receives."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
-    options = StateDictOptions(**FULL)
-    model_state = get_model_state_dict(model, options=options)
-    opt_state = get_optimizer_state_dict(model, opt, options=options) if opt is not None else {}
-    return model_state, opt_state
-
-
-def full_model_state(model) -> dict[str, Any]:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(model, options=StateDictOptions(**FULL))
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, opt, options=options)
 
 
 def load_full_state(model, opt, model_state: dict[str, Any], opt_state: dict[str, Any]) -> None:

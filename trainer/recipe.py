@@ -31,7 +31,7 @@ from trainer.data import (Encoder, PairEncoded, SkipCounter, collate, decode_sam
 from trainer import parallel
 from trainer.features import LogMel
 from trainer.losses import DPOLoss, count_targets, nll_sum, sequence_logprob
-from trainer.model import LARGE_PRESETS, PRESETS, build_model, build_processor, chunk_seconds, load_pretrained, train_tokenizer
+from trainer.model import PRESETS, build_model, build_processor, chunk_seconds, load_pretrained, train_tokenizer
 
 log = logging.getLogger("audiomill.train")
 
@@ -259,14 +259,14 @@ def _identity(batch: Batch) -> Batch:
 
 
 def save_checkpoint(stage_dir: str, step: int, model, opt, sched, consumed: dict[str, Any], processor,
-                    dist: Dist) -> str | None:
+                    dist: Dist) -> tuple[str | None, dict[str, Any] | None]:
     """Collective: every rank hands over its model and optimiser shards and its own stream positions and
-    RNG state; rank 0 writes ``step-N/`` and returns its path."""
+    RNG state; rank 0 writes ``step-N/`` and returns its path and the full model state (None elsewhere)."""
     model_state, opt_state = parallel.full_state(model, opt)
     ranks = _gather(dist, {"positions": list(consumed["positions"]), "torch_rng": torch.get_rng_state(),
                            "python_rng": list(random.getstate()[1]), "python_rng_pos": random.getstate()[2]})
     if dist.rank != 0:
-        return None
+        return None, None
     folder = os.path.join(stage_dir, "checkpoints", f"step-{step:07d}")
     tmp = folder + ".tmp"
     os.makedirs(tmp, exist_ok=True)
@@ -279,7 +279,7 @@ def save_checkpoint(stage_dir: str, step: int, model, opt, sched, consumed: dict
 
         shutil.rmtree(folder)
     os.replace(tmp, folder)
-    return folder
+    return folder, model_state
 
 
 def load_checkpoint(path: str, model, opt, sched, dist: Dist) -> tuple[int, dict[str, Any]]:
@@ -306,7 +306,6 @@ def _gather(dist: Dist, obj: Any) -> list[Any]:
 
 # ---- evaluation ----------------------------------------------------------------------------------------
 
-@torch.no_grad()
 def evaluate_export(cfg: TrainConfig, final: str, ref_dir: str, device) -> dict[str, Any]:
     """``evaluate`` on the model saved in ``final`` (and, for DPO, the reference saved in ``ref_dir``)."""
     dtype = torch.bfloat16 if cfg.bf16 else None
@@ -315,18 +314,19 @@ def evaluate_export(cfg: TrainConfig, final: str, ref_dir: str, device) -> dict[
     return evaluate(cfg, model.to(device), ref, processor, device)
 
 
+@torch.no_grad()
 def evaluate(cfg: TrainConfig, model, ref, processor, device) -> dict[str, Any]:
     """Greedy generation on held-out examples: accuracy per classification task, WER on transcription;
     after DPO, held-out reward accuracy and the chosen-vs-rejected likelihood shift."""
     model.eval()
     encoder = Encoder(processor.tokenizer, chunk_seconds(processor))
+    logmel = LogMel(processor.feature_extractor)
     examples = list(read_all(stage_shards(cfg.examples, cfg.stage, held_out=True)))[: cfg.eval_max_examples]
     if not examples:
         return {"examples": 0}
     if cfg.stage == "dpo":
-        return _eval_dpo(cfg, model, ref, processor, encoder, examples, device)
+        return _eval_dpo(cfg, model, ref, processor.tokenizer.pad_token_id, logmel, encoder, examples, device)
     per_task: dict[str, dict[str, list]] = {}
-    logmel = LogMel(processor.feature_extractor)
     eos = [processor.tokenizer.eos_token_id, processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
     for ex, audios in examples:
         ids = torch.tensor([encoder.prompt_ids(ex, audios)], device=device)
@@ -370,16 +370,15 @@ def _chance(refs: list[str]) -> float:
     return Counter(map(_norm, refs)).most_common(1)[0][1] / len(refs)
 
 
-def _eval_dpo(cfg, model, ref, processor, encoder, examples, device) -> dict[str, Any]:
+def _eval_dpo(cfg, model, ref, pad_id, logmel, encoder, examples, device) -> dict[str, Any]:
     pairs = [encoder.encode(ex, audios) for ex, audios in examples]
     correct, shift = 0, 0.0
     for p in pairs:
-        b = _to(collate([p.chosen, p.rejected], processor.tokenizer.pad_token_id, processor.feature_extractor), device)
+        b = _to(collate([p.chosen, p.rejected], pad_id, logmel), device)
         if "input_features" in b:
             b["input_features"] = b["input_features"].to(model.dtype)
-        with torch.no_grad():
-            lp = sequence_logprob(_logits(model, b), b["labels"])
-            rp = sequence_logprob(_logits(ref, b), b["labels"])
+        lp = sequence_logprob(_logits(model, b), b["labels"])
+        rp = sequence_logprob(_logits(ref, b), b["labels"])
         rc, rr = cfg.beta * (lp[0] - rp[0]), cfg.beta * (lp[1] - rp[1])
         correct += int(rc > rr)
         shift += ((lp[0] - lp[1]) - (rp[0] - rp[1])).item()
@@ -403,7 +402,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     stage_dir = os.path.join(cfg.output, cfg.stage)
     os.makedirs(stage_dir, exist_ok=True)
     model, processor, fresh = load_or_build(cfg)
-    mode = parallel.strategy(cfg.parallel, cfg.preset, dist.world, LARGE_PRESETS)
+    mode = parallel.strategy(cfg.parallel, cfg.preset, dist.world)
     modules = cfg.train_modules or (list(DEFAULT_TRAIN[cfg.stage]) + (["lm"] if fresh and cfg.stage == "pretrain" else []))
     n_trainable = set_trainable(model, modules)
     if cfg.gradient_checkpointing:
@@ -474,12 +473,12 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
             t_last, tokens_since = time.monotonic(), 0
             _log(writer, dist, cfg.stage, step, metrics)
         if step % cfg.checkpoint_every == 0 and step < cfg.steps():
-            folder = save_checkpoint(stage_dir, step, model, opt, sched, consumed, processor, dist)
+            folder, _ = save_checkpoint(stage_dir, step, model, opt, sched, consumed, processor, dist)
             _report(dist, {"step": step, **metrics}, folder)
     result: dict[str, Any] = {"steps": step, "workers": dist.world, "parallel": mode, "bf16": cfg.bf16,
                               "skipped_data": errors.errors[:20]}
-    final_ckpt = save_checkpoint(stage_dir, step, model, opt, sched, consumed, processor, dist)
-    model_state = parallel.full_model_state(model)
+    # The last checkpoint's gathered model state is also what the export saves.
+    final_ckpt, model_state = save_checkpoint(stage_dir, step, model, opt, sched, consumed, processor, dist)
     del opt, ref
     if dist.rank == 0:
         final = os.path.join(stage_dir, "final")
