@@ -186,7 +186,7 @@ def bench_job(corpus: Path, out: Path, cpus: int) -> tuple[float, float, dict]:
 
     import psutil
 
-    cmd = [sys.executable, "-m", "pipelines.curate", str(corpus), str(out), f"ray.num_cpus={cpus}",
+    cmd = [sys.executable, "-m", "pipelines.cli", "curate", str(corpus), str(out), f"ray.num_cpus={cpus}",
            "ray.progress=false"]
     t0 = time.monotonic()
     proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -1,3 +1,1 @@
-"""Ray jobs: curate (raw audio → segment shards); later build, publish."""
-
-__version__ = "0.1.0"
+"""Ray jobs as lists of named stages: curate (raw audio → segment shards); the ``audiomill`` CLI."""

@@ -1,17 +1,23 @@
-"""The ``audiomill`` command.
+"""The ``audiomill`` command (argument parsing and exit codes only; the jobs live beside it).
 
     audiomill curate INPUT... OUTPUT_DIR [--config FILE] [--address ADDR] [key=value ...]
     audiomill train EXAMPLES_DIR OUTPUT_DIR stage=pretrain|sft|dpo [--config FILE] [key=value ...]
     audiomill train-all EXAMPLES_DIR OUTPUT_DIR [--config FILE] [key=value ...]
+
+Exit codes: 0 done; 2 bad command line, config or OUTPUT_DIR; 3 stopped by the error budget; 4 a file
+system error (disk full, read-only); 5 workers kept dying; 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
 from pipelines.config import ConfigError
+
+EXIT_USAGE, EXIT_BUDGET, EXIT_IO, EXIT_WORKERS, EXIT_INTERRUPTED = 2, 3, 4, 5, 130
 
 
 def _split_positionals(values: list[str]) -> tuple[list[str], list[str]]:
@@ -23,9 +29,37 @@ def _split_positionals(values: list[str]) -> tuple[list[str], list[str]]:
     return paths, overrides
 
 
+def _fail(command: str, message: str, code: int) -> int:
+    first, _, rest = str(message).partition("\n")
+    print(f"audiomill {command}: {first}" + (f"\n{rest}" if rest else ""), file=sys.stderr)
+    return code
+
+
+def io_cause(e: BaseException) -> OSError | None:
+    """The file-system error behind ``e`` (Ray wraps a worker's exception), if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+    return None
+
+
+def _io_message(e: OSError) -> str:
+    where = f" ({e.filename})" if e.filename else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"no space left on the device{where}; free some space and rerun (finished work is kept)"
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write{where}: {e.strerror}"
+    return f"file system error{where}: {e.strerror}"
+
+
 def _curate(args: argparse.Namespace) -> int:
-    from pipelines.curate import CurateConfig, ErrorBudgetExceeded, OutputConflict, run
     from pipelines.config import load_config
+    from pipelines.curate import CurateConfig, ErrorBudgetExceeded, run
+    from pipelines.output import OutputError
+    from pipelines.stage import PassFailed
 
     paths, overrides = _split_positionals(args.words)
     extra: dict = {}
@@ -37,20 +71,21 @@ def _curate(args: argparse.Namespace) -> int:
         extra["ray"] = {"address": args.address}
     try:
         cfg = load_config(CurateConfig, args.config, overrides, extra)
-    except ConfigError as e:
-        print(f"audiomill curate: {e}", file=sys.stderr)
-        return 2
-    try:
         run(cfg)
-    except OutputConflict as e:
-        print(f"audiomill curate: {e}", file=sys.stderr)
-        return 2
-    except ConfigError as e:
-        print(f"audiomill curate: {e}", file=sys.stderr)
-        return 2
+    except (ConfigError, OutputError) as e:
+        return _fail("curate", str(e), EXIT_USAGE)
     except ErrorBudgetExceeded as e:
-        print(f"audiomill curate: stopped: {e}", file=sys.stderr)
-        return 3
+        return _fail("curate", f"stopped: {e}", EXIT_BUDGET)
+    except PassFailed as e:
+        return _fail("curate", str(e), EXIT_WORKERS)
+    except KeyboardInterrupt:
+        return _fail("curate", "interrupted; rerun the same command to continue (finished work is kept)",
+                     EXIT_INTERRUPTED)
+    except Exception as e:  # a file-system error may arrive wrapped by Ray; anything else is a bug
+        cause = io_cause(e)
+        if cause is None:
+            raise
+        return _fail("curate", _io_message(cause), EXIT_IO)
     return 0
 
 
@@ -68,11 +103,9 @@ def _train(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(TrainConfig, args.config, overrides, extra)
     except ConfigError as e:
-        print(f"audiomill {args.command}: {e}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(e), EXIT_USAGE)
     if problems:
-        print(f"audiomill {args.command}: {ConfigError(problems)}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(ConfigError(problems)), EXIT_USAGE)
     from trainer.recipe import run_all, run_stage
 
     result = run_all(cfg) if args.command == "train-all" else {cfg.stage: run_stage(cfg)}

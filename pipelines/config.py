@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from typing import Any, TypeVar
@@ -17,6 +18,8 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+MAX_CONFIG_BYTES = 1 << 20       # a config file larger than this is not a config
+MAX_CONFIG_NODES = 100_000       # values in a config once YAML aliases are expanded
 
 
 class ConfigError(ValueError):
@@ -65,17 +68,11 @@ def load_config(cls: type[T], file: str | None = None, overrides: list[str] = ()
     problems: list[str] = []
     data: dict[str, Any] = {}
     if file:
-        try:
-            with open(file, encoding="utf-8") as f:
-                loaded = yaml.safe_load(f) or {}
-            if not isinstance(loaded, dict):
-                problems.append(f"{file}: top level must be a mapping, got {type(loaded).__name__}")
-            else:
-                data = loaded
-        except OSError as e:
-            problems.append(f"config file {file!r}: {e.strerror}")
-        except yaml.YAMLError as e:
-            problems.append(f"config file {file!r} is not valid YAML: {e}")
+        loaded = _load_yaml(file, problems)
+        if loaded is not None and not isinstance(loaded, dict):
+            problems.append(f"{file}: top level must be a mapping, got {type(loaded).__name__}")
+        elif loaded is not None:
+            data = loaded
     data = deep_merge(data, extra or {})
     over, over_problems = parse_overrides(list(overrides))
     problems += over_problems
@@ -90,6 +87,58 @@ def load_config(cls: type[T], file: str | None = None, overrides: list[str] = ()
     return value
 
 
+def _load_yaml(file: str, problems: list[str]) -> Any:
+    """The file's YAML (safe_load), refused when the file or its alias-expanded value is too big."""
+    try:
+        with open(file, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        problems.append(f"config file {file!r}: {e.strerror}")
+        return None
+    if len(raw) > MAX_CONFIG_BYTES:
+        problems.append(f"config file {file!r} is larger than {MAX_CONFIG_BYTES >> 20} MB")
+        return None
+    try:
+        loaded = yaml.safe_load(raw.decode("utf-8")) or {}
+    except UnicodeDecodeError:
+        problems.append(f"config file {file!r} is not UTF-8 text")
+        return None
+    except yaml.YAMLError as e:
+        problems.append(f"config file {file!r} is not valid YAML: {str(e)[:300]}")
+        return None
+    except RecursionError:
+        problems.append(f"config file {file!r} is nested too deeply")
+        return None
+    if _too_big(loaded):
+        problems.append(f"config file {file!r} expands to more than {MAX_CONFIG_NODES} values "
+                        "(YAML aliases repeat what they point at); refused")
+        return None
+    return loaded
+
+
+def _too_big(value: Any) -> bool:
+    """Whether walking ``value`` as a tree (aliases expanded, cycles included) visits too many nodes."""
+    budget = MAX_CONFIG_NODES
+    stack = [value]
+    while stack:
+        budget -= 1
+        if budget < 0:
+            return True
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return False
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """A value as an error message echoes it: its repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _build(cls: type, data: Any, path: str, problems: list[str]) -> Any:
     where = path or "config"
     if not isinstance(data, dict):
@@ -101,7 +150,8 @@ def _build(cls: type, data: Any, path: str, problems: list[str]) -> Any:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"{path + '.' if path else ''}{key}: unknown key{hint}; known: {', '.join(fields)}")
+            problems.append(f"{path + '.' if path else ''}{show(key, 40) if not isinstance(key, str) else key[:40]}: "
+                            f"unknown key{hint}; known: {', '.join(fields)}")
     kwargs = {}
     for name, f in fields.items():
         if name in data:
@@ -109,6 +159,8 @@ def _build(cls: type, data: Any, path: str, problems: list[str]) -> Any:
             value = _coerce(hints[name], data[name], f"{path + '.' if path else ''}{name}", problems)
             if len(problems) == before or dataclasses.is_dataclass(hints[name]):
                 kwargs[name] = value
+            elif isinstance(value, list) and value and all(dataclasses.is_dataclass(v) or v is None for v in value):
+                kwargs[name] = [v for v in value if v is not None]   # the good entries are still checked
     try:
         return cls(**kwargs)
     except TypeError as e:
@@ -131,7 +183,7 @@ def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
         if isinstance(value, (str, dict)) or not isinstance(value, (list, tuple)):
             if isinstance(value, str) and item_tp is str:
                 return [value]
-            problems.append(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+            problems.append(f"{path}: expected a list, got {type(value).__name__} {show(value)}")
             return []
         return [_coerce(item_tp, v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
     if origin is dict:
@@ -142,17 +194,20 @@ def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
         return {str(k): _coerce(val_tp, v, f"{path}.{k}", problems) for k, v in value.items()}
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(f"{path}: expected a number, got {type(value).__name__} {value!r}")
+            problems.append(f"{path}: expected a number, got {type(value).__name__} {show(value)}")
+            return 0.0
+        if not math.isfinite(value):
+            problems.append(f"{path}: expected a finite number, got {value}")
             return 0.0
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            problems.append(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
+            problems.append(f"{path}: expected an integer, got {type(value).__name__} {show(value)}")
             return 0
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            problems.append(f"{path}: expected true or false, got {value!r}")
+            problems.append(f"{path}: expected true or false, got {show(value)}")
             return False
         return value
     if tp is str:

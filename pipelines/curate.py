@@ -1,42 +1,54 @@
-"""The curate job: raw corpora → standardised, deduplicated, VAD-segmented, accounted segments in
-deterministic WebDataset shards (FORMAT.md, segments layer). One Ray Data job in three passes:
+"""The curate job: raw corpora → standardised, deduplicated, VAD-segmented, labelled, accounted segments in
+deterministic WebDataset shards (FORMAT.md, segments layer). One Ray cluster, a list of named stages:
 
-1. probe   (tasks)   decode each input once: duration, hashes, fingerprint, chunk plan
-   dedup   (driver)  exact and near duplicates, one copy kept deterministically
-2. segment (tasks → VAD actor pool → tasks) decode chunks, silero-vad, plan + cut + encode segments
-3. pack    (tasks)   copy segments into size-targeted shards; index, rejects, manifest last
+    ingest   (actors)  one decode pass per input: hashes, fingerprint, VAD, cut, measure, FLAC part tar
+    dedup    (driver)  exact, near and containment relations over fingerprints; labels merged or moved
+    label    (actors)  read kept segments → every configured labeler → labels   (when labelers are set)
+    pack     (tasks)   copy segments into size-targeted shards with their patches; index, rejects, manifest
 
-Every unit writes a completion marker under ``OUTPUT/_work``; a rerun skips finished units and ends
-byte-identical to an uninterrupted run. ``python -m pipelines.curate`` is the same job for ``ray job submit``.
+Every input unit writes a completion marker under ``OUTPUT/_work``; a rerun skips finished units and ends
+byte-identical to an uninterrupted run. ``audiomill curate`` runs it (``python -m pipelines.cli curate`` for
+``ray job submit``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
+import io
 import posixpath
-import shutil
-import sys
+import re
 import time
 from collections import Counter, defaultdict
 from typing import Any
 
 import fsspec
-import fsspec.implementations.local
 
-from pipelines import __version__
-from pipelines.config import ConfigError, config_hash, positive
+from pipelines.config import ConfigError, config_hash, positive, show
+from pipelines.output import Output, OutputConflict, OutputError
+from pipelines.progress import Progress
+from pipelines.runtime import RayConfig, cluster_cpus, init_ray, say
+from pipelines.stage import Resources, Stage, apply, dataset, run_pass
+from pipelines.stages.ingest import IngestJob, IngestStage, marker_url, read_marker
+from pipelines.stages.label import KeepLabels, LabelerError, ReadSegments, labeler_stages
+from pipelines.stages.pack import PackJob, PackStage
 from processors.audio import iter_standardised
-from processors.dedup import DedupItem, SpectralVerifier, NearParams, find_duplicates
-from processors.probe import Probe, ProbeParams
+from processors.dedup import DedupItem, NearParams, SpectralVerifier, find_relations, resolve
+from processors.ingest import AudioParams, IngestParams
+from processors.merge import MergeCounts, MergeResult, plan_merges
 from processors.segment import SegmentParams
-from processors.sources import FORMATS, InputItem, SourceError, SourceSpec, check_source, list_inputs
+from processors.shards import plan_shards
+from processors.sources import FORMATS, ListingParams, SourceError, SourceSpec, check_source, list_inputs
 from processors.vad import VadParams
-from schemas.reject import Reject
+from schemas import arrow
+from schemas.input import InputItem
+from schemas.manifest import Manifest, ShardEntry, read_manifest, write_manifest
+from schemas.reject import REJECTS_SCHEMA, Reject
+from schemas.segment import INDEX_SCHEMA, IndexRow, SegmentAudio, SegmentLabels
+from schemas.shard import Patch, PlannedSample, ShardPlan, ShardResult
+from schemas.unit import PartRef, UnitResult
 
-MANIFEST_SCHEMA = "audiomill.manifest/1"
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +58,19 @@ class DedupConfig:
     min_matches: int = 12
     min_fraction: float = 0.2
     min_coverage: float = 0.9
-    verify: bool = True          # confirm near candidates on dense fingerprints (decodes both files)
+    verify: bool = True             # confirm near candidates on the audio of the overlapping spans
+    max_trim_s: float = 1.0         # a copy may lack this much of the other's audio …
+    min_duplicate_overlap: float = 0.9   # … or this share of it; a shorter overlap is containment
+    max_hash_items: int = 64        # fingerprint hashes in more inputs than this are common material
+    containment: str = "keep"       # keep: a clip inside a longer recording stays (extra.contained_in); drop
+    target_level_dbfs: float = -20.0     # copies closer to this active level rank higher
+
+    def near_params(self) -> NearParams | None:
+        if not self.near:
+            return None
+        return NearParams(self.min_matches, self.min_fraction, min_coverage=self.min_coverage,
+                          max_trim_s=self.max_trim_s, min_duplicate_overlap=self.min_duplicate_overlap,
+                          max_hash_items=self.max_hash_items)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,20 +78,6 @@ class ShardConfig:
     target_mb: float = 64.0
     max_samples: int = 10000
     prefix: str = "segments"
-
-
-@dataclasses.dataclass(frozen=True)
-class RayConfig:
-    address: str = ""            # "" → RAY_ADDRESS if set, else an embedded local Ray
-    num_cpus: int = 0            # embedded Ray only; 0 → all cores
-    object_store_mb: int = 1024  # embedded Ray only
-    vad_actors: int = 0          # 0 → one per 2 CPUs, at least 1
-    task_num_cpus: float = 1.0   # CPUs reserved per decode / cut / pack task
-    decode_tasks: int = 0        # decode tasks in flight; 0 → 2 per VAD actor (bounds decoded audio in memory)
-    vad_batch_size: int = 4
-    vad_num_cpus: float = 0.5
-    vad_num_gpus: float = 0.0
-    progress: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +97,10 @@ class CurateConfig:
     version: str = "1"
     parent_version: str = ""
     keep_work: bool = False
-    audio: ProbeParams = ProbeParams()
+    lock_stale_s: float = 300.0  # a run's lock not refreshed for this long belongs to a dead run
+    labelers: list[str] = dataclasses.field(default_factory=list)   # names or module:Class, in order
+    listing: ListingParams = ListingParams()
+    audio: AudioParams = AudioParams()
     dedup: DedupConfig = DedupConfig()
     vad: VadParams = VadParams()
     segment: SegmentParams = SegmentParams()
@@ -104,12 +117,26 @@ class CurateConfig:
             problems.append("output: an OUTPUT_DIR is required")
         if not self.inputs and not self.sources:
             problems.append("inputs: at least one INPUT (or a sources: entry) is required")
-        for spec in self.all_sources():
-            problems += check_source(spec)
+        for i, spec in enumerate(self.sources):
+            problems += check_source(spec, f"sources[{i}] ({spec.path!r})")
+            problems += _names(**{f"sources[{i}].corpus": spec.corpus, f"sources[{i}].split": spec.split})
+        for text in self.inputs:
+            problems += check_source(parse_input(text, self.license, self.split), f"input {text!r}")
+        problems += _names(name=self.name, version=self.version, parent_version=self.parent_version, split=self.split)
+        if not PREFIX_RE.fullmatch(self.shards.prefix):
+            problems.append(f"shards.prefix: {show(self.shards.prefix)} must be letters, digits, '-' and '_' "
+                            "(it names files inside OUTPUT_DIR)")
         positive(problems, **{"audio.chunk_s": self.audio.chunk_s, "audio.block_s": self.audio.block_s,
                               "vad.max_segment_s": self.vad.max_segment_s, "shards.target_mb": self.shards.target_mb,
-                              "shards.max_samples": self.shards.max_samples,
-                              "ray.vad_batch_size": self.ray.vad_batch_size, "ray.vad_num_cpus": self.ray.vad_num_cpus})
+                              "shards.max_samples": self.shards.max_samples, "lock_stale_s": self.lock_stale_s,
+                              "audio.stall_timeout_s": self.audio.stall_timeout_s,
+                              "listing.max_text_chars": self.listing.max_text_chars,
+                              "listing.max_sidecar_bytes": self.listing.max_sidecar_bytes,
+                              "audio.min_sample_rate": self.audio.min_sample_rate})
+        if self.shards.target_mb > 1 << 20:
+            problems.append(f"shards.target_mb: {self.shards.target_mb} is more than a TiB per shard")
+        if self.audio.max_sample_rate < self.audio.min_sample_rate:
+            problems.append("audio.max_sample_rate: must be ≥ audio.min_sample_rate")
         if not 0 < self.vad.threshold < 1 or not 0 < self.vad.neg_threshold <= self.vad.threshold:
             problems.append(f"vad: need 0 < neg_threshold ≤ threshold < 1, got {self.vad.neg_threshold}, {self.vad.threshold}")
         if self.vad.max_segment_s > 30.0:
@@ -120,7 +147,28 @@ class CurateConfig:
             problems.append(f"audio.chunk_s: must be at least 2 × vad.max_segment_s ({2 * self.vad.max_segment_s})")
         if not 0 < self.errors.max_reject_fraction <= 1:
             problems.append("errors.max_reject_fraction: must be in (0, 1]")
+        if self.dedup.containment not in ("keep", "drop"):
+            problems.append(f"dedup.containment: {show(self.dedup.containment)} is not keep or drop")
+        if not 0 < self.dedup.min_duplicate_overlap <= 1 or not 0 <= self.dedup.min_coverage <= 1:
+            problems.append("dedup.min_duplicate_overlap and dedup.min_coverage: must be in (0, 1]")
+        problems += self.ray.problems()
+        try:
+            labeler_stages(self.labelers)
+        except LabelerError as e:
+            problems.append(str(e))
+        if self.output:
+            try:
+                Output(self.output, self.shards.prefix).check_apart_from([s.path for s in self.all_sources()])
+            except OutputError as e:
+                problems.append(f"output: {e}")
         return problems
+
+
+def _names(**values: str) -> list[str]:
+    """Name-like settings end up in file names and records: no separators, no '..'."""
+    return [f"{key}: {show(v)} must start with a letter or digit and hold only letters, digits and . _ + - "
+            "(no '/', no '..')" for key, v in values.items()
+            if v and (not NAME_RE.fullmatch(v) or ".." in v)]
 
 
 def parse_input(text: str, license: str, split: str) -> SourceSpec:
@@ -131,323 +179,368 @@ def parse_input(text: str, license: str, split: str) -> SourceSpec:
     return SourceSpec(path=text, license=license, split=split)
 
 
-# ---- the job ---------------------------------------------------------------------------------------
-
-class OutputConflict(RuntimeError):
-    """OUTPUT_DIR holds work of a different configuration."""
-
-
 class ErrorBudgetExceeded(RuntimeError):
     """Too many inputs were rejected: likely a systematic problem, not bad media."""
 
 
-def _unit(uri: str) -> str:
-    return hashlib.sha256(uri.encode()).hexdigest()[:20]
+# ---- the stages ------------------------------------------------------------------------------------
+
+def stages(cfg: CurateConfig, work: str, cpus: int) -> dict[str, Stage]:
+    """The job's stages by name, in order; ``dedup`` runs on the driver between ``ingest`` and the rest."""
+    r = cfg.ray
+    params = IngestParams(audio=cfg.audio, segment=cfg.segment, vad=cfg.vad, fingerprint=cfg.dedup.near)
+    actors = r.ingest_actors or max(1, int(cpus / r.ingest_num_cpus))
+    out = {"ingest": Stage("ingest", IngestStage, InputItem, UnitResult,
+                           Resources(num_cpus=r.ingest_num_cpus, tasks=actors), IngestJob(params, work))}
+    if cfg.labelers:
+        out["read"] = Stage("read", ReadSegments, PartRef, SegmentAudio, Resources(num_cpus=0.5))
+        for stage in labeler_stages(cfg.labelers):
+            out[stage.name] = stage
+        out["keep_labels"] = Stage("keep_labels", KeepLabels, SegmentAudio, SegmentLabels,
+                                   Resources(num_cpus=0.25))
+    out["pack"] = Stage("pack", PackStage, ShardPlan, ShardResult,
+                        Resources(num_cpus=1, tasks=r.pack_tasks or cpus), PackJob(cfg.output.rstrip("/")))
+    return out
 
 
-def _say(msg: str) -> None:
-    print(f"[audiomill] {msg}", flush=True)
-
-
-def init_ray(cfg: RayConfig) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = cfg.address or os.environ.get("RAY_ADDRESS", "")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=False,
-                 object_store_memory=cfg.object_store_mb << 20, log_to_driver=False)
-    import logging
-
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = cfg.progress and sys.stderr.isatty()
-    ctx.print_on_execution_start = False
-    if not ctx.enable_progress_bars:
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-
+# ---- the job ---------------------------------------------------------------------------------------
 
 def run(cfg: CurateConfig) -> dict[str, Any]:
     """Run the whole job; return the summary (also printed). Safe to rerun after a crash."""
     t0 = time.monotonic()
-    fs, out_path = fsspec.core.url_to_fs(cfg.output)
-    out = cfg.output.rstrip("/")
-    work = posixpath.join(out, "_work")
-    digest = config_hash(cfg, exclude=("output", "ray", "keep_work"))
-    if fs.exists(posixpath.join(out_path, "manifest.json")):
-        manifest = json.loads(fs.cat(posixpath.join(out_path, "manifest.json")))
-        if manifest.get("config_hash") != digest:
-            raise OutputConflict(f"{cfg.output} already holds a dataset made with another configuration")
-        _say(f"{cfg.output} is already complete")
-        return manifest["summary"]
-    _claim_work(fs, work, digest)
-
-    items, rejects = _list_all(cfg)
-    seen = len(items) + len(rejects)   # every listed input; each ends accepted or with one reject
-    init_ray(cfg.ray)
-    t_ray = time.monotonic()
-    _say(f"{len(items)} inputs listed, {len(rejects)} rejected while listing; Ray ready in {t_ray - t0:.1f} s")
-
-    probes, probe_rejects = _probe_pass(cfg, items, work)
-    t_probe = time.monotonic()
-    rejects += probe_rejects
-    _check_budget(cfg, seen, len(rejects))
-    kept, dup_rejects = _dedup(cfg, probes)
-    rejects += dup_rejects
-    t_dedup = time.monotonic()
-    _say(f"probed: {len(probes)} decodable, {len(probe_rejects)} rejected in {t_probe - t_ray:.1f} s; "
-         f"{len(dup_rejects)} duplicates found in {t_dedup - t_probe:.1f} s")
-
-    by_uri = {it.uri: it for it in items}
-    units, seg_rejects = _segment_pass(cfg, [by_uri[p.uri] for p in kept], {p.uri: p for p in kept}, work)
-    rejects += seg_rejects
-    plans = _plan(cfg, units)
-    t_seg = time.monotonic()
-    _say(f"segmented: {sum(len(u[1]) for u in units)} segments in {t_seg - t_dedup:.1f} s; packing {len(plans)} shards")
-    shards, index_rows = _pack(cfg, plans, out)
-    _say(f"packed in {time.monotonic() - t_seg:.1f} s")
-
-    summary = _summary(seen, rejects, index_rows, sum(p.duration_s for p in probes),
-                       time.monotonic() - t0, time.monotonic() - t_ray)
-    _commit(cfg, fs, out, digest, shards, index_rows, rejects, summary)
-    if not cfg.keep_work:
-        _remove_tree(fs, fsspec.core.url_to_fs(work)[1])
+    out = Output(cfg.output, cfg.shards.prefix)
+    digest = config_hash(cfg, exclude=("output", "ray", "keep_work", "lock_stale_s"))
+    finished = _finished(out, digest)
+    if finished is not None:
+        return finished
+    foreign = out.foreign_entries()
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise OutputConflict(f"{cfg.output} holds files audiomill did not write ({', '.join(foreign[:5])}{more}); "
+                             "curate into a new or empty folder")
+    listing = list_all(cfg)
+    with out.lock(cfg.lock_stale_s):
+        if out.claim(digest):
+            say("resuming: finished inputs are skipped")
+        init_ray(cfg.ray)
+        job = _Job(cfg, out, listing, t0)
+        summary = job.run()
     print(format_summary(summary), flush=True)
     return summary
 
 
-def _remove_tree(fs, path: str) -> None:
-    if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
-        shutil.rmtree(path)   # fsspec's local rm needs a current directory, which a job's may have lost
-    else:
-        fs.rm(path, recursive=True)
+def _finished(out: Output, digest: str) -> dict[str, Any] | None:
+    try:
+        manifest = read_manifest(out.url)
+    except (ValueError, KeyError, OSError) as e:
+        raise OutputError(f"{out.url} holds a manifest.json audiomill cannot read ({e}); "
+                          "curate into a new or empty folder") from None
+    if manifest is None:
+        return None
+    if manifest.config_hash != digest:
+        raise OutputConflict(f"{out.url} already holds a dataset made with another configuration")
+    say(f"{out.url} is already complete")
+    return manifest.summary
 
 
-def _claim_work(fs, work: str, digest: str) -> None:
-    path = fsspec.core.url_to_fs(work)[1]
-    marker = posixpath.join(path, "config.json")
-    if fs.exists(marker):
-        if json.loads(fs.cat(marker)).get("config_hash") != digest:
-            raise OutputConflict(f"{posixpath.dirname(work)} holds unfinished work of another configuration; "
-                                 "use a new OUTPUT_DIR or remove its _work/")
-        _say("resuming: finished units are skipped")
-        return
-    fs.makedirs(path, exist_ok=True)
-    with fs.open(marker, "w") as f:
-        f.write(json.dumps({"config_hash": digest}))
+@dataclasses.dataclass
+class _Listed:
+    items: list[InputItem]
+    rejects: list[Reject]
+    ignored: Counter
 
 
-def _list_all(cfg: CurateConfig) -> tuple[list[InputItem], list[Reject]]:
-    items: dict[str, InputItem] = {}
+def list_all(cfg: CurateConfig) -> _Listed:
+    """Every source listed; a source that cannot be listed at all is a config error (all reported)."""
+    items: dict[bytes, InputItem] = {}
     rejects: list[Reject] = []
+    ignored: Counter = Counter()
+    problems = []
     for spec in cfg.all_sources():
         try:
-            found, bad = list_inputs(spec)
+            found = list_inputs(spec, cfg.listing)
         except SourceError as e:
-            raise ConfigError([str(e)]) from None
-        rejects += bad
-        for it in found:
-            if it.uri in items:
-                rejects.append(Reject(it.uri, "list", "listed_twice", f"also in corpus {items[it.uri].corpus}"))
+            problems.append(str(e))
+            continue
+        rejects += found.rejects
+        ignored.update(found.ignored)
+        for it in found.items:
+            if it.location in items:
+                rejects.append(Reject(it.uri, "list", "listed_twice", f"also in corpus {items[it.location].corpus}"))
             else:
-                items[it.uri] = it
-    return sorted(items.values(), key=lambda it: it.uri), rejects
+                items[it.location] = it
+    if problems:
+        raise ConfigError(problems)
+    return _Listed(sorted(items.values(), key=lambda it: (it.uri, it.location)), rejects, ignored)
 
 
-def _dataset(rows: list[dict], blocks: int):
-    import ray
+class _Job:
+    def __init__(self, cfg: CurateConfig, out: Output, listing: _Listed, t0: float):
+        self.cfg, self.out, self.listing, self.t0 = cfg, out, listing, t0
+        self.cpus = cluster_cpus()
+        self.stages = stages(cfg, out.work, self.cpus)
+        self.seen = len(listing.items) + len(listing.rejects)
+        self.times: dict[str, float] = {}
 
-    return ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), blocks)))
+    def run(self) -> dict[str, Any]:
+        t_ray = time.monotonic()
+        say(f"{len(self.listing.items)} inputs listed, {len(self.listing.rejects)} rejected while listing; "
+            f"stages: {' → '.join(['ingest', 'dedup', *[n for n in self.stages if n not in ('ingest', 'pack')], 'pack'])}; "
+            f"Ray ready in {t_ray - self.t0:.1f} s")
+        units = self._timed("ingest", self.ingest)
+        rejects = list(self.listing.rejects) + [u.reject for u in units if not u.ok]
+        self._check_budget(len(rejects), self.seen)
+        kept = [u for u in units if u.ok]
+        merge = self._timed("dedup", lambda: self.dedup(kept))
+        rejects += merge.rejects
+        self._check_budget(len(rejects), self.seen)
+        kept = [u for u in kept if u.unit not in merge.dropped]
+        patches = dict(merge.patches)
+        if self.cfg.labelers:
+            patches.update(self._timed("label", lambda: self.label(kept, merge.patches)))
+        shards = self._timed("pack", lambda: self.pack(kept, patches))
+        summary = self._summary(units, rejects, shards, merge.counts, t_ray)
+        self._timed("commit", lambda: self.commit(shards, rejects, summary))
+        summary["stage_seconds"] = {k: round(v, 2) for k, v in self.times.items()}
+        return summary
+
+    def _timed(self, name: str, fn):
+        t = time.monotonic()
+        result = fn()
+        self.times[name] = time.monotonic() - t
+        return result
+
+    def _progress(self, phase: str, total: int, unit: str, weight: float = 0.0) -> Progress:
+        r = self.cfg.ray
+        return Progress(phase, total, unit, weight, r.progress_every_s, enabled=r.progress)
+
+    def _check_budget(self, rejected: int, seen: int) -> None:
+        e = self.cfg.errors
+        if seen >= e.min_inputs and rejected > e.max_reject_fraction * seen:
+            raise ErrorBudgetExceeded(f"{rejected} of {seen} inputs rejected (> errors.max_reject_fraction "
+                                      f"{e.max_reject_fraction}); the reasons are in {self.out.work}/units")
+
+    # ---- ingest --------------------------------------------------------------------------------------
+
+    def ingest(self) -> list[UnitResult]:
+        items = self.listing.items
+        fs, _ = fsspec.core.url_to_fs(self.out.work)
+        have = {posixpath.basename(p)[: -len(".arrow")]
+                for p in fs.glob(fsspec.core.url_to_fs(marker_url(self.out.work, "*"))[1])}
+        results: dict[str, UnitResult] = {}
+        for it in items:
+            if it.unit in have:
+                results[it.unit] = read_marker(marker_url(self.out.work, it.unit))
+        todo = sorted((it for it in items if it.unit not in results), key=lambda it: (-it.size, it.uri))
+        if results:
+            say(f"ingest: {len(results)} inputs already done, {len(todo)} to go")
+        progress = self._progress("ingest", len(todo), "inputs", float(sum(max(0, it.size) for it in todo)))
+        size = {it.unit: max(0, it.size) for it in todo}
+        listed_rejects = len(self.listing.rejects)
+        done_rejects = sum(not r.ok for r in results.values())
+
+        def on_result(r: UnitResult) -> None:
+            nonlocal done_rejects
+            results[r.unit] = r
+            done_rejects += not r.ok
+            progress.update(1, size.get(r.unit, 0), r.duration_s)
+            self._check_budget(listed_rejects + done_rejects, listed_rejects + len(results))
+
+        def make():
+            left = [it for it in todo if it.unit not in results]
+            return apply(dataset(left, InputItem), self.stages["ingest"])
+
+        if todo:
+            run_pass("ingest", make, UnitResult, on_result, self.cfg.ray.max_pass_retries, say)
+        progress.close()
+        return [results[it.unit] for it in items]
+
+    # ---- dedup ---------------------------------------------------------------------------------------
+
+    def dedup(self, kept: list[UnitResult]) -> MergeResult:
+        d = self.cfg.dedup
+        if not (d.exact or d.near):
+            return plan_merges(kept, resolve([], []), False)
+        path = {it.unit: it.path for it in self.listing.items}
+        items = [DedupItem(path[u.unit], u.pcm_sha256 if d.exact else u.unit, u.fingerprint_array(), u.duration_s,
+                           copy_rank(u, d.target_level_dbfs)) for u in kept]
+        verify = SpectralVerifier(lambda p, s, e: iter_standardised(p, s, e)) if d.verify else None
+        relations = find_relations(items, d.near_params(), verify)
+        merge = plan_merges(kept, resolve(items, relations), d.containment == "drop")
+        c = merge.counts
+        say(f"dedup: {sum(r.reason == 'duplicate' for r in merge.rejects)} duplicates, "
+            f"{sum(r.how == 'contained' for r in relations)} containments; labels merged {c.merged}, moved {c.moved}, "
+            f"conflicting {c.conflicts}, not placed {c.not_placed}")
+        return merge
+
+    # ---- labelers ------------------------------------------------------------------------------------
+
+    def label(self, kept: list[UnitResult], patches: dict[str, Patch]) -> dict[str, Patch]:
+        """Run the labeler stages over the kept segments (dedup's patches applied first); return the
+        patches with the labels as labelled. Each unit's labels are kept under _work/labels for resume."""
+        labels: dict[str, SegmentLabels] = {}
+        todo = []
+        for u in kept:
+            url = self._labels_url(u.unit)
+            if _exists(url):
+                labels.update({s.key: s for s in _read_rows(url, SegmentLabels)})
+            else:
+                todo.append(u)
+        expect = {u.unit: len(u.segments) for u in todo}
+        pending: dict[str, list[SegmentLabels]] = {}
+        progress = self._progress("label", sum(expect.values()), "segments")
+
+        def on_labels(s: SegmentLabels) -> None:
+            pending[s.unit].append(s)
+            labels[s.key] = s
+            progress.update(1)
+            if len(pending[s.unit]) == expect[s.unit]:
+                _write_rows(self._labels_url(s.unit), sorted(pending.pop(s.unit), key=lambda x: x.key), SegmentLabels)
+
+        def make():
+            left = [u for u in todo if u.unit in pending or not _exists(self._labels_url(u.unit))]
+            pending.update({u.unit: [] for u in left})
+            ds = dataset([PartRef(u.unit, u.uri, u.file_sha256, u.part, u.segments,
+                                  tuple(patches.get(s.key, Patch()) for s in u.segments)) for u in left], PartRef)
+            for name, stage in self.stages.items():
+                if name not in ("ingest", "pack"):
+                    ds = apply(ds, stage)
+            return ds
+
+        if todo:
+            run_pass("label", make, SegmentLabels, on_labels, self.cfg.ray.max_pass_retries, say)
+        progress.close()
+        return {key: dataclasses.replace(patches.get(key, Patch()), labels=s.labels) for key, s in labels.items()}
+
+    def _labels_url(self, unit: str) -> str:
+        return posixpath.join(self.out.work, "labels", unit + ".arrow")
+
+    # ---- pack ----------------------------------------------------------------------------------------
+
+    def pack(self, kept: list[UnitResult], patches: dict[str, Patch]) -> list[ShardResult]:
+        samples = [PlannedSample(s.key, u.part, s.offset, s.size, patches.get(s.key, Patch()))
+                   for u in sorted(kept, key=lambda u: u.uri) for s in u.segments]
+        s = self.cfg.shards
+        plans = plan_shards(samples, int(s.target_mb * (1 << 20)), s.max_samples, s.prefix)
+        results: dict[str, ShardResult] = {}
+        progress = self._progress("pack", len(plans), "shards")
+
+        def on_shard(r: ShardResult) -> None:
+            results[r.name] = r
+            progress.update(1)
+
+        def make():
+            left = [p for p in plans if p.name not in results]
+            stage = self.stages["pack"]
+            stage = dataclasses.replace(stage, resources=dataclasses.replace(
+                stage.resources, tasks=min(len(left), stage.resources.tasks)))
+            return apply(dataset(left, ShardPlan), stage)
+
+        if plans:
+            run_pass("pack", make, ShardResult, on_shard, self.cfg.ray.max_pass_retries, say)
+        progress.close()
+        removed = self.out.remove_stale_shards(set(results))
+        if removed:
+            say(f"removed {len(removed)} shard(s) of an earlier attempt: {', '.join(removed[:5])}")
+        return [results[p.name] for p in plans]
+
+    # ---- commit --------------------------------------------------------------------------------------
+
+    def commit(self, shards: list[ShardResult], rejects: list[Reject], summary: dict[str, Any]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from schemas.files import atomic_write
+
+        def parquet(rows: list[dict], schema) -> bytes:
+            buf = io.BytesIO()
+            pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)
+            return buf.getvalue()
+
+        index = [row.to_row() for shard in shards for row in shard.index]
+        reject_rows = sorted((r.to_row() for r in rejects), key=lambda r: (r["uri"], r["stage"], r["reason"]))
+        atomic_write(self.out.join("index.parquet"), parquet(index, INDEX_SCHEMA))
+        atomic_write(self.out.join("rejects.parquet"), parquet(reject_rows, REJECTS_SCHEMA))
+        stable = {k: v for k, v in summary.items() if k not in TIMING_KEYS}
+        c = self.cfg
+        write_manifest(self.out.url, Manifest(
+            layer="segments", name=c.name, version=c.version, parent_version=c.parent_version or None,
+            config_hash=config_hash(c, exclude=("output", "ray", "keep_work", "lock_stale_s")), summary=stable,
+            shards=tuple(ShardEntry(s.name, s.bytes, s.samples, s.sha256) for s in shards)))
+        if not c.keep_work:
+            self.out.remove_work()
+
+    def _summary(self, units: list[UnitResult], rejects: list[Reject], shards: list[ShardResult],
+                 counts: MergeCounts, t_ray: float) -> dict[str, Any]:
+        index = [row for shard in shards for row in shard.index]
+        wall = time.monotonic() - self.t0
+        decoded = sum(u.duration_s for u in units if u.ok)
+        warnings = Counter(w.split(":", 1)[0] for u in units for w in u.warnings)
+        return {
+            "inputs_seen": self.seen,
+            "accepted": len({r.uri for r in index}),
+            "rejected": len(rejects),
+            "rejected_by_reason": dict(sorted(Counter(r.reason for r in rejects).items())),
+            "segments": len(index),
+            "segments_by_kind": dict(sorted(Counter(r.kind for r in index).items())),
+            "hours_by_kind": {k: round(v / 3600, 4) for k, v in sorted(_seconds_by_kind(index).items())},
+            "labels": counts.as_dict(),
+            "warnings": dict(sorted(warnings.items())),
+            "sidecars_ignored": dict(sorted(self.listing.ignored.items())),
+            "audio_seconds_decoded": round(decoded, 3),
+            "wall_seconds": round(wall, 2),
+            "audio_seconds_per_wall_second": round(decoded / wall, 2) if wall > 0 else 0.0,
+            "job_seconds": round(time.monotonic() - t_ray, 2),
+        }
 
 
-def _probe_pass(cfg: CurateConfig, items: list[InputItem], work: str) -> tuple[list[Probe], list[Reject]]:
-    from pipelines.stages import probe_batch, read_json
-
-    fs, wpath = fsspec.core.url_to_fs(work)
-    done = {posixpath.basename(p)[:-5] for p in fs.glob(posixpath.join(wpath, "probe", "*.json"))}
-    todo = [{**it.to_row(), "unit": _unit(it.uri)} for it in items if _unit(it.uri) not in done]
-    if todo:
-        ds = _dataset(todo, 4 * _cpus()).map_batches(
-            probe_batch, batch_size=1, num_cpus=1,
-            fn_kwargs={"work": work, "params": cfg.audio, "fingerprint": cfg.dedup.near})
-        for _ in ds.iter_batches(batch_size=None):
-            pass
-    probes, rejects = [], []
-    for it in items:
-        result = read_json(posixpath.join(work, "probe", _unit(it.uri) + ".json"))
-        if result["ok"]:
-            probes.append(Probe.from_json_dict(result["probe"]))
-        else:
-            rejects.append(Reject(it.uri, "probe", result["reason"], result["detail"]))
-    return probes, rejects
+TIMING_KEYS = ("wall_seconds", "audio_seconds_per_wall_second", "job_seconds", "stage_seconds")
 
 
-def _cpus() -> int:
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
-def _check_budget(cfg: CurateConfig, seen: int, rejected: int) -> None:
-    e = cfg.errors
-    if seen >= e.min_inputs and rejected > e.max_reject_fraction * seen:
-        raise ErrorBudgetExceeded(f"{rejected} of {seen} inputs rejected (> errors.max_reject_fraction "
-                                  f"{e.max_reject_fraction}); see the reasons in {cfg.output}/_work/probe")
+def copy_rank(u: UnitResult, target_level_dbfs: float) -> tuple:
+    """Which copy of a duplicate cluster is kept, lowest first: the one carrying more labels, then a
+    lossless one, then the higher native sample rate, then the wider bandwidth, then the level closer to
+    ``target_level_dbfs``, then the longer, then by uri."""
+    return (-u.label_count, not u.lossless, -u.native_sample_rate, -round(u.bandwidth_hz, -2),
+            round(abs(u.level_dbfs - target_level_dbfs), 1), -u.duration_s, u.uri)
 
 
-def _dedup(cfg: CurateConfig, probes: list[Probe]) -> tuple[list[Probe], list[Reject]]:
-    if not (cfg.dedup.exact or cfg.dedup.near):
-        return probes, []
-    # Keep lossless over lossy, then the longest, then the first by uri.
-    items = [DedupItem(p.uri, p.pcm_sha256 if cfg.dedup.exact else p.uri, p.fingerprint,
-                       (not p.lossless, -p.duration_s, p.uri)) for p in probes]
-    d = cfg.dedup
-    near = NearParams(d.min_matches, d.min_fraction, min_coverage=d.min_coverage) if d.near else None
-    dups = find_duplicates(items, near, SpectralVerifier(lambda uri: iter_standardised(uri)) if d.verify else None)
-    rejects = [Reject(uri, "dedup", "duplicate", f"{how} duplicate", duplicate_of=of)
-               for uri, (of, how) in sorted(dups.items())]
-    return [p for p in probes if p.uri not in dups], rejects
-
-
-def _segment_pass(cfg: CurateConfig, items: list[InputItem], probes: dict[str, Probe], work: str):
-    import ray
-    from pipelines.stages import CudaVadStage, VadStage, cut_batch, decode_batch, read_json
-
-    fs, wpath = fsspec.core.url_to_fs(work)
-    done = {posixpath.basename(p)[:-5] for p in fs.glob(posixpath.join(wpath, "parts", "*.json"))}
-    rows = []
-    for it in items:
-        p = probes[it.uri]
-        for i, (s, e) in enumerate(p.chunks):
-            if f"{_unit(it.uri)}-{i:05d}" not in done:
-                rows.append({"unit": _unit(it.uri), "chunk": i, "n_chunks": len(p.chunks), "uri": it.uri,
-                             "start_s": s, "end_s": e, "file_sha256": p.file_sha256,
-                             "item": json.dumps(it.to_row())})
-    if rows:
-        r = cfg.ray
-        actors = r.vad_actors or max(1, _cpus() // 2)
-        ds = (_dataset(rows, 4 * _cpus())
-              .map_batches(decode_batch, batch_size=1, num_cpus=r.task_num_cpus,
-                           compute=ray.data.TaskPoolStrategy(size=r.decode_tasks or 2 * actors))
-              .map_batches(CudaVadStage if r.vad_num_gpus else VadStage, batch_size=r.vad_batch_size,
-                           num_cpus=r.vad_num_cpus, num_gpus=r.vad_num_gpus,
-                           compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
-              .map_batches(cut_batch, batch_size=1, num_cpus=r.task_num_cpus,
-                           fn_kwargs={"work": work, "params": cfg.segment, "vad": cfg.vad}))
-        for _ in ds.iter_batches(batch_size=None):
-            pass
-    units, rejects = [], []
-    for it in items:
-        markers = [read_json(posixpath.join(work, "parts", f"{_unit(it.uri)}-{i:05d}.json"))
-                   for i in range(len(probes[it.uri].chunks))]
-        failed = [m for m in markers if not m["ok"]]
-        if failed:
-            rejects.append(Reject(it.uri, "segment", failed[0]["reason"], failed[0]["detail"]))
-            continue
-        samples = [(m["chunk"], s) for m in markers for s in m["samples"]]
-        if not samples:
-            rejects.append(Reject(it.uri, "segment", "no_segments", "no speech or sound segment survived"))
-            continue
-        for m in markers:
-            if m["samples"]:
-                units.append((posixpath.join(work, "parts", f"{_unit(it.uri)}-{m['chunk']:05d}.tar"),
-                              [tuple(s) for s in m["samples"]]))
-    return units, rejects
-
-
-def _plan(cfg: CurateConfig, units):
-    from processors.shards import plan_shards
-
-    return plan_shards(units, int(cfg.shards.target_mb * (1 << 20)), cfg.shards.max_samples, cfg.shards.prefix)
-
-
-def _pack(cfg: CurateConfig, plans, out: str):
-    from pipelines.stages import pack_batch
-    from schemas.segment import Segment, to_index_row
-
-    if not plans:
-        return [], []
-    rows = [{"plan": json.dumps(dataclasses.asdict(p))} for p in plans]
-    ds = _dataset(rows, len(rows)).map_batches(pack_batch, batch_size=1, num_cpus=1, fn_kwargs={"output": out})
-    packed = sorted(ds.take_all(), key=lambda r: r["name"])
-    shards, index = [], []
-    for r in packed:
-        shards.append({"name": r["name"], "bytes": int(r["bytes"]), "samples": int(r["count"]), "sha256": r["sha256"]})
-        for key, offset, size, record in json.loads(r["placements"]):
-            index.append(to_index_row(Segment.from_json(record), r["name"], offset, size))
-    return shards, index
-
-
-def _summary(seen: int, rejects: list[Reject], index_rows, decoded_s: float, wall_s: float,
-             job_s: float) -> dict[str, Any]:
-    reasons = Counter(r.reason for r in rejects)
-    accepted = len({r["uri"] for r in index_rows})
-    return {
-        "inputs_seen": seen,
-        "accepted": accepted,
-        "rejected": len(rejects),
-        "rejected_by_reason": dict(sorted(reasons.items())),
-        "segments": len(index_rows),
-        "segments_by_kind": dict(sorted(Counter(r["kind"] for r in index_rows).items())),
-        "hours_by_kind": {k: round(v / 3600, 4) for k, v in sorted(_seconds_by_kind(index_rows).items())},
-        "audio_seconds_decoded": round(decoded_s, 3),
-        "wall_seconds": round(wall_s, 2),
-        "audio_seconds_per_wall_second": round(decoded_s / wall_s, 2) if wall_s > 0 else 0.0,
-        "job_seconds": round(job_s, 2),   # after Ray start-up
-    }
-
-
-def _seconds_by_kind(index_rows) -> dict[str, float]:
+def _seconds_by_kind(index: list[IndexRow]) -> dict[str, float]:
     acc: dict[str, float] = defaultdict(float)
-    for r in index_rows:
-        acc[r["kind"]] += r["duration_s"]
+    for r in index:
+        acc[r.kind] += r.duration_s
     return acc
 
 
-def _commit(cfg, fs, out: str, digest: str, shards, index_rows, rejects: list[Reject], summary) -> None:
-    import io
+def _exists(url: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.exists(path)
 
+
+def _write_rows(url: str, rows: list, cls: type) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow.ipc
 
-    from processors.shards import atomic_write
-    from schemas.reject import REJECTS_SCHEMA
-    from schemas.segment import INDEX_SCHEMA, SEGMENT_SCHEMA
+    from schemas.files import atomic_write
 
-    def parquet(rows, schema) -> bytes:
-        buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)
-        return buf.getvalue()
+    buf = io.BytesIO()
+    table = arrow.to_table(rows, cls)
+    with pa.ipc.new_file(buf, table.schema) as w:
+        w.write_table(table)
+    atomic_write(url, buf.getvalue())
 
-    index_rows = sorted(index_rows, key=lambda r: (r["shard"], r["offset"]))
-    reject_rows = sorted((r.to_row() for r in rejects), key=lambda r: (r["uri"], r["stage"], r["reason"]))
-    atomic_write(posixpath.join(out, "index.parquet"), parquet(index_rows, INDEX_SCHEMA))
-    atomic_write(posixpath.join(out, "rejects.parquet"), parquet(reject_rows, REJECTS_SCHEMA))
-    stable = {k: v for k, v in summary.items() if k not in ("wall_seconds", "audio_seconds_per_wall_second", "job_seconds")}
-    manifest = {
-        "schema": MANIFEST_SCHEMA,
-        "layer": "segments",
-        "record_schema": SEGMENT_SCHEMA,
-        "name": cfg.name,
-        "version": cfg.version,
-        "parent_version": cfg.parent_version or None,
-        "config_hash": digest,
-        "code_version": f"audiomill {__version__}",
-        "summary": stable,
-        "shards": shards,
-    }
-    atomic_write(posixpath.join(out, "manifest.json"),
-                 (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
+
+def _read_rows(url: str, cls: type) -> list:
+    import pyarrow as pa
+    import pyarrow.ipc
+
+    with fsspec.open(url, "rb") as f:
+        return arrow.from_table(cls, pa.ipc.open_file(pa.BufferReader(f.read())).read_all())
 
 
 def format_summary(s: dict[str, Any]) -> str:
-    lines = ["", "audiomill curate summary", "-" * 44]
-    row = lambda k, v: lines.append(f"{k:<32}{v:>12}")  # noqa: E731
+    lines = ["", "audiomill curate summary", "-" * 48]
+    row = lambda k, v: lines.append(f"{k:<34}{v:>14}")  # noqa: E731
     row("inputs seen", s["inputs_seen"])
     row("accepted", s["accepted"])
     row("rejected", s["rejected"])
@@ -456,19 +549,19 @@ def format_summary(s: dict[str, Any]) -> str:
     row("segments", s["segments"])
     for kind, h in s["hours_by_kind"].items():
         row(f"  {kind} (segments / hours)", f"{s['segments_by_kind'][kind]} / {h:.4f}")
+    labels = s.get("labels", {})
+    if any(labels.values()):
+        row("labels merged / moved", f"{labels.get('merged', 0)} / {labels.get('moved', 0)}")
+        row("labels conflicting / not placed", f"{labels.get('conflicts', 0)} / {labels.get('not_placed', 0)}")
+    for kind, n in s.get("warnings", {}).items():
+        row(f"warning: {kind}", n)
+    for reason, n in s.get("sidecars_ignored", {}).items():
+        lines.append(f"ignored {reason}: {n}")
     row("audio seconds decoded", f"{s['audio_seconds_decoded']:.1f}")
     if "wall_seconds" in s:
         row("wall seconds", f"{s['wall_seconds']:.1f}")
         row("audio-s per wall-s", f"{s['audio_seconds_per_wall_second']:.1f}")
         row("  after Ray start-up", f"{s['audio_seconds_decoded'] / max(s['job_seconds'], 1e-9):.1f}")
+    if "stage_seconds" in s:
+        row("stage seconds", " ".join(f"{k}={v:.1f}" for k, v in s["stage_seconds"].items()))
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import main as cli_main
-
-    return cli_main(["curate", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -159,9 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     out = root / "segments"
     if out.exists():
         shutil.rmtree(out)
-    from pipelines.cli import main as cli
+    from pipelines.config import ConfigError, load_config
+    from pipelines.curate import CurateConfig, run
 
-    return cli(["curate", str(out), "--config", str(config), *argv[1:]])
+    try:
+        cfg = load_config(CurateConfig, str(config), argv[1:], {"output": str(out)})
+    except ConfigError as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return 2
+    run(cfg)
+    return 0
 
 
 if __name__ == "__main__":

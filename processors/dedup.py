@@ -1,143 +1,42 @@
-"""Duplicate detection: exact (sha256 of the standardised 16-bit PCM) and near (landmark fingerprints).
+"""Duplicates and containment between inputs, from their PCM hashes and landmark fingerprints.
 
-Near duplicates are the same recording re-encoded, resampled, gain-changed or trimmed. The fingerprint is
-the landmark scheme of Wang (2003, "An Industrial-Strength Audio Search Algorithm"): spectrogram peaks,
-paired with their near-future peaks into (f1, f2, dt) hashes that carry the anchor's time. Two files match
-when many shared hashes agree on one time offset, which survives trimming (a constant offset), gain (peaks
-are local maxima, not levels) and codecs (strong peaks outlive mp3). Hashes are subsampled by hash value,
-so both copies keep the same subset and memory stays ~20 hashes per second.
+``find_relations(items)`` finds, for every pair of inputs that share audio:
+- ``exact``: the same standardised 16-bit PCM;
+- ``near``: the same recording re-encoded, resampled, gain-changed or trimmed by at most ``max_trim_s``
+  (or ``1 - min_duplicate_overlap`` of its length);
+- ``contained``: a shorter input lies whole inside a longer recording (a clip cut from it).
+
+A near candidate is a pair with many hashes aligned at one time offset whose aligned matches span the
+overlap (``coverage``); ``SpectralVerifier`` then confirms it on the audio itself, decoding only the
+overlapping spans. ``resolve`` turns relations into decisions: each duplicate cluster keeps its best copy
+by ``rank`` (see ``copy_rank``), and containment is recorded (or the clip dropped, on request).
+
+The fingerprint index is numpy arrays sorted by hash (about 24 bytes per hash, 20 hashes per second of
+audio), and a hash found in more than ``max_hash_items`` inputs is common material (a jingle, a tone,
+a TTS voice's stock phrase) that says nothing about copies, so it is not used.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 import numpy as np
 
-N_FFT = 512
-HOP = 256               # 16 ms frames
-PEAK_T = 7              # neighbourhood half-width in frames (±112 ms)
-PEAK_F = 8              # neighbourhood half-width in bins (±250 Hz)
-FAN_OUT = 5
-MAX_DT = 63             # frames (~1 s)
-MAX_DF = 63             # bins
-FLOOR_DB = -70.0        # peaks below this (re full scale) are noise
-KEEP_ONE_IN = 4         # hash subsampling
+from processors.fingerprint import HOP, N_FFT, variants
+
 COVERAGE_BIN = 48       # frames (0.768 s)
-
-
-class PcmHasher:
-    """sha256 over the int16 PCM, fed block by block."""
-
-    def __init__(self) -> None:
-        self._h = hashlib.sha256()
-
-    def update(self, pcm16: np.ndarray) -> None:
-        self._h.update(pcm16.astype("<i2").tobytes())
-
-    def hexdigest(self) -> str:
-        return self._h.hexdigest()
-
-
-class Fingerprinter:
-    """Streaming landmark fingerprint. ``update(block)`` with 16 kHz float32 blocks, then ``finish()``.
-
-    ``finish()`` → int64 array of shape (n, 2): column 0 the hash, column 1 the anchor frame.
-    """
-
-    def __init__(self) -> None:
-        self._pcm_tail = np.zeros(0, np.float32)
-        self._spec: list[np.ndarray] = []       # log-power frames not yet peak-picked (+ context)
-        self._spec_start = 0                    # absolute frame index of self._spec[0]
-        self._peaked_upto = 0                   # peaks decided for frames < this
-        self._peaks: list[tuple[int, int]] = [] # (frame, bin), not yet paired
-        self._hashes: list[tuple[int, int]] = []
-        self._window = np.hanning(N_FFT).astype(np.float32)
-
-    def update(self, x: np.ndarray) -> None:
-        buf = np.concatenate([self._pcm_tail, x.astype(np.float32)])
-        n = 0 if len(buf) < N_FFT else 1 + (len(buf) - N_FFT) // HOP
-        if n:
-            idx = np.arange(N_FFT)[None, :] + HOP * np.arange(n)[:, None]
-            power = np.abs(np.fft.rfft(buf[idx] * self._window, axis=1)) ** 2
-            self._spec.extend(10 * np.log10(power / (N_FFT / 4) ** 2 + 1e-12).astype(np.float32))
-        self._pcm_tail = buf[n * HOP:]
-        self._pick_peaks(final=False)
-        self._pair(final=False)
-
-    def finish(self) -> np.ndarray:
-        self._pick_peaks(final=True)
-        self._pair(final=True)
-        if not self._hashes:
-            return np.zeros((0, 2), np.int64)
-        return np.array(self._hashes, np.int64)
-
-    def _pick_peaks(self, final: bool) -> None:
-        if not self._spec:
-            return
-        spec = np.stack(self._spec)                       # (frames, bins), from self._spec_start
-        total = self._spec_start + len(spec)
-        decide_upto = total if final else total - PEAK_T
-        if decide_upto <= self._peaked_upto:
-            return
-        from scipy.ndimage import maximum_filter
-
-        local_max = maximum_filter(spec, size=(2 * PEAK_T + 1, 2 * PEAK_F + 1), mode="constant", cval=-1e9)
-        is_peak = (spec == local_max) & (spec > FLOOR_DB)
-        is_peak[:, :2] = False
-        lo, hi = self._peaked_upto - self._spec_start, decide_upto - self._spec_start
-        t, f = np.nonzero(is_peak[lo:hi])
-        self._peaks.extend(zip((t + lo + self._spec_start).tolist(), f.tolist()))
-        self._peaked_upto = decide_upto
-        keep_from = max(0, self._peaked_upto - PEAK_T - self._spec_start)
-        self._spec = self._spec[keep_from:]
-        self._spec_start += keep_from
-
-    def _pair(self, final: bool) -> None:
-        peaks = self._peaks
-        done = 0
-        for i, (t1, f1) in enumerate(peaks):
-            if not final and t1 + MAX_DT >= self._peaked_upto:
-                break
-            fanned = 0
-            for t2, f2 in peaks[i + 1:]:
-                dt = t2 - t1
-                if dt > MAX_DT:
-                    break
-                if dt < 1 or abs(f2 - f1) > MAX_DF:
-                    continue
-                h = (f1 << 14) | ((f2 - f1 + MAX_DF) << 6) | dt
-                if _keep(h):
-                    self._hashes.append((h, t1))
-                fanned += 1
-                if fanned == FAN_OUT:
-                    break
-            done = i + 1
-        self._peaks = peaks[done:]
-
-
-def _keep(h: int) -> bool:
-    """Subsample by the frequency pair only, so a hash and its dt±1 variants share the decision."""
-    return (((h >> 6) * 2654435761) & 0xFFFFFFFF) % KEEP_ONE_IN == 0
-
-
-def _variants(h: int) -> tuple[int, ...]:
-    """``h`` and its dt±1 neighbours: a sub-frame shift (a trim at any sample) jitters peak times by a
-    frame, which changes dt by one."""
-    dt = h & 0x3F
-    return tuple((h & ~0x3F) | d for d in (dt - 1, dt, dt + 1) if 1 <= d <= MAX_DT)
+FRAME_S = HOP / 16000   # 16 ms
 
 
 @dataclasses.dataclass(frozen=True)
 class DedupItem:
-    """One accepted input as dedup sees it. ``rank`` orders the copies: the lowest is kept."""
+    """One accepted input as dedup sees it. ``rank`` orders copies: the lowest is kept."""
 
     uri: str
     pcm_sha256: str
     fingerprint: np.ndarray      # (n, 2) int64: hash, anchor frame
+    duration_s: float
     rank: tuple
 
 
@@ -147,131 +46,210 @@ class NearParams:
     min_fraction: float = 0.2    # of the smaller fingerprint
     offset_tolerance: int = 2    # frames
     min_coverage: float = 0.9    # of the ~0.77 s bins of the overlap holding an aligned match
+    max_trim_s: float = 1.0      # a copy may lack this much of the other's audio and still be a duplicate …
+    min_duplicate_overlap: float = 0.9   # … or this share of the longer one; less is containment
+    max_hash_items: int = 64     # hashes found in more inputs than this are common material, not evidence
 
 
-Verifier = Callable[[str, str, int], bool]
+@dataclasses.dataclass(frozen=True)
+class Relation:
+    """Items ``a`` and ``b`` share audio: time t in ``a`` is time t + ``offset_s`` in ``b``. For
+    ``contained``, ``a`` is the clip inside ``b``."""
+
+    a: int
+    b: int
+    how: str          # exact | near | contained
+    offset_s: float = 0.0
 
 
-def find_duplicates(items: list[DedupItem], near: NearParams | None = NearParams(),
-                    verify: Verifier | None = None) -> dict[str, tuple[str, str]]:
-    """Map each duplicate's uri to (kept uri, "exact" | "near"). Keepers never appear as keys.
-
-    Deterministic: items are visited by rank; each one is compared with the keepers so far. A near
-    candidate is confirmed by ``verify(uri, kept uri, offset in frames)`` when one is given.
-    """
-    order = sorted(items, key=lambda it: it.rank)
-    dups: dict[str, tuple[str, str]] = {}
-    by_hash: dict[str, str] = {}
-    index: dict[int, list[tuple[int, int]]] = defaultdict(list)   # hash → [(keeper no., frame)]
-    keepers: list[DedupItem] = []
-    for it in order:
-        if it.pcm_sha256 in by_hash:
-            dups[it.uri] = (by_hash[it.pcm_sha256], "exact")
-            continue
-        match = _near_match(it, index, keepers, near, verify) if near is not None else None
-        if match is not None:
-            dups[it.uri] = (match, "near")
-            continue
-        by_hash[it.pcm_sha256] = it.uri
-        k = len(keepers)
-        keepers.append(it)
-        for h, t in it.fingerprint.tolist():
-            index[h].append((k, t))
-    return dups
+Verifier = Callable[[str, str, float, float, float], bool]
 
 
-def _near_match(it: DedupItem, index: dict, keepers: list[DedupItem], p: NearParams,
-                verify: Verifier | None) -> str | None:
-    if len(it.fingerprint) == 0:
+def find_relations(items: list[DedupItem], near: NearParams | None = NearParams(),
+                   verify: Verifier | None = None) -> list[Relation]:
+    """Every exact, near and containment relation between ``items`` (indices into ``items``), in a
+    deterministic order. ``verify(a_uri, b_uri, offset_s, start_s, end_s)`` confirms a near candidate
+    on the audio (``start_s``..``end_s``: the overlap, in ``a``'s time)."""
+    relations: list[Relation] = []
+    first_of: dict[str, int] = {}
+    representatives = []
+    for i, it in enumerate(items):
+        if it.pcm_sha256 in first_of:
+            relations.append(Relation(first_of[it.pcm_sha256], i, "exact"))
+        else:
+            first_of[it.pcm_sha256] = i
+            representatives.append(i)
+    if near is None:
+        return relations
+    index = _FingerprintIndex([items[i] for i in representatives], near.max_hash_items)
+    for pos, i in enumerate(representatives):
+        for other_pos, offset_frames in index.candidates(pos, near):
+            j = representatives[other_pos]
+            rel = _classify(items, i, j, offset_frames, near, verify)
+            if rel is not None:
+                relations.append(rel)
+    return relations
+
+
+class _FingerprintIndex:
+    """All fingerprints as arrays sorted by hash: hash, item, anchor frame."""
+
+    def __init__(self, items: list[DedupItem], max_hash_items: int):
+        self.items = items
+        fps = [it.fingerprint for it in items]
+        n = np.array([len(fp) for fp in fps], np.int64)
+        h = np.concatenate([fp[:, 0] for fp in fps]) if fps else np.zeros(0, np.int64)
+        t = np.concatenate([fp[:, 1] for fp in fps]) if fps else np.zeros(0, np.int64)
+        item = np.repeat(np.arange(len(items), dtype=np.int64), n)
+        order = np.lexsort((t, item, h))
+        self.h, self.item, self.t = h[order], item[order], t[order]
+        # Common hashes: in more than max_hash_items distinct items.
+        pairs = np.unique(np.stack([self.h, self.item], axis=1), axis=0) if len(self.h) else np.zeros((0, 2), np.int64)
+        values, counts = np.unique(pairs[:, 0], return_counts=True)
+        self.common = values[counts > max_hash_items]
+
+    def candidates(self, pos: int, p: NearParams) -> list[tuple[int, int]]:
+        """(other item, offset in frames) for items after ``pos`` whose hashes align with ``pos``'s at one
+        offset strongly enough; strongest first."""
+        fp = self.items[pos].fingerprint
+        if len(fp) == 0:
+            return []
+        qh = variants(fp[:, 0])                       # (n, 3)
+        qt = np.repeat(fp[:, 1], 3)
+        qid = np.repeat(np.arange(len(fp)), 3)
+        qh = qh.reshape(-1)
+        valid = (qh >= 0) & ~np.isin(qh, self.common)
+        qh, qt, qid = qh[valid], qt[valid], qid[valid]
+        lo = np.searchsorted(self.h, qh, side="left")
+        hi = np.searchsorted(self.h, qh, side="right")
+        counts = hi - lo
+        if counts.sum() == 0:
+            return []
+        rows = np.repeat(np.arange(len(qh)), counts)
+        starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
+        idx = starts + np.arange(counts.sum())
+        other, tk = self.item[idx], self.t[idx]
+        later = other > pos
+        rows, other, tk = rows[later], other[later], tk[later]
+        # One vote per (query hash, matched entry), whichever dt variant matched.
+        key = np.unique(np.stack([qid[rows], other, tk, qt[rows]], axis=1), axis=0)
+        tol = max(1, p.offset_tolerance)
+        bins = (key[:, 2] - key[:, 3]) // tol
+        votes, n = np.unique(np.stack([key[:, 1], bins], axis=1), axis=0, return_counts=True)
+        out = []
+        for o in np.unique(votes[:, 0]):
+            mine = votes[:, 0] == o
+            b, c = votes[mine, 1], n[mine]
+            nxt = dict(zip(b.tolist(), c.tolist()))
+            aligned = np.array([c[k] + nxt.get(int(b[k]) + 1, 0) for k in range(len(b))])
+            best = int(np.argmax(aligned))
+            smaller = min(len(fp), len(self.items[o].fingerprint))
+            if aligned[best] >= max(p.min_matches, p.min_fraction * smaller):
+                out.append((int(o), int(b[best]) * tol, int(aligned[best])))
+        return [(o, off) for o, off, _ in sorted(out, key=lambda r: (-r[2], r[0]))]
+
+
+def _classify(items: list[DedupItem], i: int, j: int, offset_frames: int, p: NearParams,
+              verify: Verifier | None) -> Relation | None:
+    """Check a candidate (time t in i is t + offset in j) and say what it is, or None."""
+    a, b = items[i], items[j]
+    offset_s = offset_frames * FRAME_S
+    lo, hi = max(0.0, -offset_s), min(a.duration_s, b.duration_s - offset_s)      # overlap, in a's time
+    overlap = hi - lo
+    if overlap <= 0:
         return None
-    tol = max(1, p.offset_tolerance)
-    votes: dict[tuple[int, int], int] = defaultdict(int)
-    for h, t in it.fingerprint.tolist():
-        for k, tk in {m for v in _variants(h) for m in index.get(v, ())}:
-            votes[(k, (tk - t) // tol)] += 1
-    best: dict[int, tuple[int, int]] = {}
-    for (k, off), n in votes.items():
-        aligned = n + votes.get((k, off + 1), 0)
-        if aligned > best.get(k, (0, 0))[0]:
-            best[k] = (aligned, off)
-    for k in sorted(best, key=lambda k: (-best[k][0], k)):
-        aligned, off = best[k]
-        keeper = keepers[k]
-        smaller = min(len(it.fingerprint), len(keeper.fingerprint))
-        if aligned < max(p.min_matches, p.min_fraction * smaller):
-            return None
-        if coverage(it.fingerprint, keeper.fingerprint, off, tol) >= p.min_coverage:
-            if verify is None or verify(it.uri, keeper.uri, off * tol):
-                return keeper.uri
-    return None
+    shorter_is_a = a.duration_s <= b.duration_s
+    short_fp, long_fp = (a.fingerprint, b.fingerprint) if shorter_is_a else (b.fingerprint, a.fingerprint)
+    if coverage(short_fp, long_fp, offset_frames if shorter_is_a else -offset_frames,
+                max(1, p.offset_tolerance)) < p.min_coverage:
+        return None
+    longer = max(a.duration_s, b.duration_s)
+    shorter = min(a.duration_s, b.duration_s)
+    if longer - overlap <= max(p.max_trim_s, (1 - p.min_duplicate_overlap) * longer):
+        how = "near"
+    elif overlap >= shorter - max(p.max_trim_s / 2, 0.05 * shorter):
+        how = "contained"
+    else:
+        return None            # partial overlap: two recordings that share a stretch of audio
+    if verify is not None and not verify(a.uri, b.uri, offset_s, lo, hi):
+        return None
+    if how == "contained" and not shorter_is_a:
+        return Relation(j, i, how, -offset_s)
+    return Relation(i, j, how, offset_s)
 
 
-def coverage(fp: np.ndarray, keeper_fp: np.ndarray, offset_bin: int, tol: int) -> float:
-    """Share of ``fp``'s time bins (~0.77 s), within the span both files cover at this offset, that hold
-    an aligned match: a cheap first check that the match spans the file, before ``SpectralVerifier``."""
-    keeper_at = defaultdict(set)
-    for h, t in keeper_fp.tolist():
-        keeper_at[h].add(t)
-    lo_t, hi_t = int(keeper_fp[:, 1].min()), int(keeper_fp[:, 1].max())
-    bins_all, bins_hit = set(), set()
-    for h, t in fp.tolist():
-        shift_lo = offset_bin * tol
-        if not lo_t <= t + shift_lo <= hi_t:
-            continue
-        b = t // COVERAGE_BIN
-        bins_all.add(b)
-        if any((t + shift_lo + d) in keeper_at.get(v, ()) for v in _variants(h) for d in range(0, 2 * tol)):
-            bins_hit.add(b)
-    return len(bins_hit) / len(bins_all) if bins_all else 0.0
+def coverage(fp: np.ndarray, other_fp: np.ndarray, offset_frames: int, tol: int) -> float:
+    """Share of ``fp``'s time bins (~0.77 s), within the span both cover at this offset, that hold an
+    aligned match: a cheap check that the match spans the overlap, before ``SpectralVerifier``."""
+    if len(fp) == 0 or len(other_fp) == 0:
+        return 0.0
+    lo_t, hi_t = int(other_fp[:, 1].min()), int(other_fp[:, 1].max())
+    shifted = fp[:, 1] + offset_frames
+    inside = (shifted >= lo_t) & (shifted <= hi_t)
+    if not inside.any():
+        return 0.0
+    fp, shifted = fp[inside], shifted[inside]
+    bins = fp[:, 1] // COVERAGE_BIN
+    # A match: some variant of the hash sits in other_fp within [t + off - tol, t + off + 2 tol) (the
+    # offset is binned down to a multiple of tol, so either direction of a pair sees the same window).
+    known = {}
+    for h, t in other_fp.tolist():
+        known.setdefault(h, []).append(t)
+    hit = np.zeros(len(fp), bool)
+    for n, (v3, s) in enumerate(zip(variants(fp[:, 0]).tolist(), shifted.tolist())):
+        hit[n] = any(s - tol <= t < s + 2 * tol for v in v3 if v >= 0 for t in known.get(v, ()))
+    all_bins = np.unique(bins)
+    return len(np.unique(bins[hit])) / len(all_bins)
 
 
 @dataclasses.dataclass(frozen=True)
 class SpectralVerifier:
-    """Confirms a near-duplicate candidate on the audio itself: both files are decoded, aligned to the
-    sample (the fingerprint offset refined by cross-correlation), and compared band by band in 64 ms
-    windows after removing the gain difference. A copy differs by codec noise everywhere (a few dB);
-    two renderings of a template sentence (TTS renders the shared words identically) differ by
-    ≥ 10 dB over the differing word. ``decode(uri)`` yields 16 kHz float32 blocks."""
+    """Confirms a near-duplicate or containment candidate on the audio itself: the overlapping spans of
+    both inputs are decoded, aligned to the sample (the fingerprint offset refined by cross-correlation),
+    and compared band by band in 64 ms windows after removing the gain difference. A copy differs by
+    codec noise everywhere (a few dB); two renderings of a template sentence (TTS renders the shared
+    words identically) differ by ≥ 10 dB over the differing word. ``decode(uri, start_s, end_s)`` yields
+    16 kHz float32 blocks."""
 
-    decode: Callable[[str], Iterable[np.ndarray]]
+    decode: Callable[[str, float, float], Iterable[np.ndarray]]
     max_seconds: float = 600.0
     max_median_db: float = 3.0       # typical window distance of a copy
     loud_window_db: float = 8.0      # a window this far off is different audio …
     max_loud_windows: int = 2        # … and more than two such windows (128 ms) mean different content
+    margin_s: float = 0.25           # extra audio decoded around the other span, for the lag search
 
-    def __call__(self, uri: str, kept_uri: str, offset_frames: int) -> bool:
-        a, b = self._load(uri), self._load(kept_uri)
+    def __call__(self, uri: str, other: str, offset_s: float, start_s: float, end_s: float) -> bool:
+        end_s = min(end_s, start_s + self.max_seconds)
+        a = self._load(uri, start_s, end_s)
+        b_start = max(0.0, start_s + offset_s - self.margin_s)
+        b = self._load(other, b_start, end_s + offset_s + self.margin_s)
         if min(len(a), len(b)) < N_FFT * 4:
             return False
-        lag = _refine_lag(a, b, offset_frames * HOP)
+        guess = int(round((start_s + offset_s - b_start) * 16000))     # a[t] ≈ b[t + guess]
+        lag = _refine_lag(a, b, guess)
         distances = _window_distances(a, b, lag)
         if len(distances) == 0:
             return False
         return (float(np.median(distances)) <= self.max_median_db
                 and int(np.sum(distances > self.loud_window_db)) <= self.max_loud_windows)
 
-    def _load(self, uri: str) -> np.ndarray:
-        blocks, n = [], 0
-        for block in self.decode(uri):
-            blocks.append(block)
-            n += len(block)
-            if n >= self.max_seconds * 16000:
-                break
-        return np.concatenate(blocks)[: int(self.max_seconds * 16000)] if blocks else np.zeros(0, np.float32)
+    def _load(self, uri: str, start_s: float, end_s: float) -> np.ndarray:
+        blocks = list(self.decode(uri, start_s, end_s))
+        return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
 
 
 def _refine_lag(a: np.ndarray, b: np.ndarray, guess: int, search: int = 1536, span: int = 160000) -> int:
     """Sample lag L with a[t] ≈ b[t + L], searched within ``guess ± search`` by cross-correlating up to
     10 s of ``a`` against ``b``."""
-    a0 = max(0, -guess + search)
-    seg = a[a0:a0 + span]
+    a0 = max(0, search - guess)              # so that the search window starts inside b
     lo = a0 + guess - search
-    ref = b[max(0, lo):max(0, lo) + len(seg) + 2 * search]
-    if len(seg) < N_FFT or len(ref) < len(seg):
+    n = min(span, len(a) - a0, len(b) - lo - 2 * search)
+    if n < N_FFT:
         return guess
-    n = 1 << int(np.ceil(np.log2(len(ref) + len(seg))))
-    corr = np.fft.irfft(np.fft.rfft(ref, n) * np.conj(np.fft.rfft(seg, n)), n)[: len(ref) - len(seg) + 1]
-    return max(0, lo) + int(np.argmax(corr)) - a0
+    seg, ref = a[a0:a0 + n], b[lo:lo + n + 2 * search]
+    size = 1 << int(np.ceil(np.log2(len(ref) + n)))
+    corr = np.fft.irfft(np.fft.rfft(ref, size) * np.conj(np.fft.rfft(seg, size)), size)[: len(ref) - n + 1]
+    return lo + int(np.argmax(corr)) - a0
 
 
 _BAND_EDGES = np.geomspace(80, 7600, 33)
@@ -304,3 +282,58 @@ def _window_distances(a: np.ndarray, b: np.ndarray, lag: int, window: int = 8) -
         if sel.any():
             out.append(dist[i:i + window][sel].mean())
     return np.array(out)
+
+
+# ---- decisions ---------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Dropped:
+    """Item ``item`` is not kept: it duplicates (or, with containment=drop, lies inside) ``kept``; time t
+    in it is t + ``offset_s`` in ``kept``."""
+
+    item: int
+    kept: int
+    how: str          # exact | near | contained
+    offset_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Decisions:
+    dropped: tuple[Dropped, ...]
+    contained: tuple[Relation, ...]     # kept clips inside kept recordings (a: clip, b: recording)
+
+
+def resolve(items: list[DedupItem], relations: list[Relation]) -> Decisions:
+    """Duplicate clusters (connected by exact and near relations) keep their lowest-ranked copy; every
+    other copy is dropped with its offset to the kept one. Containment relations between kept items are
+    returned as they are."""
+    parent = list(range(len(items)))
+    offset = [0.0] * len(items)          # time t in item is t + offset[item] in parent[item]
+
+    def find(x: int) -> tuple[int, float]:
+        total = 0.0
+        while parent[x] != x:
+            total += offset[x]
+            x = parent[x]
+        return x, total
+
+    for r in relations:
+        if r.how == "contained":
+            continue
+        (ra, oa), (rb, ob) = find(r.a), find(r.b)
+        if ra != rb:   # a → ra is +oa; a → b is +offset; so ra → rb is -oa + offset + ob
+            parent[ra], offset[ra] = rb, -oa + r.offset_s + ob
+    clusters: dict[int, list[int]] = {}
+    for i in range(len(items)):
+        clusters.setdefault(find(i)[0], []).append(i)
+    dropped = []
+    for members in clusters.values():
+        keep = min(members, key=lambda i: items[i].rank)
+        keep_off = find(keep)[1]
+        for i in members:
+            if i != keep:
+                how = "exact" if items[i].pcm_sha256 == items[keep].pcm_sha256 else "near"
+                dropped.append(Dropped(i, keep, how, round(find(i)[1] - keep_off, 4)))
+    gone = {d.item for d in dropped}
+    contained = tuple(r for r in relations if r.how == "contained" and r.a not in gone and r.b not in gone)
+    return Decisions(tuple(sorted(dropped, key=lambda d: d.item)), contained)

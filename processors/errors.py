@@ -49,3 +49,15 @@ class SilentAudio(MediaError):
 
 class DurationMismatch(MediaError):
     reason = "duration_mismatch"
+
+
+class BadSampleRate(MediaError):
+    """A sample rate no real recording has (a damaged or hostile header)."""
+
+    reason = "bad_sample_rate"
+
+
+class HeaderMismatch(MediaError):
+    """The container's header and the file's size disagree in a way that would hide audio."""
+
+    reason = "header_mismatch"

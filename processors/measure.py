@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 SR = 16000
+MEASURE_BY = "audiomill.measure@1"
 _CLIP_LEVEL = 0.999
 _FRAME = 400   # 25 ms
 _HOP = 160     # 10 ms
@@ -38,13 +41,19 @@ def bandwidth_hz(x: np.ndarray, drop_db: float = 50.0) -> float:
     return float(above[-1] * SR / n_fft) if len(above) else 0.0
 
 
-def lufs(x: np.ndarray) -> float | None:
-    """Integrated loudness (ITU-R BS.1770 via pyloudnorm); None when too short or gated out."""
+@functools.cache
+def _meter():
+    """One pyloudnorm meter per process: building it designs the K-weighting filters each time."""
     import pyloudnorm
 
+    return pyloudnorm.Meter(SR)
+
+
+def lufs(x: np.ndarray) -> float | None:
+    """Integrated loudness (ITU-R BS.1770 via pyloudnorm); None when too short or gated out."""
     if len(x) < int(0.4 * SR):
         return None
-    value = pyloudnorm.Meter(SR).integrated_loudness(x.astype(np.float64))
+    value = _meter().integrated_loudness(x.astype(np.float64))
     return float(value) if np.isfinite(value) else None
 
 

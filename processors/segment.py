@@ -13,13 +13,11 @@ import json
 import numpy as np
 
 from processors.audio import TARGET_SR, encode_flac
-from processors.measure import frame_rms, measure
-from processors.sources import InputItem
+from processors.measure import MEASURE_BY, frame_rms, measure
 from processors.vad import FRAME, VadParams, plan_speech, speech_regions
+from schemas.input import InputItem
+from schemas.labels import Event, Labels, Quality, SpeakerTurn, Speakers, Transcript
 from schemas.segment import Segment, Source, segment_id
-
-LABEL_KEYS = ("transcript", "speakers", "events", "music", "paralinguistic", "caption", "quality")
-MEASURE_BY = "audiomill.measure@1"
 ENERGY_HOP = 160
 
 
@@ -73,7 +71,7 @@ def plan_chunk(x: np.ndarray, probs: np.ndarray, item: InputItem, single_chunk: 
     speech_kind = "mixed" if item.kind in ("music", "sound") else "speech"
     energy = frame_rms(x, ENERGY_HOP, ENERGY_HOP)
 
-    if p.whole_utterances and single_chunk and item.text and n <= max_len:
+    if p.whole_utterances and single_chunk and has_utterance_labels(item) and n <= max_len:
         return [_whole_utterance(x, probs, vad, speech_kind)]
 
     speech = [(s * FRAME, min(n, e * FRAME)) for s, e in plan_speech(probs, vad)]
@@ -85,6 +83,12 @@ def plan_chunk(x: np.ndarray, probs: np.ndarray, item: InputItem, single_chunk: 
         # A speech corpus whose clip VAD missed (a short word): keep it whole, the corpus says speech.
         plans = [PlannedSegment(0, min(n, max_len), "speech", _speech_ratio(probs, 0, n, vad.threshold))]
     return sorted(plans, key=lambda s: s.start)
+
+
+def has_utterance_labels(item: InputItem) -> bool:
+    """Whether the source labels the input as one utterance (a transcript, a speaker, sidecar labels):
+    such an input short enough for one segment is kept whole, so its labels stay true of the segment."""
+    return bool(item.text or item.speaker or item.labels.kinds())
 
 
 def _whole_utterance(x, probs, vad: VadParams, kind: str) -> PlannedSegment:
@@ -126,19 +130,15 @@ def cut_chunk(x: np.ndarray, plans: list[PlannedSegment], item: InputItem, file_
               chunk_start_s: float) -> list[tuple[Segment, bytes]]:
     """Plans → (Segment, FLAC bytes), in time order. Times are source-file seconds (3 decimals)."""
     source = Source(corpus=item.corpus, uri=item.uri, sha256=file_sha256, license=item.license, split=item.split)
+    base_extra = json.loads(item.extra_json) if item.extra_json else {}
     out = []
     for plan in plans:
         audio = x[plan.start:plan.end]
         start_s = round(chunk_start_s + plan.start / TARGET_SR, 3)
         end_s = round(start_s + len(audio) / TARGET_SR, 3)
-        labels = _labels(item, plan, audio)
-        extra = {"speech_ratio": plan.speech_ratio}
-        source_labels = json.loads(item.labels_json) if item.labels_json else {}
-        for key, value in source_labels.items():
-            if key in LABEL_KEYS and plan.whole_utterance:
-                labels.setdefault(key, value)
-            elif key not in LABEL_KEYS:
-                extra[key] = value
+        labels = source_labels(item, plan.kind, plan.whole_utterance, round(len(audio) / TARGET_SR, 3))
+        labels = labels.replace(quality=Quality(by=MEASURE_BY, **measure(audio)))
+        extra = {**base_extra, "speech_ratio": plan.speech_ratio}
         if item.label and plan.kind == "speech":
             extra["label"] = item.label
         seg = Segment(id=segment_id(file_sha256, start_s, end_s), source=source, start_s=start_s,
@@ -147,17 +147,17 @@ def cut_chunk(x: np.ndarray, plans: list[PlannedSegment], item: InputItem, file_
     return out
 
 
-def _labels(item: InputItem, plan: PlannedSegment, audio: np.ndarray) -> dict:
-    labels: dict = {"quality": {**measure(audio), "by": MEASURE_BY}}
-    if plan.whole_utterance and item.text:
-        t = {"text": item.text, "by": "manifest"}
-        if item.language:
-            t["language"] = item.language
-        labels["transcript"] = t
-        if item.speaker:
-            dur = round(len(audio) / TARGET_SR, 3)
-            labels["speakers"] = {"count": 1, "turns": [{"speaker": item.speaker, "start_s": 0.0, "end_s": dur}],
-                                  "by": "manifest"}
-    if item.label and plan.kind != "speech":
-        labels["events"] = [{"label": item.label, "score": 1.0, "by": "manifest"}]
+def source_labels(item: InputItem, kind: str, whole_utterance: bool, duration_s: float) -> Labels:
+    """The labels the source gives a segment: a manifest class label on every non-speech segment; the
+    transcript, speaker and sidecar labels only on a segment that covers the whole utterance."""
+    labels = Labels()
+    if whole_utterance:
+        labels = item.labels
+        if item.text:
+            labels = labels.replace(transcript=Transcript(text=item.text, language=item.language, by="manifest"))
+        if item.speaker and labels.speakers is None:
+            turn = SpeakerTurn(speaker=item.speaker, start_s=0.0, end_s=duration_s)
+            labels = labels.replace(speakers=Speakers(count=1, turns=(turn,), by="manifest"))
+    if item.label and kind != "speech" and not labels.events:
+        labels = labels.replace(events=(Event(label=item.label, score=1.0, by="manifest"),))
     return labels

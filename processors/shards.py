@@ -10,12 +10,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import posixpath
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
 
-import fsspec
+from schemas.shard import PlannedSample, ShardPlan
 
 MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed, so equal content gives equal bytes
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -61,23 +60,52 @@ class WrittenSample:
     size: int     # bytes of its headers and data
 
 
+class TarSink:
+    """Writes samples one at a time into an open binary file (the same bytes ``tar_bytes`` would give for
+    all of them at once); ``add`` returns where each sample landed."""
+
+    def __init__(self, fileobj) -> None:
+        self._tar = tarfile.open(fileobj=fileobj, mode="w", format=tarfile.USTAR_FORMAT)
+        self.written: list[WrittenSample] = []
+
+    def add(self, key: str, members: list[tuple[str, bytes]]) -> WrittenSample:
+        validate_key(key)
+        start = self._tar.offset
+        for ext, data in members:
+            self._tar.addfile(_info(f"{key}.{ext}", len(data)), io.BytesIO(data))
+        w = WrittenSample(key, start, self._tar.offset - start)
+        self.written.append(w)
+        return w
+
+    def close(self) -> None:
+        self._tar.close()
+
+
 def write_tar(fileobj, samples: Iterable[Sample]) -> list[WrittenSample]:
     """Write samples into an open binary file; return where each landed."""
-    written = []
-    with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, members in samples:
-            validate_key(key)
-            start = tar.offset
-            for ext, data in members:
-                tar.addfile(_info(f"{key}.{ext}", len(data)), io.BytesIO(data))
-            written.append(WrittenSample(key, start, tar.offset - start))
-    return written
+    sink = TarSink(fileobj)
+    for key, members in samples:
+        sink.add(key, members)
+    sink.close()
+    return sink.written
 
 
 def tar_bytes(samples: Iterable[Sample]) -> tuple[bytes, list[WrittenSample]]:
     buf = io.BytesIO()
     written = write_tar(buf, samples)
     return buf.getvalue(), written
+
+
+def read_sample(fileobj, offset: int, size: int) -> Sample:
+    """The one sample stored at ``offset`` (``size`` bytes, headers included) of an open tar file."""
+    fileobj.seek(offset)
+    blob = fileobj.read(size)
+    if len(blob) != size:
+        raise ValueError(f"tar ends inside the sample at offset {offset}")
+    samples = list(iter_tar(io.BytesIO(blob + bytes(1024))))
+    if len(samples) != 1:
+        raise ValueError(f"expected one sample at offset {offset}, found {len(samples)}")
+    return samples[0]
 
 
 def iter_tar(fileobj) -> Iterator[Sample]:
@@ -98,52 +126,22 @@ def iter_tar(fileobj) -> Iterator[Sample]:
         yield current
 
 
-def atomic_write(url: str, data: bytes) -> None:
-    """Write ``data`` to ``url`` through a temporary name and a rename (atomic on local disks)."""
-    fs, path = fsspec.core.url_to_fs(url)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, path)
-
-
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@dataclasses.dataclass(frozen=True)
-class ShardPlan:
-    """Which samples go into shard ``name``: a list of (part url, keys) in order."""
-
-    name: str
-    parts: list[tuple[str, list[str]]]
-
-
-def plan_shards(units: list[tuple[str, list[tuple[str, int]]]], target_bytes: int, max_samples: int,
-                prefix: str) -> list[ShardPlan]:
-    """Pack ordered units (part url, [(key, bytes)]) into size-targeted shards, in order.
-
-    A shard closes before the sample that would push it past ``target_bytes`` or ``max_samples``.
-    """
+def plan_shards(samples: list[PlannedSample], target_bytes: int, max_samples: int, prefix: str) -> list[ShardPlan]:
+    """Pack ordered samples into size-targeted shards, in order: a shard closes before the sample that
+    would push it past ``target_bytes`` or ``max_samples``."""
     plans: list[ShardPlan] = []
-    parts: list[tuple[str, list[str]]] = []
-    size = count = 0
-
-    def close() -> None:
-        nonlocal parts, size, count
-        if count:
-            plans.append(ShardPlan(f"{prefix}-{len(plans):06d}.tar", parts))
-        parts, size, count = [], 0, 0
-
-    for url, samples in units:
-        for key, nbytes in samples:
-            if count and (size + nbytes > target_bytes or count >= max_samples):
-                close()
-            if not parts or parts[-1][0] != url:
-                parts.append((url, []))
-            parts[-1][1].append(key)
-            size += nbytes
-            count += 1
-    close()
+    current: list[PlannedSample] = []
+    size = 0
+    for s in samples:
+        if current and (size + s.size > target_bytes or len(current) >= max_samples):
+            plans.append(ShardPlan(f"{prefix}-{len(plans):06d}.tar", tuple(current)))
+            current, size = [], 0
+        current.append(s)
+        size += s.size
+    if current:
+        plans.append(ShardPlan(f"{prefix}-{len(plans):06d}.tar", tuple(current)))
     return plans

@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import pyarrow as pa
-
-REJECTS_SCHEMA = pa.schema(
-    [
-        ("uri", pa.string()),
-        ("stage", pa.string()),
-        ("reason", pa.string()),
-        ("detail", pa.string()),
-        ("duplicate_of", pa.string()),
-    ]
-)
+from schemas import arrow
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -28,8 +18,11 @@ class Reject:
     duplicate_of: str | None = None
 
     def to_row(self) -> dict[str, str | None]:
-        return dataclasses.asdict(self)
+        return arrow.to_row(self)
 
     @classmethod
     def from_row(cls, row: dict) -> "Reject":
-        return cls(**{f.name: row.get(f.name) for f in dataclasses.fields(cls)})
+        return arrow.from_row(cls, row)
+
+
+REJECTS_SCHEMA = arrow.arrow_schema(Reject)

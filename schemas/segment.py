@@ -1,7 +1,8 @@
 """The segment record (FORMAT.md, segments layer): one curated audio segment and its labels.
 
-Records are immutable dataclasses. They cross the Ray boundary as JSON text (``to_json`` / ``from_json``)
-and are flattened into one explicit Arrow schema for ``index.parquet`` by ``to_index_row``.
+A ``Segment`` is the ``KEY.json`` member of a segments shard (``to_json`` / ``from_json``: canonical,
+strict JSON). ``SegmentAudio`` is a segment with its FLAC bytes as it crosses Ray to the labelers, and
+``IndexRow`` is its flat row of ``index.parquet``.
 """
 
 from __future__ import annotations
@@ -9,14 +10,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any
 
-import pyarrow as pa
+from schemas import arrow
+from schemas.labels import Labels
 
 SEGMENT_SCHEMA = "audiomill.segment/1"
 SAMPLE_RATE = 16000
-
-SegmentKind = Literal["speech", "sound", "music", "mixed"]
 SEGMENT_KINDS: tuple[str, ...] = ("speech", "sound", "music", "mixed")
 
 
@@ -30,20 +30,18 @@ class Source:
     license: str
     split: str
 
-    def to_dict(self) -> dict[str, str]:
-        return dataclasses.asdict(self)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Segment:
-    """One ≤ 30 s, 16 kHz mono segment of a source file, with everything known about it."""
+    """One ≤ 30 s, 16 kHz mono segment of a source file, with everything known about it. ``extra`` is the
+    one free-form field (``speech_ratio``, ``label``, ``manifest``, ``duplicates``, ``contained_in``, …)."""
 
     id: str
     source: Source
     start_s: float
     end_s: float
     kind: str
-    labels: dict[str, Any] = dataclasses.field(default_factory=dict)
+    labels: Labels = Labels()
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     sample_rate: int = SAMPLE_RATE
 
@@ -55,34 +53,28 @@ class Segment:
         return {
             "schema": SEGMENT_SCHEMA,
             "id": self.id,
-            "source": self.source.to_dict(),
+            "source": dataclasses.asdict(self.source),
             "start_s": self.start_s,
             "end_s": self.end_s,
             "duration_s": self.duration_s,
             "sample_rate": self.sample_rate,
             "kind": self.kind,
-            "labels": _drop_empty(self.labels),
+            "labels": self.labels.to_dict(),
             "extra": self.extra,
         }
 
     def to_json(self) -> str:
-        """Canonical JSON: sorted keys, no whitespace, so equal records give equal bytes."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        """Canonical, strict JSON (sorted keys, no NaN or infinity): equal records give equal bytes."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Segment":
         if d.get("schema") != SEGMENT_SCHEMA:
             raise ValueError(f"not a {SEGMENT_SCHEMA} record: schema={d.get('schema')!r}")
-        return cls(
-            id=d["id"],
-            source=Source(**d["source"]),
-            start_s=float(d["start_s"]),
-            end_s=float(d["end_s"]),
-            kind=d["kind"],
-            labels=d.get("labels", {}),
-            extra=d.get("extra", {}),
-            sample_rate=int(d.get("sample_rate", SAMPLE_RATE)),
-        )
+        return cls(id=d["id"], source=Source(**d["source"]), start_s=float(d["start_s"]), end_s=float(d["end_s"]),
+                   kind=d["kind"], labels=Labels.from_dict(d.get("labels", {})), extra=d.get("extra", {}),
+                   sample_rate=int(d.get("sample_rate", SAMPLE_RATE)))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Segment":
@@ -95,66 +87,84 @@ def segment_id(source_sha256: str, start_s: float, end_s: float) -> str:
     return "seg-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def _drop_empty(labels: dict[str, Any]) -> dict[str, Any]:
-    """A missing label is absent, never null or empty (FORMAT.md)."""
-    return {k: v for k, v in labels.items() if v not in (None, {}, [], "")}
+@dataclasses.dataclass(frozen=True, slots=True)
+class SegmentAudio:
+    """A kept segment on its way through the labeler stages: what a labeler needs, and the audio."""
+
+    key: str
+    unit: str
+    uri: str
+    source_sha256: str
+    start_s: float
+    end_s: float
+    kind: str
+    labels: Labels
+    flac: bytes
+
+    def to_row(self) -> dict[str, Any]:
+        return arrow.to_row(self)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "SegmentAudio":
+        return arrow.from_row(cls, row)
 
 
-# index.parquet: one row per segment, labels flattened so the corpus can be queried without audio.
-INDEX_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("shard", pa.string()),
-        ("offset", pa.int64()),        # byte offset of the sample's first tar header in the shard
-        ("size", pa.int64()),          # bytes of the sample's members, headers included
-        ("corpus", pa.string()),
-        ("uri", pa.string()),
-        ("source_sha256", pa.string()),
-        ("license", pa.string()),
-        ("split", pa.string()),
-        ("start_s", pa.float64()),
-        ("end_s", pa.float64()),
-        ("duration_s", pa.float64()),
-        ("kind", pa.string()),
-        ("transcript", pa.string()),
-        ("language", pa.string()),
-        ("label", pa.string()),
-        ("speech_ratio", pa.float64()),
-        ("peak", pa.float64()),
-        ("clipping_ratio", pa.float64()),
-        ("lufs", pa.float64()),
-        ("snr_db", pa.float64()),
-        ("bandwidth_hz", pa.float64()),
-    ]
-)
+@dataclasses.dataclass(frozen=True, slots=True)
+class IndexRow:
+    """One row of ``index.parquet``: a segment flattened, so the corpus can be queried without audio."""
+
+    key: str
+    shard: str
+    offset: int              # byte offset of the sample's first tar header in the shard
+    size: int                # bytes of the sample's members, headers included
+    corpus: str
+    uri: str
+    source_sha256: str
+    license: str
+    split: str
+    start_s: float
+    end_s: float
+    duration_s: float
+    kind: str
+    transcript: str | None
+    language: str | None
+    label: str | None
+    speech_ratio: float | None
+    peak: float | None
+    clipping_ratio: float | None
+    lufs: float | None
+    snr_db: float | None
+    bandwidth_hz: float | None
+    duplicates: int          # dropped copies whose labels were merged onto this segment's input
+    contained_in: tuple[str, ...]   # uris of longer recordings that contain this segment's input
+
+    @classmethod
+    def of(cls, seg: Segment, shard: str, offset: int, size: int) -> "IndexRow":
+        t, q, events = seg.labels.transcript, seg.labels.quality, seg.labels.events
+        return cls(
+            key=seg.id, shard=shard, offset=offset, size=size, corpus=seg.source.corpus, uri=seg.source.uri,
+            source_sha256=seg.source.sha256, license=seg.source.license, split=seg.source.split,
+            start_s=seg.start_s, end_s=seg.end_s, duration_s=seg.duration_s, kind=seg.kind,
+            transcript=t.text if t else None, language=(t.language or None) if t else None,
+            label=events[0].label if events else seg.extra.get("label"),
+            speech_ratio=seg.extra.get("speech_ratio"),
+            peak=q.peak if q else None, clipping_ratio=q.clipping_ratio if q else None, lufs=q.lufs if q else None,
+            snr_db=q.snr_db if q else None, bandwidth_hz=q.bandwidth_hz if q else None,
+            duplicates=len(seg.extra.get("duplicates", [])),
+            contained_in=tuple(c["uri"] for c in seg.extra.get("contained_in", [])),
+        )
+
+    def to_row(self) -> dict[str, Any]:
+        return arrow.to_row(self)
 
 
-def to_index_row(seg: Segment, shard: str, offset: int, size: int) -> dict[str, Any]:
-    """Flatten a segment into an ``INDEX_SCHEMA`` row (absent labels become nulls here only)."""
-    transcript = seg.labels.get("transcript", {})
-    quality = seg.labels.get("quality", {})
-    events = seg.labels.get("events", [])
-    return {
-        "key": seg.id,
-        "shard": shard,
-        "offset": offset,
-        "size": size,
-        "corpus": seg.source.corpus,
-        "uri": seg.source.uri,
-        "source_sha256": seg.source.sha256,
-        "license": seg.source.license,
-        "split": seg.source.split,
-        "start_s": seg.start_s,
-        "end_s": seg.end_s,
-        "duration_s": seg.duration_s,
-        "kind": seg.kind,
-        "transcript": transcript.get("text"),
-        "language": transcript.get("language"),
-        "label": events[0]["label"] if events else seg.extra.get("label"),
-        "speech_ratio": seg.extra.get("speech_ratio"),
-        "peak": quality.get("peak"),
-        "clipping_ratio": quality.get("clipping_ratio"),
-        "lufs": quality.get("lufs"),
-        "snr_db": quality.get("snr_db"),
-        "bandwidth_hz": quality.get("bandwidth_hz"),
-    }
+INDEX_SCHEMA = arrow.arrow_schema(IndexRow)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SegmentLabels:
+    """A segment's labels after the labeler stages (the audio left behind)."""
+
+    key: str
+    unit: str
+    labels: Labels

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
-import json
 import logging
 import random
 from collections.abc import Iterator
@@ -245,34 +244,3 @@ def collate(items: list[Encoded], pad_id: int, features) -> dict[str, Any]:
         logmel = features if isinstance(features, LogMel) else LogMel(features)
         batch["input_features"], batch["feature_attention_mask"] = logmel(audios)
     return batch
-
-
-def write_examples(out_dir: str, examples: list[tuple[Example, list[np.ndarray]]], per_shard: int = 100,
-                   prefix: str = "examples") -> list[str]:
-    """Write examples (with their audio) as example-layer shards plus a manifest; return the shard paths."""
-    import os
-
-    from processors.audio import encode_flac
-    from processors.shards import atomic_write, sha256_bytes, tar_bytes
-
-    os.makedirs(out_dir, exist_ok=True)
-    paths, shards = [], []
-    for n, start in enumerate(range(0, len(examples), per_shard)):
-        samples = []
-        for ex, audios in examples[start:start + per_shard]:
-            members = [("json", ex.to_json().encode())]
-            members += [(ref.member, encode_flac(x)) for ref, x in zip(ex.audio, audios)]
-            samples.append((ex.id, members))
-        data, _ = tar_bytes(samples)
-        path = os.path.join(out_dir, f"{prefix}-{n:06d}.tar")
-        atomic_write(path, data)
-        paths.append(path)
-        shards.append({"name": os.path.basename(path), "bytes": len(data), "samples": len(samples),
-                       "sha256": sha256_bytes(data)})
-    counts: dict[str, int] = {}
-    for ex, _ in examples:
-        counts[f"{ex.stage}/{ex.task}"] = counts.get(f"{ex.stage}/{ex.task}", 0) + 1
-    manifest = {"schema": "audiomill.manifest/1", "layer": "examples", "record_schema": "audiomill.example/1",
-                "counts": counts, "shards": shards}
-    atomic_write(os.path.join(out_dir, "manifest.json"), json.dumps(manifest, indent=2, sort_keys=True).encode())
-    return paths

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from processors.tts import espeak
 from schemas.example import AudioRef, Example, assistant_turn, example_id, user_audio_turn
-from trainer.data import write_examples
+from processors.builders.writer import write_examples
 
 WORDS = {
     "english": ("en", ["house", "water", "garden", "morning", "window", "yellow", "summer", "teacher", "river",
@@ -49,7 +49,7 @@ def build_language_id(root: Path, held_out: int = 4, seed: int = 0) -> dict[str,
             split = "eval" if i >= len(words) - held_out else "train"
             for variant in VOICE_VARIANTS if split == "train" else VOICE_VARIANTS[:1]:
                 splits[split].append((language, word, _clip(word, code + variant), variant))
-    counts = {}
+    counts, folders = {}, {}
     for split, items in splits.items():
         rng.shuffle(items)
         per_stage: dict[str, list] = {"pretrain": [], "sft": [], "dpo": []}
@@ -68,9 +68,10 @@ def build_language_id(root: Path, held_out: int = 4, seed: int = 0) -> dict[str,
                 messages=[user_audio_turn(QUESTION)], chosen=language, rejected=wrong,
                 rejected_kind="wrong_label", template="lid-pref.v1"), [audio]))
         for stage, examples in per_stage.items():
-            folder = root / stage / ("eval" if split == "eval" else "")
-            write_examples(str(folder), examples, per_shard=40)
+            folders[stage + ("/eval" if split == "eval" else "")] = examples
             counts[f"{stage}/{split}"] = len(examples)
+    write_examples(str(root), folders, name="audiomill-demo-lid", config_hash=f"demo-lid-{seed}-{held_out}",
+                   per_shard=40)
     return counts
 
 
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t0 = time.monotonic()
     examples = args.output / "examples"
-    if not (examples / "dpo" / "manifest.json").exists():
+    if not (examples / "manifest.json").exists():
         counts = build_language_id(examples)
         print(f"[demo] example set: {json.dumps(counts)}", flush=True)
     out = args.output / "train"

@@ -50,7 +50,7 @@ def test_yaml_file_and_sources(tmp_path):
 
 
 def test_cli_config_error_fails_before_ray_starts(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "pipelines.curate", str(tmp_path / "missing"), str(tmp_path / "o"),
+    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "curate", str(tmp_path / "missing"), str(tmp_path / "o"),
                           "vad.threshold=high", "nonsense=1"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "does not exist" in out.stderr and "vad.threshold: expected a number" in out.stderr

@@ -204,19 +204,26 @@ def test_rerun_is_byte_identical_and_resume_after_kill_matches(ray_cluster, resu
 
     # Kill a driver mid-way (it attaches to the test cluster), then finish the job in a new run.
     killed = tmp_path / "killed"
+    markers = killed / "_work" / "units"
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.curate", str(resume_corpus), str(killed), *args,
-                             "ray.progress=false"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "curate", str(resume_corpus), str(killed), *args,
+                             "ray.progress=false", "keep_work=true"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and len(list((killed / "_work" / "parts").glob("*.json"))) < 3:
-        time.sleep(0.05)
+    while time.monotonic() < deadline and len(list(markers.glob("*.arrow"))) < 3:
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "manifest.json").exists(), "killed too late"
-    parts_before = len(list((killed / "_work" / "parts").glob("*.json")))
-    assert parts_before >= 3
-    run(_cfg([resume_corpus], killed, *args))
-    _assert_same_tree(first, killed)
+    time.sleep(1.0)              # tasks of the dead driver may still finish their unit
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in markers.glob("*.arrow")}
+    assert 3 <= len(before) < 13
+    summary = run(_cfg([resume_corpus], killed, *args, "keep_work=true"))
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in markers.glob("*.arrow")}
+    assert {k: after[k] for k in before} == before, "finished units were redone"
+    assert len(after) == 13 and summary["inputs_seen"] == 13
+    assert (killed / "_work").is_dir()
+    _assert_same_tree(first, killed, ignore={"_work"})
     # The long file was chunked; its segments stay in order and within its length.
     index = pq.read_table(first / "index.parquet").to_pandas()
     music = index[index.uri.str.endswith("long_music.wav")].sort_values("start_s")
@@ -225,9 +232,9 @@ def test_rerun_is_byte_identical_and_resume_after_kill_matches(ray_cluster, resu
     assert len(transcripts) == 12 and all(t.startswith("sentence number") for t in transcripts.transcript)
 
 
-def _assert_same_tree(a: Path, b: Path):
-    names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(p.name for p in b.iterdir())
+def _assert_same_tree(a: Path, b: Path, ignore=frozenset()):
+    names = sorted(p.name for p in a.iterdir() if p.name not in ignore)
+    assert names == sorted(p.name for p in b.iterdir() if p.name not in ignore)
     _, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
     assert not mismatch and not errors, mismatch
 

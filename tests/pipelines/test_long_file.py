@@ -1,5 +1,5 @@
-"""A 3-hour file goes through the same stage functions the Ray workers run, with bounded memory: the
-peak RSS for 3 hours stays close to the peak for 20 minutes (the file is decoded in blocks and chunks)."""
+"""A 3-hour file goes through the ingest pass the Ray workers run, with bounded memory: the peak RSS for
+3 hours stays close to the peak for 20 minutes (the file is decoded in blocks and segmented in chunks)."""
 
 import json
 import subprocess
@@ -15,27 +15,21 @@ from tests.factories import chord_music, silence, tts
 pytestmark = pytest.mark.slow
 
 RUNNER = textwrap.dedent('''
-    import json, resource, sys
-    import numpy as np
-    from pipelines.curate import CurateConfig
-    from pipelines.stages import VadStage, cut_batch, decode_batch, probe_batch, read_json
-    from processors.probe import Probe
-    from processors.sources import InputItem
+    import json, os, resource, sys
+    from processors.ingest import IngestParams, ingest
+    from processors.shards import TarSink
+    from processors.vad import SileroVad
+    from schemas.input import InputItem
 
-    path, work = sys.argv[1], sys.argv[2]
-    cfg = CurateConfig(inputs=[path], output=work)
-    item = InputItem(uri=path, corpus="long", license="CC0-1.0", split="train")
-    row = {k: np.array([v]) for k, v in {**item.to_row(), "unit": "u"}.items()}
-    probe_batch(row, work, cfg.audio)
-    probe = Probe.from_json_dict(read_json(work + "/probe/u.json")["probe"])
-    vad, segments = VadStage(), 0
-    for i, (s, e) in enumerate(probe.chunks):
-        chunk = {"unit": ["u"], "chunk": [i], "n_chunks": [len(probe.chunks)], "uri": [path], "start_s": [s],
-                 "end_s": [e], "file_sha256": [probe.file_sha256], "item": [json.dumps(item.to_row())]}
-        cut_batch(vad(decode_batch({k: np.array(v) for k, v in chunk.items()})), work, cfg.segment, cfg.vad)
-        segments += len(read_json(f"{work}/parts/u-{i:05d}.json")["samples"])
+    path, part = sys.argv[1], sys.argv[2]
+    item = InputItem.local(path, corpus="long", license="CC0-1.0", split="train")
+    with open(part, "wb") as f:
+        sink = TarSink(f)
+        result = ingest(item, IngestParams(), SileroVad(), sink)
+        sink.close()
     print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "chunks": len(probe.chunks), "duration_s": probe.duration_s, "segments": segments}))
+                      "duration_s": result.duration_s, "segments": len(result.segments),
+                      "last_end_s": max(s.end_s for s in result.segments), "part_mb": os.path.getsize(part) / 2**20}))
 ''')
 
 
@@ -50,8 +44,8 @@ def _write_long(path, seconds):
             written += len(block)
 
 
-def _run(path, work):
-    out = subprocess.run([sys.executable, "-c", RUNNER, str(path), str(work)], capture_output=True, text=True,
+def _run(path, part):
+    out = subprocess.run([sys.executable, "-c", RUNNER, str(path), str(part)], capture_output=True, text=True,
                          timeout=1500)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -61,10 +55,10 @@ def test_three_hour_file_has_bounded_memory(tmp_path):
     short, long_ = tmp_path / "short.wav", tmp_path / "long.wav"
     _write_long(short, 20 * 60)
     _write_long(long_, 3 * 3600)
-    a = _run(short, tmp_path / "w1")
-    b = _run(long_, tmp_path / "w2")
+    a = _run(short, tmp_path / "p1.tar")
+    b = _run(long_, tmp_path / "p2.tar")
     assert b["duration_s"] == pytest.approx(3 * 3600, abs=0.01)
-    assert b["chunks"] >= 36 and b["segments"] > 8 * a["segments"]
+    assert b["segments"] > 8 * a["segments"] and b["last_end_s"] > 3 * 3600 - 30
     # The whole file as float32 alone would be 691 MB; we stay near the 20-minute footprint.
     assert b["peak_mb"] < 1.25 * a["peak_mb"], (a, b)
     print(f"peak RSS: 20 min {a['peak_mb']:.0f} MB, 3 h {b['peak_mb']:.0f} MB")

@@ -3,18 +3,24 @@ import pytest
 import soundfile as sf
 
 from processors.audio import iter_standardised, to_pcm16
-from processors.dedup import DedupItem, SpectralVerifier, Fingerprinter, PcmHasher, find_duplicates
+from processors.dedup import DedupItem, NearParams, SpectralVerifier, find_relations, resolve
+from processors.fingerprint import Fingerprinter, PcmHasher
+from tests.factories import ffmpeg, silence, tts, write
 
-VERIFY = SpectralVerifier(lambda uri: iter_standardised(uri))
-from tests.factories import ffmpeg, tts, write
+VERIFY = SpectralVerifier(lambda uri, s, e: iter_standardised(uri, s, e))
 
 
 def _item(path, rank):
-    fp, h = Fingerprinter(), PcmHasher()
+    fp, h, n = Fingerprinter(), PcmHasher(), 0
     for block in iter_standardised(str(path), block_s=1.1):
         fp.update(block)
         h.update(to_pcm16(block))
-    return DedupItem(str(path), h.hexdigest(), fp.finish(), (rank,))
+        n += len(block)
+    return DedupItem(str(path), h.hexdigest(), fp.finish(), n / 16000, (rank,))
+
+
+def _dropped(items, relations):
+    return {items[d.item].uri: (items[d.kept].uri, d.how) for d in resolve(items, relations).dropped}
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +38,7 @@ def corpus(tmp_path_factory):
         "gain": write(d / "gain.wav", a * 0.4),
         "trimmed": write(d / "trim.wav", a[8000:-4000]),
         "resampled": write(d / "res.wav", np.interp(np.arange(0, len(a), 16000 / 22050), np.arange(len(a)), a), sr=22050),
+        "long": write(d / "long.wav", np.concatenate([b, silence(1.0), a, silence(1.0), b[::-1]])),
     }
     files["mp3"] = ffmpeg(files["a"], d / "a.mp3", "-b:a", "48k")
     return files
@@ -40,30 +47,38 @@ def corpus(tmp_path_factory):
 def test_exact_and_near_duplicates_are_found_and_the_first_ranked_kept(corpus):
     names = ["a", "b", "same_voice_other_take", "copy", "gain", "trimmed", "resampled", "mp3"]
     items = [_item(corpus[n], i) for i, n in enumerate(names)]
-    dups = find_duplicates(items, verify=VERIFY)
+    dropped = _dropped(items, find_relations(items, verify=VERIFY))
     a = str(corpus["a"])
-    assert dups[str(corpus["copy"])] == (a, "exact")
+    assert dropped[str(corpus["copy"])] == (a, "exact")
     for n in ["gain", "trimmed", "resampled", "mp3"]:
-        assert dups[str(corpus[n])] == (a, "near"), n
-    assert str(corpus["b"]) not in dups and str(corpus["same_voice_other_take"]) not in dups and a not in dups
+        assert dropped[str(corpus[n])] == (a, "near"), n
+    assert set(dropped) == {str(corpus[n]) for n in ["copy", "gain", "trimmed", "resampled", "mp3"]}
 
 
-def test_keeper_choice_is_deterministic(corpus):
+def test_offsets_between_copies_are_known(corpus):
+    items = [_item(corpus["a"], 0), _item(corpus["trimmed"], 1)]
+    [d] = resolve(items, find_relations(items, verify=VERIFY)).dropped
+    assert d.item == 1 and d.kept == 0
+    assert d.offset_s == pytest.approx(0.5, abs=0.04)      # trimmed t → a t + 8000 samples
+
+
+def test_a_clip_inside_a_longer_recording_is_contained_not_a_duplicate(corpus):
+    items = [_item(corpus["long"], 0), _item(corpus["a"], 1), _item(corpus["b"], 2)]
+    relations = find_relations(items, verify=VERIFY)
+    decisions = resolve(items, relations)
+    assert decisions.dropped == ()
+    contained = {(items[r.a].uri, items[r.b].uri): r.offset_s for r in decisions.contained}
+    long_ = str(corpus["long"])
+    b_len = sf.info(corpus["b"]).duration
+    assert contained[(str(corpus["a"]), long_)] == pytest.approx(b_len + 1.0, abs=0.05)
+    assert contained[(str(corpus["b"]), long_)] == pytest.approx(0.0, abs=0.05)
+
+
+def test_keeper_choice_follows_rank_whatever_the_order(corpus):
     items = [_item(corpus[n], r) for r, n in [(1, "a"), (0, "mp3")]]
-    assert find_duplicates(items) == {str(corpus["a"]): (str(corpus["mp3"]), "near")}
-    assert find_duplicates(list(reversed(items))) == find_duplicates(items)
-
-
-def test_fingerprint_is_independent_of_block_size(corpus):
-    x = np.concatenate(list(iter_standardised(str(corpus["a"]))))
-    prints = []
-    for block in (1000, 7777, len(x)):
-        fp = Fingerprinter()
-        for i in range(0, len(x), block):
-            fp.update(x[i:i + block])
-        prints.append(fp.finish())
-    assert len(prints[0]) > 50
-    assert all(np.array_equal(prints[0], p) for p in prints[1:])
+    assert _dropped(items, find_relations(items)) == {str(corpus["a"]): (str(corpus["mp3"]), "near")}
+    flipped = list(reversed(items))
+    assert _dropped(flipped, find_relations(flipped)) == _dropped(items, find_relations(items))
 
 
 def test_template_sentences_sharing_most_audio_are_not_duplicates(tmp_path):
@@ -72,12 +87,30 @@ def test_template_sentences_sharing_most_audio_are_not_duplicates(tmp_path):
     texts += [f"Cluster test sentence {i} for the job." for i in range(6)]
     items = [_item(write(tmp_path / f"t{i}.wav", np.concatenate([tts(t), np.zeros(8000, np.float32)])), i)
              for i, t in enumerate(texts)]
-    assert find_duplicates(items, verify=VERIFY) == {}
+    relations = find_relations(items, verify=VERIFY)
+    assert resolve(items, relations).dropped == () and not [r for r in relations if r.how != "contained"]
 
 
 @pytest.mark.parametrize("offset", [777, 3333, 5000, 8000, 12345])
 def test_trims_at_any_sample_offset_are_found(corpus, tmp_path, offset):
     x = sf.read(corpus["a"], dtype="float32")[0]
     trimmed = write(tmp_path / "t.wav", x[offset:-1234])
-    dups = find_duplicates([_item(corpus["a"], 0), _item(trimmed, 1)], verify=VERIFY)
-    assert dups == {str(trimmed): (str(corpus["a"]), "near")}
+    items = [_item(corpus["a"], 0), _item(trimmed, 1)]
+    assert _dropped(items, find_relations(items, verify=VERIFY)) == {str(trimmed): (str(corpus["a"]), "near")}
+
+
+def test_common_hashes_are_not_evidence(tmp_path):
+    """A jingle shared by many otherwise different files aligns them at one offset, but does not make them
+    copies; with max_hash_items below the number of files sharing it, its hashes are not even looked up."""
+    from processors.dedup import _FingerprintIndex
+
+    jingle = tts("Welcome to the morning news.", "en-us+f2")
+    items = []
+    for i in range(6):
+        body = tts(f"Story number {i} is about a different town and its {i + 3} bridges.", "en+m3")
+        items.append(_item(write(tmp_path / f"n{i}.wav", np.concatenate([jingle, silence(0.3), body])), i))
+    wide, narrow = _FingerprintIndex(items, 64), _FingerprintIndex(items, 3)
+    pairs = lambda index: sum(len(index.candidates(i, NearParams())) for i in range(6))  # noqa: E731
+    assert pairs(wide) == 15                  # the jingle (and the voice's stock words) align every pair
+    assert pairs(narrow) < 15 and len(narrow.common) > len(wide.common)
+    assert find_relations(items, NearParams(), verify=VERIFY) == []

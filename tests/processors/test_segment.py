@@ -1,7 +1,8 @@
 import numpy as np
 
 from processors.segment import SegmentParams, cut_chunk, plan_chunk, split_at_low_energy
-from processors.sources import InputItem
+from schemas.input import InputItem
+from schemas.labels import Transcript
 from processors.vad import SileroVad
 from tests.factories import chord_music, silence, tts
 
@@ -15,7 +16,7 @@ def _vad():
 
 
 def _item(**kw):
-    return InputItem(uri="/x.wav", corpus="c", license="CC0-1.0", split="train", **kw)
+    return InputItem.local("/x.wav", corpus="c", license="CC0-1.0", split="train", **kw)
 
 
 def test_transcript_stays_only_on_a_segment_covering_the_whole_utterance():
@@ -23,13 +24,13 @@ def test_transcript_stays_only_on_a_segment_covering_the_whole_utterance():
     plans = plan_chunk(short, _vad().probs(short), _item(text="a short utterance with a transcript"), True,
                        SegmentParams())
     [(seg, flac)] = cut_chunk(short, plans, _item(text="a short utterance with a transcript", language="en"), "ab", 0.0)
-    assert seg.labels["transcript"] == {"text": "a short utterance with a transcript", "language": "en", "by": "manifest"}
+    assert seg.labels.transcript == Transcript(text="a short utterance with a transcript", language="en", by="manifest")
     sentence = tts("This sentence repeats until the recording is far longer than thirty seconds.")
     long = np.concatenate([np.concatenate([sentence, silence(0.6)])] * 8)
     item = _item(text="the whole long transcript")
     segs = cut_chunk(long, plan_chunk(long, _vad().probs(long), item, True, SegmentParams()), item, "ab", 0.0)
     assert len(segs) >= 2 and all(s.duration_s <= 30.0 for s, _ in segs)
-    assert all("transcript" not in s.labels for s, _ in segs)
+    assert all(s.labels.transcript is None for s, _ in segs)
 
 
 def test_music_is_cut_at_quiet_points_into_windows_of_at_most_30s():

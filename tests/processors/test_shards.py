@@ -46,9 +46,25 @@ def test_keys_with_dots_are_refused():
 
 
 def test_plan_shards_respects_bytes_and_count_and_keeps_order():
-    units = [("p0", [("a", 40), ("b", 40)]), ("p1", [("c", 40), ("d", 10)]), ("p2", [("e", 200)])]
-    plans = plan_shards(units, target_bytes=90, max_samples=3, prefix="segments")
+    from schemas.shard import PlannedSample
+
+    samples = [PlannedSample(k, p, 0, n) for p, k, n in
+               [("p0", "a", 40), ("p0", "b", 40), ("p1", "c", 40), ("p1", "d", 10), ("p2", "e", 200)]]
+    plans = plan_shards(samples, target_bytes=90, max_samples=3, prefix="segments")
     assert [p.name for p in plans] == ["segments-000000.tar", "segments-000001.tar", "segments-000002.tar"]
-    assert [p.parts for p in plans] == [[("p0", ["a", "b"])], [("p1", ["c", "d"])], [("p2", ["e"])]]
-    by_count = plan_shards(units, target_bytes=10**9, max_samples=2, prefix="s")
-    assert [sum(len(k) for _, k in p.parts) for p in by_count] == [2, 2, 1]
+    assert [[s.key for s in p.samples] for p in plans] == [["a", "b"], ["c", "d"], ["e"]]
+    by_count = plan_shards(samples, target_bytes=10**9, max_samples=2, prefix="s")
+    assert [len(p.samples) for p in by_count] == [2, 2, 1]
+
+
+def test_incremental_sink_and_sample_reads_match_a_whole_tar():
+    from processors.shards import TarSink, read_sample
+
+    whole, written = tar_bytes(_samples(6))
+    buf = io.BytesIO()
+    sink = TarSink(buf)
+    got = [sink.add(k, m) for k, m in _samples(6)]
+    sink.close()
+    assert buf.getvalue() == whole and got == written
+    for w, sample in zip(written, _samples(6)):
+        assert read_sample(io.BytesIO(whole), w.offset, w.size) == sample

@@ -1,0 +1,1 @@
+"""Example builders: labelled segments → training examples of the examples layer (FORMAT.md)."""
