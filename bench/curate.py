@@ -1,21 +1,27 @@
 """Curate throughput and memory, measured side by side in one run on a generated corpus.
 
-    .venv/bin/python bench/curate.py [--minutes 30] [--scale 10] [--skip-scale]
+    .venv/bin/python bench/curate.py [--hours 2] [--scale 10] [--skip-scale] [--skip-lhotse]
 
-Prints audio-seconds per core-second for: (1) decode + resample alone, (2) plus VAD alone (the floor),
-(3) the full curate job on embedded Ray, (4) a straightforward single-process script doing the same
-with the same libraries, (5) lhotse doing the same work (recordings → silero VAD → Shar export); then
-the curate job's peak memory (all Ray processes) for the corpus and for ``--scale`` times the corpus.
-Single-process figures use the process's CPU time; the Ray job uses wall time × the CPUs it was given
-(start-up included; the job's own figure after Ray start-up is printed too). Memory is the proportional
-set size (PSS) of the job's whole process tree, so Ray's shared object store counts once.
-Goals: (3) ≥ 0.7 × (2), (3) ≥ 2 × (5), peak(scale×) ≤ 1.2 × peak(1×).
+Every contender does the same work on the same files: decode + resample to 16 kHz mono, hash the PCM and
+the file, landmark-fingerprint it, silero VAD, plan and cut ≤ 30 s segments, measure each (peak, clipping,
+SNR, bandwidth, LUFS), encode FLAC, write tar shards, and find exact and near duplicates.
+
+- (1) decode + resample alone and (2) with VAD: floors, one process;
+- (3) the curate job on embedded Ray (``audiomill curate``) with 2 CPUs and (3b) with 1 CPU;
+- (4) the project's single-process script: the same processors called in a plain loop;
+- (5) lhotse: Recording / CutSet / silero timestamps / Shar export, plus our hash, fingerprint and measures.
+
+Single-process figures use the process's CPU time; the Ray job uses wall time × the CPUs it was given,
+with and without Ray's start-up. Memory is the proportional set size (PSS) of the job's whole process
+tree, so Ray's shared object store counts once; it is compared at 1× and ``--scale``× the corpus.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
+import json
 import os
 import resource
 import subprocess
@@ -121,25 +127,43 @@ def bench_decode(corpus: Path, with_vad: bool) -> float:
     return seconds / (_cpu() - c0)
 
 
+def _dedup(found: list) -> int:
+    """Exact and near duplicates over (path, pcm hash, fingerprint, duration): what the job's barrier does."""
+    from processors.audio import iter_standardised
+    from processors.dedup import DedupItem, NearParams, SpectralVerifier, find_relations, resolve
+
+    items = [DedupItem(p, h, fp, d, (p,)) for p, h, fp, d in found]
+    verify = SpectralVerifier(lambda uri, s, e: iter_standardised(uri, s, e))
+    return len(resolve(items, find_relations(items, NearParams(), verify)).dropped)
+
+
 def bench_script(corpus: Path, out: Path) -> float:
-    """The straightforward version: one process, whole files, silero timestamps, a webdataset TarWriter."""
+    """The plain version: one process, whole files, the project's processors, a webdataset TarWriter."""
     import webdataset as wds
 
-    from processors.audio import encode_flac
-    from processors.measure import measure
-    from processors.vad import FRAME, SileroVad, VadParams, plan_speech
+    from processors.audio import TARGET_SR, to_pcm16
+    from processors.fingerprint import Fingerprinter, PcmHasher
+    from processors.segment import SegmentParams, cut_chunk, plan_chunk
+    from processors.vad import SileroVad, VadParams
+    from schemas.input import InputItem
 
-    vad, params = SileroVad(), VadParams()
-    c0, seconds = _cpu(), 0.0
+    vad, seg_params, vad_params = SileroVad(), SegmentParams(), VadParams()
+    c0, seconds, found = _cpu(), 0.0, []
     with wds.TarWriter(str(out / "script.tar")) as sink:
         for f in files_of(corpus):
+            file_hash = hashlib.sha256(Path(f).read_bytes()).hexdigest()
             x, sr = sf.read(f, dtype="float32", always_2d=True)
-            x = soxr.resample(x.mean(axis=1), sr, 16000).astype(np.float32)
-            seconds += len(x) / 16000
-            for i, (s, e) in enumerate(plan_speech(vad.probs(x), params)):
-                seg = x[s * FRAME:e * FRAME]
-                sink.write({"__key__": f"{Path(f).stem}-{i:04d}", "flac": encode_flac(seg),
-                            "json": {"start": s * FRAME / 16000, **measure(seg)}})
+            x = soxr.resample(x.mean(axis=1), sr, TARGET_SR, quality="HQ").astype(np.float32)
+            seconds += len(x) / TARGET_SR
+            h, fp = PcmHasher(), Fingerprinter()
+            h.update(to_pcm16(x))
+            fp.update(x)
+            found.append((f, h.hexdigest(), fp.finish(), len(x) / TARGET_SR))
+            item = InputItem.local(f, corpus="bench", license="x", split="train")
+            plans = plan_chunk(x, vad.probs(x), item, True, seg_params, vad_params)
+            for seg, flac in cut_chunk(x, plans, item, file_hash, 0.0):
+                sink.write({"__key__": seg.id, "json": seg.to_json().encode(), "flac": flac})
+    _dedup(found)
     return seconds / (_cpu() - c0)
 
 
@@ -148,27 +172,38 @@ def bench_lhotse(corpus: Path, out: Path) -> float:
     from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
     from silero_vad import get_speech_timestamps, load_silero_vad
 
+    from processors.audio import to_pcm16
+    from processors.fingerprint import Fingerprinter, PcmHasher
+    from processors.measure import measure
+
     torch.set_num_threads(1)
     c0 = _cpu()
     model = load_silero_vad()
     recordings = RecordingSet.from_recordings(Recording.from_file(f) for f in files_of(corpus)).resample(16000)
-    sups, seconds = [], 0.0
+    sups, seconds, found = [], 0.0, []
     for rec in recordings:
-        audio = torch.from_numpy(rec.load_audio().mean(axis=0))
+        hashlib.sha256(Path(rec.sources[0].source).read_bytes()).hexdigest()
+        x = rec.load_audio().mean(axis=0).astype(np.float32)
         seconds += rec.duration
-        for i, ts in enumerate(get_speech_timestamps(audio, model, return_seconds=True, max_speech_duration_s=30)):
+        h, fp = PcmHasher(), Fingerprinter()
+        h.update(to_pcm16(x))
+        fp.update(x)
+        found.append((rec.sources[0].source, h.hexdigest(), fp.finish(), rec.duration))
+        for i, ts in enumerate(get_speech_timestamps(torch.from_numpy(x), model, return_seconds=True,
+                                                     max_speech_duration_s=30)):
             sups.append(SupervisionSegment(id=f"{rec.id}-{i}", recording_id=rec.id, start=ts["start"],
                                            duration=ts["end"] - ts["start"], channel=rec.channel_ids))
     cuts = CutSet.from_manifests(recordings=recordings, supervisions=SupervisionSet.from_segments(sups))
     cuts = cuts.trim_to_supervisions(keep_overlapping=False)
+    cuts = CutSet.from_cuts(c.with_custom("quality", measure(c.load_audio()[0])) for c in cuts)
     (out / "shar").mkdir()
     cuts.to_shar(out / "shar", fields={"recording": "flac"}, shard_size=1000)
+    _dedup(found)
     return seconds / (_cpu() - c0)
 
 
 def tree_pss(root) -> float:
-    """MB of memory of ``root`` and its descendants, shared pages (Ray's object store) counted once
-    (proportional set size)."""
+    """MB of memory of ``root`` and its descendants, shared pages counted once (proportional set size)."""
     import psutil
 
     total = 0
@@ -180,64 +215,87 @@ def tree_pss(root) -> float:
     return total / 2**20
 
 
-def bench_job(corpus: Path, out: Path, cpus: int) -> tuple[float, float, dict]:
-    """Runs the curate CLI in a subprocess so its Ray is fresh; returns (audio-s per core-s, peak MB, summary)."""
-    import json
-
+def bench_job(corpus: Path, out: Path, cpus: int) -> dict:
+    """The curate CLI in a subprocess, so its Ray is fresh: audio-s per core-s with and after start-up,
+    peak PSS and the job's stage times."""
     import psutil
 
     cmd = [sys.executable, "-m", "pipelines.cli", "curate", str(corpus), str(out), f"ray.num_cpus={cpus}",
-           "ray.progress=false"]
+           "ray.progress=false", "keep_work=false"]
     t0 = time.monotonic()
-    proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = 0.0
     while proc.poll() is None:
         peak = max(peak, tree_pss(proc))
-        time.sleep(0.25)
+        time.sleep(0.2)
     wall = time.monotonic() - t0
+    log = proc.stdout.read()
     if proc.returncode != 0:
-        raise RuntimeError(f"curate failed: {proc.stdout.read()[-2000:]}")
+        raise RuntimeError(f"curate failed: {log[-3000:]}")
     summary = json.loads((out / "manifest.json").read_text())["summary"]
-    job_s = [line for line in proc.stdout.read().splitlines() if "after Ray start-up" in line]
-    summary["after_startup"] = float(job_s[0].split()[-1]) / cpus if job_s else float("nan")
-    return summary["audio_seconds_decoded"] / (wall * cpus), peak, summary
+    job_line = [ln for ln in log.splitlines() if "stage seconds" in ln]
+    stages = dict(kv.split("=") for kv in job_line[0].split()[2:]) if job_line else {}
+    after = [ln for ln in log.splitlines() if "after Ray start-up" in ln]
+    decoded = summary["audio_seconds_decoded"]
+    return {"with_startup": decoded / (wall * cpus), "after_startup": float(after[0].split()[-1]) / cpus if after else float("nan"),
+            "peak_mb": peak, "segments": summary["segments"], "stages": stages, "wall": wall}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--hours", type=float, default=2.0)
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--skip-scale", action="store_true")
-    ap.add_argument("--cpus", type=int, default=os.cpu_count())
+    ap.add_argument("--skip-lhotse", action="store_true")
     args = ap.parse_args()
+    rows = []
+
+    def report(name: str, value: float, goal: float | None, note: str = "") -> None:
+        met = "" if goal is None else ("yes" if value >= goal else "NO")
+        rows.append((name, value, goal, met, note))
+        print(f"  {name:<44} {value:7.2f}  {'' if goal is None else f'≥ {goal:.2f}':>7}  {met:>3}  {note}", flush=True)
+
     with tempfile.TemporaryDirectory(prefix="audiomill-bench-") as tmp:
         tmp = Path(tmp)
-        seconds = build_corpus(tmp / "corpus", args.minutes, seed=0)
-        print(f"corpus: {len(files_of(tmp / 'corpus'))} files, {seconds / 60:.1f} min", flush=True)
+        seconds = build_corpus(tmp / "corpus", args.hours * 60, seed=0)
+        print(f"corpus: {len(files_of(tmp / 'corpus'))} files, {seconds / 3600:.2f} h", flush=True)
         r1 = bench_decode(tmp / "corpus", with_vad=False)
-        print(f"(1) decode + resample           {r1:8.1f} audio-s per core-s", flush=True)
         r2 = bench_decode(tmp / "corpus", with_vad=True)
-        print(f"(2) decode + resample + VAD     {r2:8.1f}   (the floor)", flush=True)
-        r3, peak1, summary = bench_job(tmp / "corpus", tmp / "out1", args.cpus)
-        print(f"(3) curate job ({args.cpus} CPUs)         {r3:8.1f}   ({summary['after_startup']:.1f} after Ray start-up; "
-              f"segments={summary['segments']}, peak {peak1:.0f} MB)", flush=True)
+        print(f"(1) decode + resample            {r1:8.1f} audio-s per core-s", flush=True)
+        print(f"(2) decode + resample + VAD      {r2:8.1f}   (a floor: no hashing, fingerprint, measures, FLAC)", flush=True)
+        j2 = bench_job(tmp / "corpus", tmp / "out2", 2)
+        print(f"(3) curate job, 2 CPUs           {j2['with_startup']:8.1f}   ({j2['after_startup']:.1f} after Ray start-up; "
+              f"{j2['segments']} segments, peak {j2['peak_mb']:.0f} MB; stage seconds {j2['stages']})", flush=True)
+        j1 = bench_job(tmp / "corpus", tmp / "out1", 1)
+        print(f"(3b) curate job, 1 CPU           {j1['with_startup']:8.1f}   ({j1['after_startup']:.1f} after Ray start-up)",
+              flush=True)
         (tmp / "out4").mkdir()
         r4 = bench_script(tmp / "corpus", tmp / "out4")
-        print(f"(4) single-process script       {r4:8.1f}", flush=True)
-        (tmp / "out5").mkdir()
-        r5 = bench_lhotse(tmp / "corpus", tmp / "out5")
-        print(f"(5) lhotse + silero + Shar      {r5:8.1f}", flush=True)
-        print(f"ratios: (3)/(2) = {r3 / r2:.2f} (goal ≥ 0.7)   (3)/(5) = {r3 / r5:.2f} (goal ≥ 2)   "
-              f"(3)/(4) = {r3 / r4:.2f}", flush=True)
-        a = summary["after_startup"]
-        print(f"after Ray start-up: (3)/(2) = {a / r2:.2f}   (3)/(5) = {a / r5:.2f}", flush=True)
+        print(f"(4) single-process script        {r4:8.1f}", flush=True)
+        r5 = float("nan")
+        if not args.skip_lhotse:
+            (tmp / "out5").mkdir()
+            r5 = bench_lhotse(tmp / "corpus", tmp / "out5")
+            print(f"(5) lhotse + the same extra work {r5:8.1f}", flush=True)
+        peak10 = None
         if not args.skip_scale:
-            big = args.minutes * args.scale
-            build_corpus(tmp / "corpus10", big, seed=1)
-            r10, peak10, s10 = bench_job(tmp / "corpus10", tmp / "out10", args.cpus)
-            print(f"memory: peak {peak1:.0f} MB for {args.minutes:.0f} min, {peak10:.0f} MB for {big:.0f} min: "
-                  f"ratio {peak10 / peak1:.2f} (goal ≤ 1.2); throughput at {args.scale}×: {r10:.1f} "
-                  f"({s10['after_startup']:.1f} after Ray start-up)", flush=True)
+            build_corpus(tmp / "corpus10", args.hours * 60 * args.scale, seed=1)
+            j10 = bench_job(tmp / "corpus10", tmp / "out10", 2)
+            peak10 = j10["peak_mb"]
+            print(f"(3) at {args.scale}×: {j10['with_startup']:.1f} ({j10['after_startup']:.1f} after start-up), "
+                  f"peak {peak10:.0f} MB; stage seconds {j10['stages']}", flush=True)
+        print(f"\nratios ({args.hours:g} h of audio, {os.cpu_count()} cores)       measured     goal  met")
+        report("job / lhotse, per core", j2["with_startup"] / r5, 2.0, "(Ray start-up included)")
+        report("job / lhotse, per core, after Ray start-up", j2["after_startup"] / r5, 2.0)
+        report("job / single-process script, per core", j2["with_startup"] / r4, 0.8, "(Ray start-up included)")
+        report("job / script, per core, after Ray start-up", j2["after_startup"] / r4, 0.8)
+        report("2 CPUs / 1 CPU, job throughput", 2 * j2["with_startup"] / j1["with_startup"], 1.8, "(start-up included)")
+        report("2 CPUs / 1 CPU, after Ray start-up", 2 * j2["after_startup"] / j1["after_startup"], 1.8)
+        if peak10 is not None:
+            ratio = peak10 / j2["peak_mb"]
+            met = "yes" if ratio <= 1.2 else "NO"
+            print(f"  {'peak PSS ' + str(args.scale) + '× / 1×':<44} {ratio:7.2f}  {'≤ 1.20':>7}  {met:>3}  "
+                  f"({j2['peak_mb']:.0f} MB → {peak10:.0f} MB)")
 
 
 if __name__ == "__main__":

@@ -348,7 +348,12 @@ class _Job:
 
         def make():
             left = [it for it in todo if it.unit not in results]
-            return apply(dataset(left, InputItem), self.stages["ingest"])
+            # A few blocks per worker (by bytes, the biggest inputs first) keep both the per-task overhead
+            # and the idle tail small; a long list gets more blocks, so progress still moves.
+            workers = self.stages["ingest"].resources.tasks
+            blocks = max(4 * workers, len(left) // 32)
+            return apply(dataset(left, InputItem, [max(1, it.size) for it in left], blocks=blocks),
+                         self.stages["ingest"])
 
         if todo:
             run_pass("ingest", make, UnitResult, on_result, self.cfg.ray.max_pass_retries, say)

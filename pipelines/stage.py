@@ -116,17 +116,30 @@ def apply(ds, stage: Stage):
     return ds.map_batches(_task_adapter(stage), **kwargs)
 
 
-def dataset(records: list[Any], cls: type, blocks: int | None = None):
-    """A Ray Dataset of ``records`` in order, one block per record unless ``blocks`` is given (so a pool
-    of workers shares out the records one by one)."""
+def dataset(records: list[Any], cls: type, weights: list[float] | None = None, blocks: int | None = None):
+    """A Ray Dataset of ``records`` in order. Without ``blocks``, one block per record. With ``blocks``,
+    consecutive records are grouped into about that many blocks of equal total ``weight`` (a heavy record
+    alone in its block), so small records share a task's overhead and a pool still shares out the work."""
     import ray
 
     table = arrow.to_table(records, cls)
-    n = len(records) if blocks is None else max(1, min(blocks, len(records)))
-    if n <= 1:
+    if not records:
         return ray.data.from_arrow(table)
-    bounds = [round(i * len(records) / n) for i in range(n + 1)]
-    return ray.data.from_arrow([table.slice(bounds[i], bounds[i + 1] - bounds[i]) for i in range(n)])
+    bounds = _block_bounds(weights or [1.0] * len(records), blocks or len(records))
+    return ray.data.from_arrow([table.slice(a, b - a) for a, b in zip(bounds, bounds[1:])])
+
+
+def _block_bounds(weights: list[float], blocks: int) -> list[int]:
+    """Cut points for consecutive groups of about ``sum(weights) / blocks`` each: [3, 1, 1, 1], 2 → [0, 1, 4]."""
+    target = sum(weights) / max(1, blocks)
+    bounds, acc = [0], 0.0
+    for i, w in enumerate(weights):
+        acc += w
+        if acc >= target and i + 1 < len(weights):
+            bounds.append(i + 1)
+            acc = 0.0
+    bounds.append(len(weights))
+    return bounds
 
 
 def records(ds, cls: type) -> Iterator[Any]:

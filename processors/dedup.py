@@ -110,42 +110,42 @@ class _FingerprintIndex:
 
     def candidates(self, pos: int, p: NearParams) -> list[tuple[int, int]]:
         """(other item, offset in frames) for items after ``pos`` whose hashes align with ``pos``'s at one
-        offset strongly enough; strongest first."""
+        offset strongly enough; strongest first. Each query hash votes once per matching entry, for the
+        offset bin (other's frame − its frame) // tol; a candidate's score is the best pair of adjacent bins."""
         fp = self.items[pos].fingerprint
         if len(fp) == 0:
             return []
-        qh = variants(fp[:, 0])                       # (n, 3)
+        qh = variants(fp[:, 0]).reshape(-1)               # each hash and its dt±1 variants
         qt = np.repeat(fp[:, 1], 3)
-        qid = np.repeat(np.arange(len(fp)), 3)
-        qh = qh.reshape(-1)
         valid = (qh >= 0) & ~np.isin(qh, self.common)
-        qh, qt, qid = qh[valid], qt[valid], qid[valid]
+        qh, qt = qh[valid], qt[valid]
         lo = np.searchsorted(self.h, qh, side="left")
-        hi = np.searchsorted(self.h, qh, side="right")
-        counts = hi - lo
-        if counts.sum() == 0:
+        counts = np.searchsorted(self.h, qh, side="right") - lo
+        total = int(counts.sum())
+        if total == 0:
             return []
         rows = np.repeat(np.arange(len(qh)), counts)
-        starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
-        idx = starts + np.arange(counts.sum())
+        idx = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(total)
         other, tk = self.item[idx], self.t[idx]
         later = other > pos
-        rows, other, tk = rows[later], other[later], tk[later]
-        # One vote per (query hash, matched entry), whichever dt variant matched.
-        key = np.unique(np.stack([qid[rows], other, tk, qt[rows]], axis=1), axis=0)
+        other, offset = other[later], tk[later] - qt[rows[later]]
+        if len(other) == 0:
+            return []
         tol = max(1, p.offset_tolerance)
-        bins = (key[:, 2] - key[:, 3]) // tol
-        votes, n = np.unique(np.stack([key[:, 1], bins], axis=1), axis=0, return_counts=True)
-        out = []
-        for o in np.unique(votes[:, 0]):
-            mine = votes[:, 0] == o
-            b, c = votes[mine, 1], n[mine]
-            nxt = dict(zip(b.tolist(), c.tolist()))
-            aligned = np.array([c[k] + nxt.get(int(b[k]) + 1, 0) for k in range(len(b))])
-            best = int(np.argmax(aligned))
-            smaller = min(len(fp), len(self.items[o].fingerprint))
-            if aligned[best] >= max(p.min_matches, p.min_fraction * smaller):
-                out.append((int(o), int(b[best]) * tol, int(aligned[best])))
+        span = int(self.t.max() // tol) + 2 if len(self.t) else 2        # bins lie in (-span, span)
+        key = other * (2 * span) + (offset // tol + span)
+        keys, n = np.unique(key, return_counts=True)
+        nxt = np.zeros_like(n)
+        adjacent = np.nonzero(keys[1:] == keys[:-1] + 1)[0]              # the next bin of the same item
+        nxt[adjacent] = n[adjacent + 1]
+        aligned = n + nxt
+        owner = keys // (2 * span)
+        order = np.lexsort((-aligned, owner))                             # best bin first within each item
+        first = order[np.r_[True, owner[order][1:] != owner[order][:-1]]]
+        sizes = np.array([len(self.items[o].fingerprint) for o in owner[first]])
+        need = np.maximum(p.min_matches, p.min_fraction * np.minimum(len(fp), sizes))
+        good = first[aligned[first] >= need]
+        out = [(int(owner[g]), int((keys[g] % (2 * span)) - span) * tol, int(aligned[g])) for g in good]
         return [(o, off) for o, off, _ in sorted(out, key=lambda r: (-r[2], r[0]))]
 
 

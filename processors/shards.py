@@ -96,16 +96,40 @@ def tar_bytes(samples: Iterable[Sample]) -> tuple[bytes, list[WrittenSample]]:
     return buf.getvalue(), written
 
 
-def read_sample(fileobj, offset: int, size: int) -> Sample:
-    """The one sample stored at ``offset`` (``size`` bytes, headers included) of an open tar file."""
+def join_samples(blobs: list[bytes]) -> bytes:
+    """Samples already in tar form (the bytes ``read_blob`` returns) → a whole tar, the same bytes
+    ``tar_bytes`` gives for them: the blobs, the two zero blocks that end an archive, and zeros up to
+    the next 10240-byte record, as tarfile writes them."""
+    body = b"".join(blobs) + bytes(2 * tarfile.BLOCKSIZE)
+    return body + bytes(-len(body) % tarfile.RECORDSIZE)
+
+
+def sample_blob(key: str, members: list[tuple[str, bytes]]) -> bytes:
+    """One sample in tar form (its headers and padded data), as it sits inside a tar."""
+    buf = io.BytesIO()
+    w = TarSink(buf).add(key, members)
+    return buf.getvalue()[w.offset:w.offset + w.size]
+
+
+def read_blob(fileobj, offset: int, size: int) -> bytes:
+    """The raw tar bytes (headers and data) of the sample at ``offset``."""
     fileobj.seek(offset)
     blob = fileobj.read(size)
     if len(blob) != size:
         raise ValueError(f"tar ends inside the sample at offset {offset}")
+    return blob
+
+
+def parse_blob(blob: bytes) -> Sample:
     samples = list(iter_tar(io.BytesIO(blob + bytes(1024))))
     if len(samples) != 1:
-        raise ValueError(f"expected one sample at offset {offset}, found {len(samples)}")
+        raise ValueError(f"expected one sample in {len(blob)} bytes, found {len(samples)}")
     return samples[0]
+
+
+def read_sample(fileobj, offset: int, size: int) -> Sample:
+    """The one sample stored at ``offset`` (``size`` bytes, headers included) of an open tar file."""
+    return parse_blob(read_blob(fileobj, offset, size))
 
 
 def iter_tar(fileobj) -> Iterator[Sample]:

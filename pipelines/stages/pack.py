@@ -11,7 +11,7 @@ import fsspec
 
 from pipelines.stage import StageFn
 from processors.merge import apply_patch
-from processors.shards import read_sample, sha256_bytes, tar_bytes
+from processors.shards import join_samples, parse_blob, read_blob, sample_blob, sha256_bytes
 from schemas.files import atomic_write
 from schemas.segment import IndexRow, Segment
 from schemas.shard import ShardPlan, ShardResult
@@ -29,21 +29,27 @@ class PackStage(StageFn):
         return [self.one(plan) for plan in plans]
 
     def one(self, plan: ShardPlan) -> ShardResult:
-        samples, records = [], {}
+        """An unpatched sample is copied as the bytes it has in its part tar; a patched one is rewritten."""
+        blobs, index, offset = [], [], 0
         with contextlib.ExitStack() as files:
             opened: dict[str, object] = {}
             for s in plan.samples:
                 if s.part not in opened:
                     opened[s.part] = files.enter_context(fsspec.open(s.part, "rb"))
-                key, members = read_sample(opened[s.part], s.offset, s.size)
+                blob = read_blob(opened[s.part], s.offset, s.size)
+                key, members = parse_blob(blob)
                 if key != s.key:
                     raise ValueError(f"{s.part} holds {key} at offset {s.offset}, not {s.key}")
                 members = dict(members)
-                seg = apply_patch(Segment.from_json(members["json"]), s.patch)
-                records[key] = seg
-                samples.append((key, [("json", seg.to_json().encode()), ("flac", members["flac"])]))
-        data, written = tar_bytes(samples)
+                seg = Segment.from_json(members["json"])
+                if not s.patch.is_empty():
+                    seg = apply_patch(seg, s.patch)
+                    blob = sample_blob(key, [("json", seg.to_json().encode()), ("flac", members["flac"])])
+                blobs.append(blob)
+                index.append(IndexRow.of(seg, plan.name, offset, len(blob)))
+                offset += len(blob)
+        data = join_samples(blobs)
         atomic_write(posixpath.join(self.params.output, plan.name), data)
-        index = tuple(IndexRow.of(records[w.key], plan.name, w.offset, w.size) for w in written)
-        return ShardResult(name=plan.name, sha256=sha256_bytes(data), bytes=len(data), samples=len(written),
-                           index=index)
+        return ShardResult(name=plan.name, sha256=sha256_bytes(data), bytes=len(data), samples=len(blobs),
+                           index=tuple(index))
+

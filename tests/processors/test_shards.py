@@ -68,3 +68,14 @@ def test_incremental_sink_and_sample_reads_match_a_whole_tar():
     assert buf.getvalue() == whole and got == written
     for w, sample in zip(written, _samples(6)):
         assert read_sample(io.BytesIO(whole), w.offset, w.size) == sample
+
+
+def test_joined_blobs_are_the_same_tar_as_one_written_whole():
+    from processors.shards import join_samples, parse_blob, read_blob, sample_blob
+
+    whole, written = tar_bytes(_samples(7))
+    blobs = [read_blob(io.BytesIO(whole), w.offset, w.size) for w in written]
+    assert join_samples(blobs) == whole
+    assert [sample_blob(k, m) for k, m in _samples(7)] == blobs
+    assert [parse_blob(b) for b in blobs] == _samples(7)
+    assert join_samples([]) == tar_bytes([])[0]
