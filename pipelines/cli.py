@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import sys
 
 from pipelines.config import ConfigError
@@ -35,12 +36,26 @@ def _fail(command: str, message: str, code: int) -> int:
     return code
 
 
+_ERRNO_RE = re.compile(r"(\w*Error): \[Errno (\d+)\] ([^:\n]+)(?:: '([^'\n]*)')?")
+
+
 def io_cause(e: BaseException) -> OSError | None:
-    """The file-system error behind ``e`` (Ray wraps a worker's exception), if any."""
+    """The file-system error behind ``e``, if any. Ray Data passes a worker's exception on as a
+    ``UserCodeException`` whose cause does not survive pickling, so the worker's traceback text, which it
+    keeps, is read for the error as a last resort."""
+    cause = _cause(e, OSError)
+    if cause is not None and cause.errno is not None:
+        return cause
+    m = _ERRNO_RE.search(str(e))
+    return OSError(int(m.group(2)), m.group(3), m.group(4)) if m else None
+
+
+def _cause(e: BaseException, kind: type) -> BaseException | None:
+    """``e`` or the exception behind it (Ray Train wraps a worker's) that is a ``kind``."""
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, OSError) and e.errno is not None:
+        if isinstance(e, kind):
             return e
         e = getattr(e, "cause", None) or e.__cause__ or e.__context__
     return None
@@ -106,9 +121,20 @@ def _train(args: argparse.Namespace) -> int:
         return _fail(args.command, str(e), EXIT_USAGE)
     if problems:
         return _fail(args.command, str(ConfigError(problems)), EXIT_USAGE)
-    from trainer.recipe import run_all, run_stage
+    from trainer.data import TooMuchBadData
+    from trainer.recipe import TrainDataError, run_all, run_stage
 
-    result = run_all(cfg) if args.command == "train-all" else {cfg.stage: run_stage(cfg)}
+    try:
+        result = run_all(cfg) if args.command == "train-all" else {cfg.stage: run_stage(cfg)}
+    except TrainDataError as e:
+        return _fail(args.command, str(e), EXIT_USAGE)
+    except KeyboardInterrupt as e:
+        return _fail(args.command, f"{e or 'interrupted'}; rerun the same command to resume", EXIT_INTERRUPTED)
+    except Exception as e:
+        bad = _cause(e, TooMuchBadData)
+        if bad is None:
+            raise
+        return _fail(args.command, f"stopped: {bad}", EXIT_BUDGET)
     for stage, r in result.items():
         print(f"[audiomill] {stage}: {r.get('eval')}", flush=True)
     return 0

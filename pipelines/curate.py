@@ -292,6 +292,9 @@ class _Job:
         self._check_budget(len(rejects), self.seen)
         kept = [u for u in units if u.ok]
         merge = self._timed("dedup", lambda: self.dedup(kept))
+        # The fingerprints are done with: let them go before the labeler and pack passes.
+        units = [dataclasses.replace(u, fingerprint=b"") for u in units]
+        kept = [u for u in units if u.ok]
         rejects += merge.rejects
         self._check_budget(len(rejects), self.seen)
         kept = [u for u in kept if u.unit not in merge.dropped]
@@ -350,10 +353,11 @@ class _Job:
             left = [it for it in todo if it.unit not in results]
             # A few blocks per worker (by bytes, the biggest inputs first) keep both the per-task overhead
             # and the idle tail small; a long list gets more blocks, so progress still moves.
-            workers = self.stages["ingest"].resources.tasks
-            blocks = max(4 * workers, len(left) // 32)
-            return apply(dataset(left, InputItem, [max(1, it.size) for it in left], blocks=blocks),
-                         self.stages["ingest"])
+            stage = self.stages["ingest"]
+            workers = stage.resources.tasks
+            blocks = min(len(left), max(4 * workers, len(left) // 32))
+            stage = dataclasses.replace(stage, resources=dataclasses.replace(stage.resources, tasks=min(workers, blocks)))
+            return apply(dataset(left, InputItem, [max(1, it.size) for it in left], blocks=blocks), stage)
 
         if todo:
             run_pass("ingest", make, UnitResult, on_result, self.cfg.ray.max_pass_retries, say)

@@ -42,7 +42,7 @@ DIALOGS = [
 
 
 def _tts(voice: str, text: str, path: Path) -> np.ndarray:
-    subprocess.run(["espeak-ng", "-v", voice, "-s", "160", "-w", str(path), text], check=True)
+    subprocess.run(["espeak-ng", "-v", voice, "-s", "160", "-w", str(path), "--", text], check=True)
     x, sr = sf.read(path, dtype="float32")
     path.unlink()
     import soxr

@@ -60,7 +60,9 @@ def init_ray(cfg: RayConfig) -> None:
     ctx.print_on_execution_start = False
     # Ray Data warns once per process that its bars are off; they are off on purpose.
     log_once("ray_data_progress_manager_disabled")
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # A failed task reaches the job as an exception, which says what failed; Ray Data would also log it
+    # (and its stack) on the console before the job's own one-line message.
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
 
 
 def cluster_cpus() -> int:

@@ -32,6 +32,7 @@ import soundfile as sf
 import soxr
 
 from processors.errors import (
+    BadChannels,
     BadSampleRate,
     CorruptAudio,
     EmptyAudio,
@@ -58,7 +59,11 @@ class DecodeLimits:
 
     min_sample_rate: int = 4000
     max_sample_rate: int = 768000
+    max_channels: int = 256
     stall_timeout_s: float = 60.0
+
+
+MAX_BLOCK_SAMPLES = 1 << 22     # one read holds at most this many samples (16 MB), whatever the channels
 
 
 @dataclasses.dataclass
@@ -134,6 +139,8 @@ def iter_standardised(uri: str, start_s: float = 0.0, end_s: float | None = None
             info.sample_rate = sfile.samplerate
             info.lossless = sfile.subtype in _LOSSLESS_SUBTYPES
             _check_rate(sfile.samplerate, limits)
+            if not 1 <= sfile.channels <= limits.max_channels:
+                raise BadChannels(f"{sfile.channels} channels (audio.max_channels {limits.max_channels})")
             if start_s == 0.0 and end_s is None and sfile.format in ("WAV", "WAVEX") and isinstance(src, str):
                 check_wav_header(src, sfile.samplerate, sfile.channels)
             yield from _iter_soundfile(sfile, start_s, end_s, block_s)
@@ -194,7 +201,7 @@ def _iter_soundfile(f: sf.SoundFile, start_s: float, end_s: float | None, block_
         except (sf.LibsndfileError, RuntimeError) as e:
             raise UndecodableAudio(f"seek failed: {e}") from None
     resampler = soxr.ResampleStream(sr, TARGET_SR, 1, dtype="float32", quality="HQ")
-    block = max(1, int(block_s * sr))
+    block = max(1, min(int(block_s * sr), MAX_BLOCK_SAMPLES // f.channels))
     pos, produced = first, 0
     while last is None or pos < last:
         n = block if last is None else min(block, last - pos)

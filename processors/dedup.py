@@ -62,14 +62,15 @@ class Relation:
     offset_s: float = 0.0
 
 
-Verifier = Callable[[str, str, float, float, float], bool]
+Verifier = Callable[[str, str, float, float, float], "float | None"]
 
 
 def find_relations(items: list[DedupItem], near: NearParams | None = NearParams(),
                    verify: Verifier | None = None) -> list[Relation]:
     """Every exact, near and containment relation between ``items`` (indices into ``items``), in a
     deterministic order. ``verify(a_uri, b_uri, offset_s, start_s, end_s)`` confirms a near candidate
-    on the audio (``start_s``..``end_s``: the overlap, in ``a``'s time)."""
+    on the audio (``start_s``..``end_s``: the overlap, in ``a``'s time) and returns the offset refined to
+    the sample, or None when the audio differs."""
     relations: list[Relation] = []
     first_of: dict[str, int] = {}
     representatives = []
@@ -92,26 +93,31 @@ def find_relations(items: list[DedupItem], near: NearParams | None = NearParams(
 
 
 class _FingerprintIndex:
-    """All fingerprints as arrays sorted by hash: hash, item, anchor frame."""
+    """All fingerprints as int32 arrays sorted by hash: hash, item, anchor frame (12 bytes a hash)."""
 
     def __init__(self, items: list[DedupItem], max_hash_items: int):
         self.items = items
-        fps = [it.fingerprint for it in items]
-        n = np.array([len(fp) for fp in fps], np.int64)
-        h = np.concatenate([fp[:, 0] for fp in fps]) if fps else np.zeros(0, np.int64)
-        t = np.concatenate([fp[:, 1] for fp in fps]) if fps else np.zeros(0, np.int64)
-        item = np.repeat(np.arange(len(items), dtype=np.int64), n)
-        order = np.lexsort((t, item, h))
+        self.sizes = np.array([len(it.fingerprint) for it in items], np.int64)
+        if not items or not self.sizes.sum():
+            self.h = self.item = self.t = np.zeros(0, np.int32)
+            self.common = np.zeros(0, np.int32)
+            return
+        h = np.concatenate([it.fingerprint[:, 0] for it in items]).astype(np.int32)
+        t = np.concatenate([it.fingerprint[:, 1] for it in items]).astype(np.int32)
+        item = np.repeat(np.arange(len(items), dtype=np.int32), self.sizes)
+        order = np.lexsort((item, h))
         self.h, self.item, self.t = h[order], item[order], t[order]
-        # Common hashes: in more than max_hash_items distinct items.
-        pairs = np.unique(np.stack([self.h, self.item], axis=1), axis=0) if len(self.h) else np.zeros((0, 2), np.int64)
-        values, counts = np.unique(pairs[:, 0], return_counts=True)
-        self.common = values[counts > max_hash_items]
+        del h, t, item, order
+        # Common hashes: in more than max_hash_items distinct items (counted on the sorted arrays).
+        first_of_pair = np.r_[True, (self.h[1:] != self.h[:-1]) | (self.item[1:] != self.item[:-1])]
+        hashes, items_per_hash = np.unique(self.h[first_of_pair], return_counts=True)
+        self.common = hashes[items_per_hash > max_hash_items]
 
     def candidates(self, pos: int, p: NearParams) -> list[tuple[int, int]]:
         """(other item, offset in frames) for items after ``pos`` whose hashes align with ``pos``'s at one
         offset strongly enough; strongest first. Each query hash votes once per matching entry, for the
-        offset bin (other's frame − its frame) // tol; a candidate's score is the best pair of adjacent bins."""
+        offset bin (other's frame − its frame) // tol; a candidate's score is the best pair of adjacent bins.
+        Items that share too few hashes at any offset are dropped before their offsets are binned."""
         fp = self.items[pos].fingerprint
         if len(fp) == 0:
             return []
@@ -126,13 +132,15 @@ class _FingerprintIndex:
             return []
         rows = np.repeat(np.arange(len(qh)), counts)
         idx = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(total)
-        other, tk = self.item[idx], self.t[idx]
-        later = other > pos
-        other, offset = other[later], tk[later] - qt[rows[later]]
-        if len(other) == 0:
+        other = self.item[idx].astype(np.int64)
+        need = np.maximum(p.min_matches, p.min_fraction * np.minimum(len(fp), self.sizes))
+        shared = np.bincount(other, minlength=len(self.items))
+        keep = (shared[other] >= need[other]) & (other > pos)   # a necessary condition for enough aligned votes
+        if not keep.any():
             return []
+        other, offset = other[keep], self.t[idx[keep]].astype(np.int64) - qt[rows[keep]]
         tol = max(1, p.offset_tolerance)
-        span = int(self.t.max() // tol) + 2 if len(self.t) else 2        # bins lie in (-span, span)
+        span = int(self.t.max()) // tol + 2                           # bins lie in (-span, span)
         key = other * (2 * span) + (offset // tol + span)
         keys, n = np.unique(key, return_counts=True)
         nxt = np.zeros_like(n)
@@ -142,9 +150,7 @@ class _FingerprintIndex:
         owner = keys // (2 * span)
         order = np.lexsort((-aligned, owner))                             # best bin first within each item
         first = order[np.r_[True, owner[order][1:] != owner[order][:-1]]]
-        sizes = np.array([len(self.items[o].fingerprint) for o in owner[first]])
-        need = np.maximum(p.min_matches, p.min_fraction * np.minimum(len(fp), sizes))
-        good = first[aligned[first] >= need]
+        good = first[aligned[first] >= need[owner[first]]]
         out = [(int(owner[g]), int((keys[g] % (2 * span)) - span) * tol, int(aligned[g])) for g in good]
         return [(o, off) for o, off, _ in sorted(out, key=lambda r: (-r[2], r[0]))]
 
@@ -171,8 +177,11 @@ def _classify(items: list[DedupItem], i: int, j: int, offset_frames: int, p: Nea
         how = "contained"
     else:
         return None            # partial overlap: two recordings that share a stretch of audio
-    if verify is not None and not verify(a.uri, b.uri, offset_s, lo, hi):
-        return None
+    if verify is not None:
+        refined = verify(a.uri, b.uri, offset_s, lo, hi)
+        if refined is None:
+            return None
+        offset_s = refined
     if how == "contained" and not shorter_is_a:
         return Relation(j, i, how, -offset_s)
     return Relation(i, j, how, offset_s)
@@ -180,7 +189,9 @@ def _classify(items: list[DedupItem], i: int, j: int, offset_frames: int, p: Nea
 
 def coverage(fp: np.ndarray, other_fp: np.ndarray, offset_frames: int, tol: int) -> float:
     """Share of ``fp``'s time bins (~0.77 s), within the span both cover at this offset, that hold an
-    aligned match: a cheap check that the match spans the overlap, before ``SpectralVerifier``."""
+    aligned match: a cheap check that the match spans the overlap, before ``SpectralVerifier``. The first
+    and last bins are left out when there are more: a clip cut from a recording shares its audio but
+    not its surroundings, and peaks near its edges differ."""
     if len(fp) == 0 or len(other_fp) == 0:
         return 0.0
     lo_t, hi_t = int(other_fp[:, 1].min()), int(other_fp[:, 1].max())
@@ -190,16 +201,19 @@ def coverage(fp: np.ndarray, other_fp: np.ndarray, offset_frames: int, tol: int)
         return 0.0
     fp, shifted = fp[inside], shifted[inside]
     bins = fp[:, 1] // COVERAGE_BIN
-    # A match: some variant of the hash sits in other_fp within [t + off - tol, t + off + 2 tol) (the
-    # offset is binned down to a multiple of tol, so either direction of a pair sees the same window).
+    # A match: some variant of the hash sits in other_fp within [t + off - 2 tol, t + off + 3 tol): the
+    # offset is a pair of tol-wide bins, and a sub-frame shift between the copies jitters peaks by a frame.
     known = {}
     for h, t in other_fp.tolist():
         known.setdefault(h, []).append(t)
     hit = np.zeros(len(fp), bool)
     for n, (v3, s) in enumerate(zip(variants(fp[:, 0]).tolist(), shifted.tolist())):
-        hit[n] = any(s - tol <= t < s + 2 * tol for v in v3 if v >= 0 for t in known.get(v, ()))
-    all_bins = np.unique(bins)
-    return len(np.unique(bins[hit])) / len(all_bins)
+        hit[n] = any(s - 2 * tol <= t < s + 3 * tol for v in v3 if v >= 0 for t in known.get(v, ()))
+    all_bins, hit_bins = np.unique(bins), np.unique(bins[hit])
+    if len(all_bins) >= 3:    # edge bins: peaks there depend on what surrounds the audio in each file
+        inner = all_bins[1:-1]
+        return float(np.isin(inner, hit_bins).mean())
+    return len(hit_bins) / len(all_bins)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,20 +232,22 @@ class SpectralVerifier:
     max_loud_windows: int = 2        # … and more than two such windows (128 ms) mean different content
     margin_s: float = 0.25           # extra audio decoded around the other span, for the lag search
 
-    def __call__(self, uri: str, other: str, offset_s: float, start_s: float, end_s: float) -> bool:
+    def __call__(self, uri: str, other: str, offset_s: float, start_s: float, end_s: float) -> float | None:
+        """The offset (time in ``other`` − time in ``uri``) refined to the sample, or None: not a copy."""
         end_s = min(end_s, start_s + self.max_seconds)
         a = self._load(uri, start_s, end_s)
         b_start = max(0.0, start_s + offset_s - self.margin_s)
         b = self._load(other, b_start, end_s + offset_s + self.margin_s)
         if min(len(a), len(b)) < N_FFT * 4:
-            return False
+            return None
         guess = int(round((start_s + offset_s - b_start) * 16000))     # a[t] ≈ b[t + guess]
         lag = _refine_lag(a, b, guess)
         distances = _window_distances(a, b, lag)
         if len(distances) == 0:
-            return False
-        return (float(np.median(distances)) <= self.max_median_db
+            return None
+        same = (float(np.median(distances)) <= self.max_median_db
                 and int(np.sum(distances > self.loud_window_db)) <= self.max_loud_windows)
+        return round(b_start + lag / 16000 - start_s, 4) if same else None
 
     def _load(self, uri: str, start_s: float, end_s: float) -> np.ndarray:
         blocks = list(self.decode(uri, start_s, end_s))
@@ -305,8 +321,8 @@ class Decisions:
 
 def resolve(items: list[DedupItem], relations: list[Relation]) -> Decisions:
     """Duplicate clusters (connected by exact and near relations) keep their lowest-ranked copy; every
-    other copy is dropped with its offset to the kept one. Containment relations between kept items are
-    returned as they are."""
+    other copy is dropped with its offset to the kept one. Containment relations are returned between the
+    kept copies of their two sides."""
     parent = list(range(len(items)))
     offset = [0.0] * len(items)          # time t in item is t + offset[item] in parent[item]
 
@@ -334,6 +350,14 @@ def resolve(items: list[DedupItem], relations: list[Relation]) -> Decisions:
             if i != keep:
                 how = "exact" if items[i].pcm_sha256 == items[keep].pcm_sha256 else "near"
                 dropped.append(Dropped(i, keep, how, round(find(i)[1] - keep_off, 4)))
-    gone = {d.item for d in dropped}
-    contained = tuple(r for r in relations if r.how == "contained" and r.a not in gone and r.b not in gone)
-    return Decisions(tuple(sorted(dropped, key=lambda d: d.item)), contained)
+    # A containment found for a copy holds for the copy that is kept: carry it over, offsets composed.
+    to_kept = {d.item: (d.kept, d.offset_s) for d in dropped}
+    contained, seen = [], set()
+    for r in relations:
+        if r.how != "contained":
+            continue
+        (a, oa), (b, ob) = to_kept.get(r.a, (r.a, 0.0)), to_kept.get(r.b, (r.b, 0.0))
+        if a != b and (a, b) not in seen:
+            seen.add((a, b))
+            contained.append(Relation(a, b, "contained", round(-oa + r.offset_s + ob, 4)))
+    return Decisions(tuple(sorted(dropped, key=lambda d: d.item)), tuple(contained))

@@ -61,3 +61,9 @@ class HeaderMismatch(MediaError):
     """The container's header and the file's size disagree in a way that would hide audio."""
 
     reason = "header_mismatch"
+
+
+class BadChannels(MediaError):
+    """A channel count no real recording has."""
+
+    reason = "bad_channels"

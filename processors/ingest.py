@@ -42,10 +42,11 @@ class AudioParams:
     block_s: float = 20.0
     min_sample_rate: int = 4000
     max_sample_rate: int = 768000
+    max_channels: int = 256
     stall_timeout_s: float = 60.0
 
     def limits(self) -> DecodeLimits:
-        return DecodeLimits(self.min_sample_rate, self.max_sample_rate, self.stall_timeout_s)
+        return DecodeLimits(self.min_sample_rate, self.max_sample_rate, self.max_channels, self.stall_timeout_s)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -159,16 +159,17 @@ def _nearest(segments: tuple[SegmentRef, ...], start_s: float) -> SegmentRef | N
 
 
 def _shifted(kind: str, value: Any, shift: float, origin: str) -> Any:
-    """A label moved onto another segment: turn and event times shift with it; ``origin`` says whence."""
+    """A label moved onto another segment: turn and event times shift with it; ``origin`` says whence (a
+    label that was carried over before keeps the input it first came from)."""
     if kind == "speakers":
         turns = tuple(SpeakerTurn(t.speaker, round(t.start_s + shift, 3), round(t.end_s + shift, 3)) for t in value.turns)
-        return dataclasses.replace(value, turns=turns, origin=origin)
+        return dataclasses.replace(value, turns=turns, origin=value.origin or origin)
     if kind == "events":
-        return tuple(dataclasses.replace(e, origin=origin,
+        return tuple(dataclasses.replace(e, origin=e.origin or origin,
                                          start_s=None if e.start_s is None else round(e.start_s + shift, 3),
                                          end_s=None if e.end_s is None else round(e.end_s + shift, 3))
                      for e in value)
-    return dataclasses.replace(value, origin=origin)
+    return dataclasses.replace(value, origin=value.origin or origin)
 
 
 def _same(a: Any, b: Any) -> bool:

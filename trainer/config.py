@@ -23,7 +23,7 @@ class TrainConfig:
     stage: str = "pretrain"
     preset: str = "tiny"             # tiny | small | qwen2-audio-7b
     model_dir: str = ""              # start from this checkpoint ("" → a new model of the preset)
-    max_steps: int = 0               # 0 → the stage's default
+    max_steps: int | None = None     # None → the stage's default; 0 → export and evaluate the starting model
     lr: float = 0.0                  # 0 → the stage's default
     warmup_steps: int = 20
     weight_decay: float = 0.0
@@ -38,6 +38,8 @@ class TrainConfig:
     loader_workers: int = 0          # DataLoader worker processes that decode, encode and collate (0 → in-process)
     checkpoint_every: int = 200
     eval_max_examples: int = 200
+    eval_holdout: float = 0.05       # without a <stage>/eval/ set: this seeded share of sources is held out
+    max_bad_fraction: float = 0.5    # stop when more of the data than this cannot be read
     eval_max_new_tokens: int = 32
     num_workers: int = 1             # Ray Train workers
     use_gpu: bool = False
@@ -71,12 +73,19 @@ class TrainConfig:
                 problems.append(f"{name}: must be > 0")
         if self.loader_workers < 0:
             problems.append("loader_workers: must be ≥ 0")
-        if self.max_steps < 0 or self.lr < 0:
+        if (self.max_steps is not None and self.max_steps < 0) or self.lr < 0:
             problems.append("max_steps and lr: must be ≥ 0")
+        if not 0 <= self.eval_holdout < 1:
+            problems.append(f"eval_holdout: must be in [0, 1), got {self.eval_holdout}")
+        if not 0 < self.max_bad_fraction <= 1:
+            problems.append(f"max_bad_fraction: must be in (0, 1], got {self.max_bad_fraction}")
+        bad_weights = {k: v for k, v in self.task_weights.items() if v < 0}
+        if bad_weights:
+            problems.append(f"task_weights: must be ≥ 0, got {bad_weights}")
         return problems
 
     def steps(self) -> int:
-        return self.max_steps or DEFAULT_STEPS[self.stage]
+        return DEFAULT_STEPS[self.stage] if self.max_steps is None else self.max_steps
 
     def learning_rate(self) -> float:
         return self.lr or DEFAULT_LR[self.stage]

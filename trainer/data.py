@@ -133,31 +133,66 @@ def reference_answer(ex: Example) -> str:
     return "".join(c["text"] for c in ex.messages[-1]["content"] if c["type"] == "text")
 
 
+class DataError(ValueError):
+    """A training sample that cannot be used (bad JSON, a missing or undecodable audio member): skipped and
+    counted. Anything else raised while reading data is a bug and stops training."""
+
+
+class TooMuchBadData(RuntimeError):
+    """So much of the data is unreadable that training on the rest would be a mistake."""
+
+
 def decode_sample(sample: dict[str, Any]) -> tuple[Example, list[np.ndarray]]:
     """A webdataset sample (``json`` + ``audio{i}.flac`` bytes) → the example and its 16 kHz audios."""
-    ex = Example.from_json(sample["json"])
+    try:
+        ex = Example.from_json(sample["json"])
+    except KeyError:
+        raise DataError(f"{sample.get('__key__', '?')}: no json member") from None
+    except (ValueError, TypeError) as e:        # json.JSONDecodeError is a ValueError
+        raise DataError(f"{sample.get('__key__', '?')}: bad example record: {e}") from None
     audios = []
     for ref in ex.audio:
         ext = ref.member
         if ext not in sample:
-            raise ValueError(f"{ex.id}: member {ext} missing")
-        x, sr = sf.read(io.BytesIO(sample[ext]), dtype="float32")
+            raise DataError(f"{ex.id}: member {ext} missing")
+        try:
+            x, sr = sf.read(io.BytesIO(sample[ext]), dtype="float32")
+        except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+            raise DataError(f"{ex.id}: {ext} is not readable audio: {e}") from None
         if sr != 16000 or x.ndim != 1:
-            raise ValueError(f"{ex.id}: {ext} is not 16 kHz mono")
+            raise DataError(f"{ex.id}: {ext} is not 16 kHz mono")
         audios.append(x)
     return ex, audios
 
 
 class SkipCounter:
-    """webdataset handler: report a corrupt or truncated shard (or sample) and go on."""
+    """webdataset handler and sample counter: report a corrupt shard or sample and go on, until more than
+    ``max_fraction`` of at least ``min_samples`` samples (or ``max_in_a_row`` in a row) were bad."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_fraction: float = 0.5, min_samples: int = 100, max_in_a_row: int = 1000) -> None:
         self.errors: list[str] = []
+        self.skipped = self.good = self.in_a_row = 0
+        self.max_fraction, self.min_samples, self.max_in_a_row = max_fraction, min_samples, max_in_a_row
 
     def __call__(self, exn: Exception) -> bool:
-        self.errors.append(f"{type(exn).__name__}: {exn}")
-        log.warning("skipping unreadable data: %s", self.errors[-1])
+        self.skipped += 1
+        self.in_a_row += 1
+        if len(self.errors) < 100:
+            self.errors.append(f"{type(exn).__name__}: {exn}"[:300])
+        log.warning("skipping unreadable data: %s", f"{type(exn).__name__}: {exn}"[:300])
+        self.check()
         return True
+
+    def ok(self) -> None:
+        self.good += 1
+        self.in_a_row = 0
+
+    def check(self) -> None:
+        seen = self.good + self.skipped
+        if self.in_a_row >= self.max_in_a_row or (
+                seen >= self.min_samples and self.skipped > self.max_fraction * seen):
+            raise TooMuchBadData(f"{self.skipped} of {seen} samples could not be read ({self.in_a_row} in a row); "
+                                 f"first: {self.errors[0] if self.errors else '?'}")
 
 
 def shard_order(urls: list[str], seed: int, rank: int, world: int) -> Iterator[str]:
@@ -199,12 +234,22 @@ def _url_dicts(urls: Iterator[str]) -> Iterator[dict[str, str]]:
         yield {"url": u}
 
 
-def read_all(urls: list[str]) -> Iterator[tuple[Example, list[np.ndarray]]]:
-    """Every example of ``urls`` once, in shard order (for evaluation)."""
+def read_all(urls: list[str], errors: SkipCounter | None = None) -> Iterator[tuple[Example, list[np.ndarray]]]:
+    """Every readable example of ``urls`` once, in shard order; a corrupt shard or sample is skipped and
+    counted in ``errors`` (a fresh counter when none is given)."""
     import webdataset as wds
 
-    for sample in wds.DataPipeline(wds.SimpleShardList(sorted(urls)), wds.tarfile_to_samples()):
-        yield decode_sample(sample)
+    handler = errors or SkipCounter()
+    if not urls:        # (webdataset's shard list refuses an empty list)
+        return
+    for sample in wds.DataPipeline(wds.SimpleShardList(sorted(urls)), wds.tarfile_to_samples(handler=handler)):
+        try:
+            decoded = decode_sample(sample)
+        except DataError as e:
+            handler(e)
+            continue
+        handler.ok()
+        yield decoded
 
 
 def token_batches(items: Iterator[Encoded | PairEncoded], max_tokens: int, max_batch: int = 64) -> Iterator[list]:

@@ -18,7 +18,9 @@ import logging
 import os
 import random
 import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,8 +28,8 @@ from typing import Any
 import torch
 
 from trainer.config import DEFAULT_TRAIN, STAGES, TRANSCRIPTION_TASKS, TrainConfig
-from trainer.data import (Encoder, PairEncoded, SkipCounter, collate, decode_sample, read_all, reference_answer,
-                          sample_stream, token_batches)
+from trainer.data import (DataError, Encoder, PairEncoded, SkipCounter, collate, decode_sample, read_all,
+                          reference_answer, sample_stream, token_batches)
 from trainer import parallel
 from trainer.features import LogMel
 from trainer.losses import DPOLoss, count_targets, nll_sum, sequence_logprob
@@ -46,20 +48,87 @@ class Dist:
 
 # ---- model set-up ----------------------------------------------------------------------------------
 
+class TrainDataError(ValueError):
+    """The example set cannot be trained on as configured (no shards, a task weight for an absent task)."""
+
+
 def stage_shards(examples: str, stage: str, held_out: bool = False) -> list[str]:
     folder = os.path.join(examples, stage, "eval") if held_out else os.path.join(examples, stage)
     return sorted(glob.glob(os.path.join(folder, "*.tar")))
 
 
-def corpus_texts(examples: str) -> Iterator[str]:
-    """Every prompt, target and turn in the training shards of all stages (for the tokenizer)."""
+def layout_problem(examples: str, stages: tuple[str, ...] | list[str]) -> str:
+    """What EXAMPLES_DIR should hold and what it holds, for a message."""
+    expected = ", ".join(f"{s}/*.tar" for s in stages)
+    if not os.path.isdir(examples):
+        return f"EXAMPLES_DIR {examples} does not exist; expected a folder with {expected} (held-out sets in <stage>/eval/)"
+    found = sorted(os.listdir(examples))[:8]
+    return (f"EXAMPLES_DIR {examples} has no example shards for {', '.join(stages)}: expected {expected} "
+            f"(held-out sets in <stage>/eval/*.tar); found {found or 'nothing'}")
+
+
+def corpus_texts(examples: str, errors: SkipCounter | None = None) -> Iterator[str]:
+    """Every prompt, target and turn in the training shards of all stages (for the tokenizer); unreadable
+    shards and samples are skipped and counted, as in training."""
+    errors = errors or SkipCounter()
     for stage in STAGES:
-        for ex, _ in read_all(stage_shards(examples, stage)):
+        for ex, _ in read_all(stage_shards(examples, stage), errors):
             yield from (ex.prompt, ex.target, ex.chosen, ex.rejected)
             for m in ex.messages:
                 for c in m["content"] if not isinstance(m["content"], str) else [{"type": "text", "text": m["content"]}]:
                     if c["type"] == "text":
                         yield c["text"]
+
+
+def source_key(ex) -> str:
+    """What ties examples to one source recording: the provenance's sources, else its segments."""
+    prov = ex.provenance or {}
+    sources = prov.get("sources") or prov.get("segments") or [a.segment_id for a in ex.audio] or [ex.id]
+    return ",".join(map(str, sources))
+
+
+def held_out_slice(cfg: TrainConfig) -> bool:
+    """Without a ``<stage>/eval`` set, a seeded share of sources is held out of training for evaluation."""
+    return cfg.eval_holdout > 0 and not stage_shards(cfg.examples, cfg.stage, held_out=True)
+
+
+def in_holdout(ex, cfg: TrainConfig) -> bool:
+    import hashlib
+
+    h = int.from_bytes(hashlib.sha256(f"{cfg.seed}:{source_key(ex)}".encode()).digest()[:8], "big")
+    return h / 2**64 < cfg.eval_holdout
+
+
+def stage_tasks(cfg: TrainConfig, limit: int = 2000) -> set[str]:
+    """The tasks the stage's training shards hold: from the example layer's manifest, else read."""
+    import json
+
+    manifest = os.path.join(cfg.examples, "manifest.json")
+    if os.path.exists(manifest):
+        counts = json.load(open(manifest)).get("summary", {}).get("examples_by_stage_task", {})
+        tasks = {k.split("/")[-1] for k in counts if k.split("/")[0] == cfg.stage and "/eval/" not in k}
+        if tasks:
+            return tasks
+    tasks = set()
+    for n, (ex, _) in enumerate(read_all(stage_shards(cfg.examples, cfg.stage))):
+        tasks.add(ex.task)
+        if n >= limit:
+            break
+    return tasks
+
+
+def check_data(cfg: TrainConfig) -> None:
+    """Before any training: the stage has shards, and task_weights name tasks the data holds."""
+    if not stage_shards(cfg.examples, cfg.stage):
+        raise TrainDataError(layout_problem(cfg.examples, [cfg.stage]))
+    if cfg.task_weights:
+        tasks = stage_tasks(cfg)
+        unknown = sorted(set(cfg.task_weights) - tasks)
+        if unknown:
+            raise TrainDataError(f"task_weights names tasks the {cfg.stage} shards do not hold: {unknown}; "
+                                 f"they hold {sorted(tasks)}")
+        if not any(cfg.task_weights.get(t, 0.0) > 0 for t in tasks):
+            raise TrainDataError(f"task_weights gives every task of the {cfg.stage} shards weight 0")
 
 
 def load_or_build(cfg: TrainConfig) -> tuple[Any, Any, bool]:
@@ -70,7 +139,7 @@ def load_or_build(cfg: TrainConfig) -> tuple[Any, Any, bool]:
         model, processor = load_pretrained(cfg.model_dir, dtype=dtype)
         return model, processor, False
     preset = PRESETS[cfg.preset]
-    tok = train_tokenizer(corpus_texts(cfg.examples), cfg.vocab_size or preset.vocab_size)
+    tok = train_tokenizer(corpus_texts(cfg.examples, SkipCounter(cfg.max_bad_fraction)), cfg.vocab_size or preset.vocab_size)
     processor = build_processor(tok, preset.chunk_s, preset.num_mel_bins)
     return build_model(preset, tok, seed=cfg.seed), processor, True
 
@@ -172,17 +241,22 @@ def _sum(dist: Dist, values: list[float]) -> list[float]:
 # ---- data --------------------------------------------------------------------------------------------
 
 def encoded_stream(cfg: TrainConfig, encoder: Encoder, dist: Dist, skip: int, errors: SkipCounter) -> Iterator:
-    """Encoded examples of the stage, mixed by ``task_weights`` (rejection sampling, seeded)."""
+    """Encoded examples of the stage, mixed by ``task_weights`` (rejection sampling, seeded); a sample that
+    cannot be read is skipped and counted (``errors`` stops training when too many are)."""
     urls = stage_shards(cfg.examples, cfg.stage)
     if not urls:
-        raise FileNotFoundError(f"no example shards in {os.path.join(cfg.examples, cfg.stage)}")
+        raise TrainDataError(layout_problem(cfg.examples, [cfg.stage]))
     weights = cfg.task_weights
     top = max(weights.values()) if weights else 1.0
+    holdout = held_out_slice(cfg)
     for position, sample in sample_stream(urls, cfg.seed, dist.rank, dist.world, cfg.shuffle_buffer, skip, errors):
         try:
             ex, audios = decode_sample(sample)
-        except (ValueError, KeyError, RuntimeError) as e:
+        except DataError as e:
             errors(e)
+            continue
+        errors.ok()
+        if holdout and in_holdout(ex, cfg):
             continue
         # The draw depends on the position only, so a resumed run makes the same choices.
         if weights and random.Random(f"mix:{cfg.seed}:{dist.rank}:{position}").random() >= weights.get(ex.task, 0.0) / top:
@@ -194,11 +268,30 @@ def encoded_stream(cfg: TrainConfig, encoder: Encoder, dist: Dist, skip: int, er
 
 # ---- checkpoints ---------------------------------------------------------------------------------------
 
+_STEP_DIR = re.compile(r"step-(\d+)")
+
+
+def checkpoints(stage_dir: str) -> list[str]:
+    """Committed checkpoints (``step-N/state.pt``; an unfinished ``step-N.tmp/`` is not one), newest first."""
+    found = []
+    for path in glob.glob(os.path.join(stage_dir, "checkpoints", "step-*", "state.pt")):
+        m = _STEP_DIR.fullmatch(os.path.basename(os.path.dirname(path)))
+        if m:
+            found.append((int(m.group(1)), path))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
 def latest_checkpoint(stage_dir: str) -> str | None:
-    found = glob.glob(os.path.join(stage_dir, "checkpoints", "step-*", "state.pt"))
-    if not found:
-        return None
-    return max(found, key=lambda p: int(re.search(r"step-(\d+)", p).group(1)))
+    found = checkpoints(stage_dir)
+    return found[0] if found else None
+
+
+def remove_unfinished(stage_dir: str) -> None:
+    """``step-N.tmp/`` folders left by a run killed while saving."""
+    import shutil
+
+    for path in glob.glob(os.path.join(stage_dir, "checkpoints", "step-*.tmp")):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class StageLoader(torch.utils.data.IterableDataset):
@@ -245,9 +338,9 @@ def micro_batches(cfg: TrainConfig, encoder: Encoder, dist: Dist, positions: lis
 def _die_with_parent(parent: int, worker_id: int) -> None:
     """A loader worker ends with its trainer. A trainer killed with SIGKILL can't stop its workers, and a
     worker blocked on a full queue would otherwise live on, holding its memory."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the trainer, which stops the workers
     if sys.platform.startswith("linux"):
         import ctypes
-        import signal
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
     if os.getppid() != parent:   # the trainer died before the line above took effect
@@ -284,7 +377,10 @@ def save_checkpoint(stage_dir: str, step: int, model, opt, sched, consumed: dict
 
 def load_checkpoint(path: str, model, opt, sched, dist: Dist) -> tuple[int, dict[str, Any]]:
     """Restore a checkpoint on every rank; each rank takes back its own stream positions and RNG."""
-    state = torch.load(path, weights_only=True, map_location="cpu")
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except (RuntimeError, EOFError, OSError, ValueError) as e:       # a damaged file: not this run's fault
+        raise CorruptCheckpoint(f"{path}: {type(e).__name__}: {e}"[:300]) from None
     if len(state["ranks"]) != dist.world:
         raise ValueError(f"{path} was written by {len(state['ranks'])} workers; resume with "
                          f"num_workers={len(state['ranks'])}")
@@ -294,6 +390,21 @@ def load_checkpoint(path: str, model, opt, sched, dist: Dist) -> tuple[int, dict
     torch.set_rng_state(mine["torch_rng"])
     random.setstate((3, tuple(int(v) for v in mine["python_rng"]), mine["python_rng_pos"]))
     return int(state["step"]), {"positions": [int(p) for p in mine["positions"]], "batches": int(state["batches"])}
+
+
+class CorruptCheckpoint(RuntimeError):
+    """A checkpoint file that cannot be read back."""
+
+
+def resume_latest(stage_dir: str, model, opt, sched, dist: Dist) -> tuple[str | None, int, dict[str, Any] | None]:
+    """Load the newest checkpoint that reads back, falling back to older ones; (path, step, consumed)."""
+    for path in checkpoints(stage_dir):
+        try:
+            step, consumed = load_checkpoint(path, model, opt, sched, dist)
+            return path, step, consumed
+        except CorruptCheckpoint as e:
+            _say(dist, f"checkpoint unreadable, trying the one before: {e}")
+    return None, 0, None
 
 
 def _gather(dist: Dist, obj: Any) -> list[Any]:
@@ -321,11 +432,12 @@ def evaluate(cfg: TrainConfig, model, ref, processor, device) -> dict[str, Any]:
     model.eval()
     encoder = Encoder(processor.tokenizer, chunk_seconds(processor))
     logmel = LogMel(processor.feature_extractor)
-    examples = list(read_all(stage_shards(cfg.examples, cfg.stage, held_out=True)))[: cfg.eval_max_examples]
+    examples, note = held_out_examples(cfg)
     if not examples:
-        return {"examples": 0}
+        return {"examples": 0, "note": note}
     if cfg.stage == "dpo":
-        return _eval_dpo(cfg, model, ref, processor.tokenizer.pad_token_id, logmel, encoder, examples, device)
+        return {**_eval_dpo(cfg, model, ref, processor.tokenizer.pad_token_id, logmel, encoder, examples, device),
+                "held_out": note}
     per_task: dict[str, dict[str, list]] = {}
     eos = [processor.tokenizer.eos_token_id, processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
     for ex, audios in examples:
@@ -341,8 +453,27 @@ def evaluate(cfg: TrainConfig, model, ref, processor, device) -> dict[str, Any]:
         slot = per_task.setdefault(ex.task, {"hyp": [], "ref": []})
         slot["hyp"].append(hyp)
         slot["ref"].append(reference_answer(ex).strip())
-    return {"examples": len(examples),
+    return {"examples": len(examples), "held_out": note,
             "tasks": {task: score_task(task, s["ref"], s["hyp"]) for task, s in sorted(per_task.items())}}
+
+
+def held_out_examples(cfg: TrainConfig) -> tuple[list, str]:
+    """(examples, where they came from): the ``<stage>/eval`` set, else the seeded held-out slice of the
+    training shards; unreadable shards and samples are skipped and counted."""
+    import itertools
+
+    errors = SkipCounter(max_fraction=1.0)
+    if stage_shards(cfg.examples, cfg.stage, held_out=True):
+        found = read_all(stage_shards(cfg.examples, cfg.stage, held_out=True), errors)
+        where = f"{cfg.stage}/eval"
+    elif cfg.eval_holdout > 0:
+        found = ((ex, a) for ex, a in read_all(stage_shards(cfg.examples, cfg.stage), errors) if in_holdout(ex, cfg))
+        where = f"a held-out {cfg.eval_holdout:.0%} of the sources in {cfg.stage}/ (there is no {cfg.stage}/eval)"
+    else:
+        return [], f"no {cfg.stage}/eval set and eval_holdout=0: evaluation skipped"
+    examples = list(itertools.islice(found, cfg.eval_max_examples))
+    note = where + (f"; {errors.skipped} unreadable samples or shards skipped" if errors.skipped else "")
+    return examples, note
 
 
 def score_task(task: str, refs: list[str], hyps: list[str]) -> dict[str, Any]:
@@ -427,17 +558,19 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay)
     from transformers import get_cosine_schedule_with_warmup
 
-    sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.steps() // 10 + 1), cfg.steps())
+    sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.steps() // 10 + 1), max(1, cfg.steps()))
     step, consumed = 0, {"positions": [0] * max(1, cfg.loader_workers), "batches": 0}
-    resume = latest_checkpoint(stage_dir)
+    if dist.rank == 0:
+        remove_unfinished(stage_dir)
+    resume, resumed_step, resumed = resume_latest(stage_dir, model, opt, sched, dist)
     if resume:
-        step, consumed = load_checkpoint(resume, model, opt, sched, dist)
+        step, consumed = resumed_step, resumed
         if len(consumed["positions"]) != max(1, cfg.loader_workers):
             raise ValueError(f"{resume} was written with {len(consumed['positions'])} loader workers; "
                              f"resume with loader_workers={len(consumed['positions'])}")
         _say(dist, f"resuming {cfg.stage} from {resume} (step {step}, stream positions {consumed['positions']})")
     encoder = Encoder(processor.tokenizer, chunk_seconds(processor))
-    errors = SkipCounter()
+    errors = SkipCounter(cfg.max_bad_fraction)
     pad, fe = processor.tokenizer.pad_token_id, LogMel(processor.feature_extractor)
     batches = micro_batches(cfg, encoder, dist, consumed["positions"], consumed["batches"], pad, fe, errors)
     writer = _writer(stage_dir) if dist.rank == 0 else None
@@ -447,34 +580,38 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     history = []
     t_last, tokens_since = time.monotonic(), 0
     model.train()
-    while step < cfg.steps():
-        micro = [next(batches) for _ in range(cfg.grad_accum)]
-        for m in micro:
-            consumed["positions"][m.worker] = m[-1].position + 1
-        consumed["batches"] += len(micro)
-        tokens_since += sum(len(e) for m in micro for e in m)
-        if cfg.stage == "dpo":
-            metrics = dpo_step(model, ref, micro, pad, fe, dist, loss_fn, amp)
-        else:
-            metrics = lm_step(model, micro, pad, fe, dist, amp)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        metrics["lr"] = sched.get_last_lr()[0]
-        history.append({"step": step, **metrics})
-        if dist.rank == 0:
-            with open(os.path.join(stage_dir, "train_log.jsonl"), "a") as f:
-                f.write(json.dumps({"step": step, **metrics}) + "\n")
-        if step % 10 == 0 or step == cfg.steps():
-            elapsed = time.monotonic() - t_last
-            metrics["tokens_per_s"] = tokens_since * dist.world / max(elapsed, 1e-9)
-            t_last, tokens_since = time.monotonic(), 0
-            _log(writer, dist, cfg.stage, step, metrics)
-        if step % cfg.checkpoint_every == 0 and step < cfg.steps():
-            folder, _ = save_checkpoint(stage_dir, step, model, opt, sched, consumed, processor, dist)
-            _report(dist, {"step": step, **metrics}, folder)
+    with _Interrupt(enabled=not dist.ray) as interrupt:
+        while step < cfg.steps():
+            if interrupt.requested:
+                folder, _ = save_checkpoint(stage_dir, step, model, opt, sched, consumed, processor, dist)
+                raise KeyboardInterrupt(f"{cfg.stage} interrupted at step {step}; checkpoint {folder} saved")
+            micro = [next(batches) for _ in range(cfg.grad_accum)]
+            for m in micro:
+                consumed["positions"][m.worker] = m[-1].position + 1
+            consumed["batches"] += len(micro)
+            tokens_since += sum(len(e) for m in micro for e in m)
+            if cfg.stage == "dpo":
+                metrics = dpo_step(model, ref, micro, pad, fe, dist, loss_fn, amp)
+            else:
+                metrics = lm_step(model, micro, pad, fe, dist, amp)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            metrics["lr"] = sched.get_last_lr()[0]
+            history.append({"step": step, **metrics})
+            if dist.rank == 0:
+                with open(os.path.join(stage_dir, "train_log.jsonl"), "a") as f:
+                    f.write(json.dumps({"step": step, **metrics}) + "\n")
+            if step % 10 == 0 or step == cfg.steps():
+                elapsed = time.monotonic() - t_last
+                metrics["tokens_per_s"] = tokens_since * dist.world / max(elapsed, 1e-9)
+                t_last, tokens_since = time.monotonic(), 0
+                _log(writer, dist, cfg.stage, step, metrics)
+            if step % cfg.checkpoint_every == 0 and step < cfg.steps():
+                folder, _ = save_checkpoint(stage_dir, step, model, opt, sched, consumed, processor, dist)
+                _report(dist, {"step": step, **metrics}, folder)
     result: dict[str, Any] = {"steps": step, "workers": dist.world, "parallel": mode, "bf16": cfg.bf16,
                               "skipped_data": errors.errors[:20]}
     # The last checkpoint's gathered model state is also what the export saves.
@@ -498,6 +635,32 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         _say(dist, f"{cfg.stage}: done; eval {json.dumps(result['eval'])[:400]}")
     _report(dist, {"step": step, "done": True}, final_ckpt)
     return result
+
+
+class _Interrupt:
+    """Ctrl-C during training: the step in progress finishes, a checkpoint is saved and the run stops with
+    KeyboardInterrupt (exit 130); a second Ctrl-C stops at once. Only in the main thread of a local run
+    (under Ray Train the driver handles Ctrl-C)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._old = None
+
+    def __enter__(self) -> "_Interrupt":
+        if self.enabled:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("[audiomill] stopping after this step (Ctrl-C again to stop at once)", flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGINT, self._old)
 
 
 def _dist(in_ray: bool) -> Dist:
@@ -547,6 +710,11 @@ def run_stage(cfg: TrainConfig) -> dict[str, Any]:
     # Ray Train workers run in their own working directory: relative paths are resolved here.
     cfg = dataclasses.replace(cfg, **{k: os.path.abspath(getattr(cfg, k)) for k in ("examples", "output", "model_dir")
                                       if getattr(cfg, k) and "://" not in getattr(cfg, k)})
+    check_data(cfg)
+    if not stage_shards(cfg.examples, cfg.stage, held_out=True):
+        print(f"[audiomill] {cfg.stage}: no {cfg.stage}/eval set; " + (
+            f"holding out {cfg.eval_holdout:.0%} of the sources (seeded) for evaluation" if cfg.eval_holdout > 0
+            else "evaluation skipped (eval_holdout=0)"), flush=True)
     config = dataclasses.asdict(cfg)
     if cfg.launcher == "local":
         return train_loop(config)
@@ -573,6 +741,8 @@ def run_stage(cfg: TrainConfig) -> dict[str, Any]:
 def run_all(cfg: TrainConfig) -> dict[str, Any]:
     """pretrain → SFT → DPO, each stage starting from the previous stage's final export."""
     results, model_dir = {}, cfg.model_dir
+    if not any(stage_shards(cfg.examples, stage) for stage in STAGES):
+        raise TrainDataError(layout_problem(cfg.examples, STAGES))
     for stage in STAGES:
         if not stage_shards(cfg.examples, stage):
             print(f"[audiomill] no {stage} shards in {cfg.examples}: stage skipped", flush=True)

@@ -1,0 +1,88 @@
+"""A labeler is one stage named in config; the labeler pass survives a dying worker; Ray's actor-restart
+warning never shows."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from pipelines.config import ConfigError, load_config
+from pipelines.curate import CurateConfig, run
+from tests.factories import chord_music, silence, tts, write
+from tests.pipelines.toy_labelers import zero_crossing_rate
+
+pytestmark = pytest.mark.integration
+TOY = "tests.pipelines.toy_labelers:"
+
+
+def _corpus(d):
+    for i in range(3):
+        write(d / f"u{i}.wav", np.concatenate([tts(f"Labeler test sentence number {i}.", "en-us"), silence(0.4)]))
+    write(d / "music.wav", chord_music(12.0, seed=3))
+    return d
+
+
+def _cfg(inputs, out, *overrides):
+    return load_config(CurateConfig, None, ["ray.progress=false", *overrides],
+                       {"inputs": [str(inputs)], "output": str(out)})
+
+
+def _records(out):
+    import webdataset as wds
+
+    return [(json.loads(s["json"]), s["flac"]) for s in
+            wds.WebDataset([str(p) for p in sorted(out.glob("*.tar"))], shardshuffle=False)]
+
+
+def test_a_labeler_plugs_in_by_name_and_labels_every_kept_segment(ray_cluster, tmp_path):
+    corpus = _corpus(tmp_path / "c")
+    plain = tmp_path / "plain"
+    run(_cfg(corpus, plain))
+    out = tmp_path / "labelled"
+    summary = run(_cfg(corpus, out, f"labelers=[{TOY}ZeroCrossing]"))
+    records = _records(out)
+    assert len(records) == summary["segments"] == len(_records(plain)) >= 4
+    for rec, flac in records:
+        x, _ = sf.read(io.BytesIO(flac), dtype="float32")
+        assert rec["labels"]["caption"] == {"text": f"zcr {zero_crossing_rate(x):.5f}", "by": "toy-zcr@1"}
+    # Everything else is as without the labeler.
+    strip = lambda rec: {**rec, "labels": {k: v for k, v in rec["labels"].items() if k != "caption"}}  # noqa: E731
+    assert [strip(r) for r, _ in records] == [r for r, _ in _records(plain)]
+
+
+def test_a_labeler_pass_that_loses_its_worker_is_rerun(ray_cluster, tmp_path, capsys):
+    corpus = _corpus(tmp_path / "c")
+    summary = run(_cfg(corpus, tmp_path / "o", f"labelers=[{TOY}DiesOnce]"))
+    assert (corpus / ".labeler-died").exists()
+    records = _records(tmp_path / "o")
+    assert len(records) == summary["segments"] and all(r["labels"]["caption"]["by"] == "toy-zcr@1" for r, _ in records)
+    assert "label: a worker died" in capsys.readouterr().out
+
+
+def test_a_labeler_that_is_not_one_is_a_config_error(tmp_path):
+    (tmp_path / "c").mkdir()
+    for name, needle in [("nope", "'nope' is not a labeler name"), ("os:path", "is not a StageFn class"),
+                         ("tests.pipelines.toy_labelers:Missing", "cannot load"),
+                         ("pipelines.stage:StageFn", "declares no resources")]:
+        with pytest.raises(ConfigError) as e:
+            _cfg(tmp_path / "c", tmp_path / "o", f"labelers=[{name}]")
+        assert needle in str(e.value), (name, e.value)
+
+
+def test_no_actor_restart_warning_on_a_run_with_an_actor_stage(ray_cluster, tmp_path):
+    import ray
+
+    corpus = _corpus(tmp_path / "c")
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "curate", str(corpus), str(tmp_path / "o"),
+                          f"labelers=[{TOY}ZeroCrossing]", "ray.progress=false"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    log = out.stdout + out.stderr
+    assert "core_worker" not in log and "53727" not in log and "Progress bars disabled" not in log
+    assert "audiomill curate summary" in out.stdout

@@ -1,0 +1,48 @@
+"""Labelers the tests plug into the curate job by name (``labelers=[tests.pipelines.toy_labelers:…]``):
+a real measurement of each segment's audio, so the label can be checked against the audio it came with."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from pipelines.stage import Resources, StageFn
+from processors.audio import decode_flac
+from schemas.labels import Caption
+from schemas.segment import SegmentAudio
+
+
+def zero_crossing_rate(x: np.ndarray) -> float:
+    return float(np.mean(np.signbit(x[1:]) != np.signbit(x[:-1]))) if len(x) > 1 else 0.0
+
+
+class ZeroCrossing(StageFn):
+    """Captions each segment with its zero-crossing rate."""
+
+    resources = Resources(num_cpus=0.5, actors=1, batch_size=4)
+    version = "toy-zcr@1"
+
+    def setup(self) -> None:
+        self.calls = 0
+
+    def __call__(self, segments: list[SegmentAudio]) -> list[SegmentAudio]:
+        self.calls += 1
+        out = []
+        for s in segments:
+            x, _ = decode_flac(s.flac)
+            caption = Caption(f"zcr {zero_crossing_rate(x):.5f}", self.version)
+            out.append(dataclasses.replace(s, labels=s.labels.replace(caption=caption)))
+        return out
+
+
+class DiesOnce(ZeroCrossing):
+    """Kills its own worker process on its first batch ever (a flag file beside the inputs remembers)."""
+
+    def __call__(self, segments: list[SegmentAudio]) -> list[SegmentAudio]:
+        flag = os.path.join(os.path.dirname(segments[0].uri), ".labeler-died")
+        if not os.path.exists(flag):
+            open(flag, "w").close()
+            os._exit(1)
+        return super().__call__(segments)
