@@ -177,9 +177,13 @@ class SkipCounter:
     def __call__(self, exn: Exception) -> bool:
         self.skipped += 1
         self.in_a_row += 1
+        text = f"{type(exn).__name__}: {exn}"[:300]
         if len(self.errors) < 100:
-            self.errors.append(f"{type(exn).__name__}: {exn}"[:300])
-        log.warning("skipping unreadable data: %s", f"{type(exn).__name__}: {exn}"[:300])
+            self.errors.append(text)
+        if self.skipped <= 5:
+            log.warning("skipping unreadable data: %s", text)
+        elif self.skipped % 100 == 0:
+            log.warning("skipped %d unreadable samples or shards so far", self.skipped)
         self.check()
         return True
 

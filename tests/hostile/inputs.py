@@ -174,13 +174,13 @@ def reencoded_copy(d):
 def noisy_corrupt_m4a(d):
     """An AAC file with its middle overwritten: ffmpeg logs an error per frame (far more than a pipe holds)."""
     with_good(d)
-    src = write(d / "noise.wav", np.random.default_rng(2).normal(0, 0.2, 16000 * 120).astype(np.float32))
-    m4a = ffmpeg(src, d / "bad.m4a", "-c:a", "aac", "-b:a", "128k")
+    src = write(d / "noise.wav", np.random.default_rng(2).normal(0, 0.2, 16000 * 300).astype(np.float32))
+    m4a = ffmpeg(src, d / "bad.m4a", "-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart")   # index first
     src.unlink()
     data = bytearray(m4a.read_bytes())
     rng = np.random.default_rng(3)
-    start = len(data) // 10
-    data[start:len(data) - 4096] = rng.bytes(len(data) - 4096 - start)
+    start = len(data) // 5
+    data[start:] = rng.bytes(len(data) - start)
     m4a.write_bytes(bytes(data))
     return d
 

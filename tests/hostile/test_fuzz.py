@@ -2,7 +2,6 @@
 with bytes flipped or cut), the ingest pass gives an accepted unit or a reject with a reason; it never
 raises anything else and never hangs."""
 
-import io
 import struct
 import tempfile
 import time
@@ -10,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pipelines.stages.ingest import IngestJob, IngestStage

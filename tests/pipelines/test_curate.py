@@ -194,8 +194,6 @@ def resume_corpus(tmp_path_factory):
 
 
 def test_rerun_is_byte_identical_and_resume_after_kill_matches(ray_cluster, resume_corpus, tmp_path):
-    import ray
-
     args = ["shards.max_samples=3", "audio.chunk_s=60"]
     first, second = tmp_path / "first", tmp_path / "second"
     run(_cfg([resume_corpus], first, *args))
@@ -205,16 +203,7 @@ def test_rerun_is_byte_identical_and_resume_after_kill_matches(ray_cluster, resu
     # Kill a driver mid-way (it attaches to the test cluster), then finish the job in a new run.
     killed = tmp_path / "killed"
     markers = killed / "_work" / "units"
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "curate", str(resume_corpus), str(killed), *args,
-                             "ray.progress=false", "keep_work=true"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and len(list(markers.glob("*.arrow"))) < 3:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "manifest.json").exists(), "killed too late"
+    _kill_after_units(resume_corpus, killed, args, 3)
     time.sleep(1.0)              # tasks of the dead driver may still finish their unit
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in markers.glob("*.arrow")}
     assert 3 <= len(before) < 13
@@ -230,6 +219,50 @@ def test_rerun_is_byte_identical_and_resume_after_kill_matches(ray_cluster, resu
     assert music.end_s.max() <= 75.0 and (music.duration_s <= 30.0).all() and len(music) >= 3
     transcripts = index[index.transcript.notna()]
     assert len(transcripts) == 12 and all(t.startswith("sentence number") for t in transcripts.transcript)
+
+
+def _kill_after_units(corpus: Path, out: Path, args: list[str], n: int) -> None:
+    """Start the CLI on the test cluster and SIGKILL its driver once ``n`` inputs have finished."""
+    import ray
+
+    markers = out / "_work" / "units"
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "curate", str(corpus), str(out), *args,
+                             "ray.progress=false", "keep_work=true"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(list(markers.glob("*.arrow"))) < n:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists(), "killed too late"
+
+
+def test_an_input_replaced_after_a_kill_is_redone(ray_cluster, resume_corpus, tmp_path):
+    import shutil
+
+    from processors.sources import SourceSpec, list_inputs
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(resume_corpus, corpus)
+    args = ["shards.max_samples=3", "audio.chunk_s=60"]
+    killed = tmp_path / "killed"
+    _kill_after_units(corpus, killed, args, 3)
+    time.sleep(1.0)
+    done = {p.stem for p in (killed / "_work" / "units").glob("*.arrow")}
+    items = list_inputs(SourceSpec(path=str(corpus))).items
+    victim = next(Path(it.path) for it in items if it.unit in done and it.path.endswith(".wav") and "utt" in it.path)
+    write(victim, np.concatenate([tts("A different recording took this file's place after the crash.", "en+m3"),
+                                  silence(0.5)]))
+    run(_cfg([corpus], killed, *args))
+    clean = tmp_path / "clean"
+    run(_cfg([corpus], clean, *args))
+    _assert_same_tree(clean, killed)
+    import hashlib
+
+    index = pq.read_table(killed / "index.parquet").to_pylist()
+    mine = [r for r in index if r["uri"] == str(victim)]
+    assert mine and all(r["source_sha256"] == hashlib.sha256(victim.read_bytes()).hexdigest() for r in mine)
 
 
 def _assert_same_tree(a: Path, b: Path, ignore=frozenset()):

@@ -86,3 +86,30 @@ def test_flac_round_trip_is_exact_at_16_bits():
     assert sr == 16000
     assert np.array_equal(to_pcm16(y), to_pcm16(x))
     assert encode_flac(x) == encode_flac(x)
+
+
+def test_a_stalled_ffmpeg_is_stopped(tmp_path):
+    import os
+
+    from processors.audio import DecodeInfo, DecodeLimits, _iter_ffmpeg
+
+    fifo = tmp_path / "never-written.m4a"
+    os.mkfifo(fifo)                      # ffmpeg blocks opening it: no writer ever comes
+    with pytest.raises(UndecodableAudio, match="no progress for 1.5 s"):
+        list(_iter_ffmpeg(str(fifo), 0.0, None, 1.0, DecodeLimits(stall_timeout_s=1.5), DecodeInfo()))
+
+
+def test_only_regular_files_are_opened(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.wav")
+    with pytest.raises(UnreadableInput, match="named pipe"):
+        load_standardised(str(tmp_path / "pipe.wav"))
+    with pytest.raises(UnreadableInput, match="a device"):
+        load_standardised("/dev/zero")
+
+
+def test_espeak_text_is_never_an_option():
+    from processors.tts import espeak
+
+    assert len(espeak("-s 400 this text starts with a dash")) > 16000

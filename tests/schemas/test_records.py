@@ -108,3 +108,42 @@ def test_one_manifest_writer_for_every_layer(tmp_path):
     assert read_manifest(str(tmp_path / "none")) is None
     with pytest.raises(ValueError):
         Manifest(layer="bogus", name="x", version="1", config_hash="", summary={}, shards=())
+
+
+def test_atomic_writes_use_unique_temporary_names(tmp_path, monkeypatch):
+    """Two attempts of one task writing the same file at once never share a temporary file."""
+    import threading
+
+    from schemas import files
+
+    seen, barrier = [], threading.Barrier(2)
+    real_open = open
+
+    def spy(path, mode="r", *a, **k):
+        if "wb" in mode:
+            seen.append(path)
+            barrier.wait(timeout=5)      # both writers hold their temporary file at the same time
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr("builtins.open", spy)
+    writers = [threading.Thread(target=files.atomic_write, args=(str(tmp_path / "x.bin"), bytes([i]) * 1000))
+               for i in range(2)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    assert len(set(seen)) == 2 and all(".tmp-" in p for p in seen)
+    assert (tmp_path / "x.bin").read_bytes() in (bytes([0]) * 1000, bytes([1]) * 1000)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from schemas import files
+
+    def boom(*a):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", boom)
+    with pytest.raises(OSError):
+        files.atomic_write(str(tmp_path / "y.bin"), b"data")
+    assert list(tmp_path.iterdir()) == []

@@ -54,19 +54,29 @@ def test_batch_times_accumulation_invariance(examples, tiny):
 
 
 def test_dpo_accumulation_invariance(examples, tiny):
+    """An uneven split (1 + 3) and a policy that differs from the reference: a per-micro-batch average
+    or a loss that ignores the reference would show here."""
     import copy
 
     model, processor = tiny
     ref = copy.deepcopy(model).requires_grad_(False)
+    policy = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=gen))
     pairs = _encoded(examples, processor, "dpo", 4)
     pad, fe = processor.tokenizer.pad_token_id, processor.feature_extractor
-    model.zero_grad()
-    one = dpo_step(model, ref, [pairs], pad, fe, Dist(), DPOLoss(0.1))
-    g1 = _grads(model)
-    model.zero_grad()
-    two = dpo_step(model, ref, [pairs[:2], pairs[2:]], pad, fe, Dist(), DPOLoss(0.1))
-    g2 = _grads(model)
-    assert one["loss"] == pytest.approx(two["loss"], rel=1e-5) and one["loss"] == pytest.approx(0.6931, abs=1e-3)
+    policy.zero_grad()
+    one = dpo_step(policy, ref, [pairs], pad, fe, Dist(), DPOLoss(0.1))
+    g1 = _grads(policy)
+    policy.zero_grad()
+    two = dpo_step(policy, ref, [pairs[:1], pairs[1:]], pad, fe, Dist(), DPOLoss(0.1))
+    g2 = _grads(policy)
+    assert one["loss"] == pytest.approx(two["loss"], rel=1e-5)
+    assert abs(one["loss"] - 0.6931) > 1e-3            # the policy really differs from the reference
+    assert one["reward_accuracy"] == two["reward_accuracy"]
+    assert one["reward_margin"] == pytest.approx(two["reward_margin"], rel=1e-4)
     assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(g1, g2))
 
 
@@ -118,7 +128,14 @@ def test_resume_after_kill_continues_the_same_loss_curve(examples, tmp_path, loa
     assert not (killed / "pretrain" / "final").exists(), "killed too late"
     _, alive = psutil.wait_procs(children, timeout=20)
     assert not alive, f"loader workers outlived the killed trainer: {alive}"
-    subprocess.run(cmd + [args[0], str(killed), *args[1:]], check=True, capture_output=True, timeout=600)
+    log = killed / "pretrain" / "train_log.jsonl"
+    written_before = len(log.read_text().splitlines())
+    resumed = subprocess.run(cmd + [args[0], str(killed), *args[1:]], check=True, capture_output=True, text=True,
+                             timeout=600)
+    # It resumed at the checkpoint: the step, the stream positions, and only the steps after it ran.
+    assert f"step-{kill_after:07d}" in resumed.stdout and f"(step {kill_after}, stream positions" in resumed.stdout
+    new_steps = [json.loads(line)["step"] for line in log.read_text().splitlines()[written_before:]]
+    assert new_steps == list(range(kill_after + 1, 15))
     a, b = _losses(tmp_path / "straight" / "pretrain"), _losses(killed / "pretrain")
     assert sorted(a) == sorted(b) == list(range(1, 15))
     assert [a[s] for s in a] == pytest.approx([b[s] for s in a], rel=1e-5)
