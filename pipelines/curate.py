@@ -189,9 +189,9 @@ def stages(cfg: CurateConfig, work: str, cpus: int) -> dict[str, Stage]:
     """The job's stages by name, in order; ``dedup`` runs on the driver between ``ingest`` and the rest."""
     r = cfg.ray
     params = IngestParams(audio=cfg.audio, segment=cfg.segment, vad=cfg.vad, fingerprint=cfg.dedup.near)
-    actors = r.ingest_actors or max(1, int(cpus / r.ingest_num_cpus))
+    workers = r.ingest_workers or max(1, int(cpus / r.ingest_num_cpus))
     out = {"ingest": Stage("ingest", IngestStage, InputItem, UnitResult,
-                           Resources(num_cpus=r.ingest_num_cpus, tasks=actors), IngestJob(params, work))}
+                           Resources(num_cpus=r.ingest_num_cpus, tasks=workers), IngestJob(params, work))}
     if cfg.labelers:
         out["read"] = Stage("read", ReadSegments, PartRef, SegmentAudio, Resources(num_cpus=0.5))
         for stage in labeler_stages(cfg.labelers):

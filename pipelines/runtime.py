@@ -13,7 +13,7 @@ class RayConfig:
     address: str = ""            # "" → RAY_ADDRESS if set, else an embedded local Ray
     num_cpus: int = 0            # embedded Ray only; 0 → all cores
     object_store_mb: int = 1024  # embedded Ray only
-    ingest_actors: int = 0       # 0 → one per CPU of the cluster
+    ingest_workers: int = 0      # ingest tasks at once; 0 → one per CPU of the cluster
     ingest_num_cpus: float = 1.0
     pack_tasks: int = 0          # 0 → one per CPU of the cluster
     max_pass_retries: int = 2    # a pass that loses a worker is rerun (finished units are kept)
@@ -22,7 +22,7 @@ class RayConfig:
 
     def problems(self) -> list[str]:
         out = []
-        for name in ("num_cpus", "ingest_actors", "pack_tasks", "max_pass_retries"):
+        for name in ("num_cpus", "ingest_workers", "pack_tasks", "max_pass_retries"):
             if getattr(self, name) < 0:
                 out.append(f"ray.{name}: must be ≥ 0, got {getattr(self, name)}")
         if self.object_store_mb < 80:
