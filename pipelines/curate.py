@@ -31,7 +31,7 @@ from pipelines.stage import Resources, Stage, apply, dataset, run_pass
 from pipelines.stages.ingest import IngestJob, IngestStage, marker_url, read_marker
 from pipelines.stages.label import KeepLabels, LabelerError, ReadSegments, labeler_stages
 from pipelines.stages.pack import PackJob, PackStage
-from processors.audio import iter_standardised
+from processors.audio import estimated_seconds, iter_standardised
 from processors.dedup import DedupItem, NearParams, SpectralVerifier, find_relations, resolve
 from processors.ingest import AudioParams, IngestParams
 from processors.merge import MergeCounts, MergeResult, plan_merges
@@ -334,11 +334,12 @@ class _Job:
         for it in items:
             if it.unit in have:
                 results[it.unit] = read_marker(marker_url(self.out.work, it.unit))
-        todo = sorted((it for it in items if it.unit not in results), key=lambda it: (-it.size, it.uri))
+        # The biggest inputs first (by an estimate of their duration from headers), so none is left at the end.
+        seconds = {it.unit: estimated_seconds(it.path, it.size) for it in items if it.unit not in results}
+        todo = sorted((it for it in items if it.unit not in results), key=lambda it: (-seconds[it.unit], it.uri))
         if results:
             say(f"ingest: {len(results)} inputs already done, {len(todo)} to go")
-        progress = self._progress("ingest", len(todo), "inputs", float(sum(max(0, it.size) for it in todo)))
-        size = {it.unit: max(0, it.size) for it in todo}
+        progress = self._progress("ingest", len(todo), "inputs", float(sum(seconds.values())))
         listed_rejects = len(self.listing.rejects)
         done_rejects = sum(not r.ok for r in results.values())
 
@@ -346,18 +347,18 @@ class _Job:
             nonlocal done_rejects
             results[r.unit] = r
             done_rejects += not r.ok
-            progress.update(1, size.get(r.unit, 0), r.duration_s)
+            progress.update(1, seconds.get(r.unit, 0.0), r.duration_s)
             self._check_budget(listed_rejects + done_rejects, listed_rejects + len(results))
 
         def make():
             left = [it for it in todo if it.unit not in results]
-            # A few blocks per worker (by bytes, the biggest inputs first) keep both the per-task overhead
-            # and the idle tail small; a long list gets more blocks, so progress still moves.
+            # A few blocks per worker of about equal audio keep both the per-task overhead and the idle tail
+            # small; a long list gets more blocks, so progress still moves.
             stage = self.stages["ingest"]
             workers = stage.resources.tasks
             blocks = min(len(left), max(4 * workers, len(left) // 32))
             stage = dataclasses.replace(stage, resources=dataclasses.replace(stage.resources, tasks=min(workers, blocks)))
-            return apply(dataset(left, InputItem, [max(1, it.size) for it in left], blocks=blocks), stage)
+            return apply(dataset(left, InputItem, [max(0.1, seconds[it.unit]) for it in left], blocks=blocks), stage)
 
         if todo:
             run_pass("ingest", make, UnitResult, on_result, self.cfg.ray.max_pass_retries, say)
