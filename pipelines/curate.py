@@ -22,6 +22,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 import fsspec
+import numpy as np
 
 from pipelines.config import ConfigError, config_hash, positive, show
 from pipelines.output import Output, OutputConflict, OutputError
@@ -281,6 +282,7 @@ class _Job:
         self.stages = stages(cfg, out.work, self.cpus)
         self.seen = len(listing.items) + len(listing.rejects)
         self.times: dict[str, float] = {}
+        self.prints: dict[str, np.ndarray] = {}     # unit → (n, 2) int32 fingerprint, kept apart from its record
 
     def run(self) -> dict[str, Any]:
         t_ray = time.monotonic()
@@ -292,9 +294,7 @@ class _Job:
         self._check_budget(len(rejects), self.seen)
         kept = [u for u in units if u.ok]
         merge = self._timed("dedup", lambda: self.dedup(kept))
-        # The fingerprints are done with: let them go before the labeler and pack passes.
-        units = [dataclasses.replace(u, fingerprint=b"") for u in units]
-        kept = [u for u in units if u.ok]
+        self.prints.clear()             # done with: let them go before the labeler and pack passes
         rejects += merge.rejects
         self._check_budget(len(rejects), self.seen)
         kept = [u for u in kept if u.unit not in merge.dropped]
@@ -333,7 +333,7 @@ class _Job:
         results: dict[str, UnitResult] = {}
         for it in items:
             if it.unit in have:
-                results[it.unit] = read_marker(marker_url(self.out.work, it.unit))
+                results[it.unit] = self._compact(read_marker(marker_url(self.out.work, it.unit)))
         # The biggest inputs first (by an estimate of their duration from headers), so none is left at the end.
         seconds = {it.unit: estimated_seconds(it.path, it.size) for it in items if it.unit not in results}
         todo = sorted((it for it in items if it.unit not in results), key=lambda it: (-seconds[it.unit], it.uri))
@@ -345,7 +345,7 @@ class _Job:
 
         def on_result(r: UnitResult) -> None:
             nonlocal done_rejects
-            results[r.unit] = r
+            results[r.unit] = r = self._compact(r)
             done_rejects += not r.ok
             progress.update(1, seconds.get(r.unit, 0.0), r.duration_s)
             self._check_budget(listed_rejects + done_rejects, listed_rejects + len(results))
@@ -365,6 +365,13 @@ class _Job:
         progress.close()
         return [results[it.unit] for it in items]
 
+    def _compact(self, r: UnitResult) -> UnitResult:
+        """Keep the fingerprint as an int32 array (8 bytes a hash) beside the record, not in it."""
+        if r.fingerprint:
+            self.prints[r.unit] = r.fingerprint_array().astype(np.int32)
+            r = dataclasses.replace(r, fingerprint=b"")
+        return r
+
     # ---- dedup ---------------------------------------------------------------------------------------
 
     def dedup(self, kept: list[UnitResult]) -> MergeResult:
@@ -372,8 +379,9 @@ class _Job:
         if not (d.exact or d.near):
             return plan_merges(kept, resolve([], []), False)
         path = {it.unit: it.path for it in self.listing.items}
-        items = [DedupItem(path[u.unit], u.pcm_sha256 if d.exact else u.unit, u.fingerprint_array(), u.duration_s,
-                           copy_rank(u, d.target_level_dbfs)) for u in kept]
+        empty = np.zeros((0, 2), np.int32)
+        items = [DedupItem(path[u.unit], u.pcm_sha256 if d.exact else u.unit, self.prints.get(u.unit, empty),
+                           u.duration_s, copy_rank(u, d.target_level_dbfs)) for u in kept]
         verify = SpectralVerifier(lambda p, s, e: iter_standardised(p, s, e)) if d.verify else None
         relations = find_relations(items, d.near_params(), verify)
         merge = plan_merges(kept, resolve(items, relations), d.containment == "drop")

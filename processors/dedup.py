@@ -101,6 +101,7 @@ class _FingerprintIndex:
         if not items or not self.sizes.sum():
             self.h = self.item = self.t = np.zeros(0, np.int32)
             self.common = np.zeros(0, np.int32)
+            self.is_common = np.zeros(1, bool)
             return
         h = np.concatenate([it.fingerprint[:, 0] for it in items]).astype(np.int32)
         t = np.concatenate([it.fingerprint[:, 1] for it in items]).astype(np.int32)
@@ -112,6 +113,8 @@ class _FingerprintIndex:
         first_of_pair = np.r_[True, (self.h[1:] != self.h[:-1]) | (self.item[1:] != self.item[:-1])]
         hashes, items_per_hash = np.unique(self.h[first_of_pair], return_counts=True)
         self.common = hashes[items_per_hash > max_hash_items]
+        self.is_common = np.zeros(int(self.h.max()) + 2, bool)      # a lookup table over the hash values
+        self.is_common[self.common] = True
 
     def candidates(self, pos: int, p: NearParams) -> list[tuple[int, int]]:
         """(other item, offset in frames) for items after ``pos`` whose hashes align with ``pos``'s at one
@@ -123,8 +126,11 @@ class _FingerprintIndex:
             return []
         qh = variants(fp[:, 0]).reshape(-1)               # each hash and its dt±1 variants
         qt = np.repeat(fp[:, 1], 3)
-        valid = (qh >= 0) & ~np.isin(qh, self.common)
-        qh, qt = qh[valid], qt[valid]
+        valid = qh >= 0
+        valid[valid] = ~self.is_common[np.minimum(qh[valid], len(self.is_common) - 1)]
+        qh, qt = qh[valid].astype(self.h.dtype), qt[valid]      # same dtype: no copy of the index per query
+        order = np.argsort(qh, kind="stable")                    # sorted needles search far faster
+        qh, qt = qh[order], qt[order]
         lo = np.searchsorted(self.h, qh, side="left")
         counts = np.searchsorted(self.h, qh, side="right") - lo
         total = int(counts.sum())
