@@ -96,19 +96,23 @@ def test_cli_refuses_with_one_clear_line_and_its_exit_code(ray_cluster, tmp_path
 
 
 def test_two_runs_into_one_output_the_second_is_refused(ray_cluster, tmp_path):
+    import signal
+
     import ray
 
     corpus = mk.with_good(tmp_path / "case")
-    for i in range(30):
-        (corpus / f"g{i}.wav").write_bytes(mk.good_bytes()[:44] + os.urandom(len(mk.good_bytes()) - 44))
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     cmd = [sys.executable, "-m", "pipelines.cli", "curate", str(corpus), str(tmp_path / "out"), "ray.progress=false"]
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lock = tmp_path / "out" / ".audiomill-lock"
     deadline = time.monotonic() + 120
     while not lock.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)          # the first run holds the lock, paused, for as long as we need
+    try:
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        first.send_signal(signal.SIGCONT)
     first.communicate(timeout=300)
     assert first.returncode == 0
     assert second.returncode == 2 and "is being written by pid" in second.stderr, second.stderr
