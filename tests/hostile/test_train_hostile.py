@@ -8,14 +8,11 @@ import pytest
 
 from tests.hostile.test_hostile import snapshot
 from tests.hostile.train_cases import FAST, TRAIN, TrainCase
-from trainer.demo import build_language_id
 
 
 @pytest.fixture(scope="module")
-def examples(tmp_path_factory):
-    root = tmp_path_factory.mktemp("examples")
-    build_language_id(root)
-    return root
+def examples(lid_examples):
+    return lid_examples
 
 
 @pytest.fixture(scope="module")

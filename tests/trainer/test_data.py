@@ -6,13 +6,11 @@ import os
 import pytest
 
 from trainer.data import SkipCounter, sample_stream
-from trainer.demo import build_language_id
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ex")
-    build_language_id(root)
+def shards(lid_examples):
+    root = lid_examples
     return sorted(str(root / "pretrain" / f) for f in os.listdir(root / "pretrain") if f.endswith(".tar"))
 
 

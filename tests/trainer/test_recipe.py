@@ -14,14 +14,11 @@ from trainer.config import TrainConfig
 from trainer.data import Encoder, read_all
 from trainer.losses import DPOLoss, IGNORE, nll_sum
 from trainer.recipe import Dist, dpo_step, lm_step, load_or_build, stage_shards
-from trainer.demo import build_language_id
 
 
 @pytest.fixture(scope="module")
-def examples(tmp_path_factory):
-    root = tmp_path_factory.mktemp("examples")
-    build_language_id(root)
-    return root
+def examples(lid_examples):
+    return lid_examples
 
 
 @pytest.fixture(scope="module")

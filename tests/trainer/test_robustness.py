@@ -10,17 +10,14 @@ import time
 
 import pytest
 
-from trainer.demo import build_language_id
 
 CLI = [sys.executable, "-m", "pipelines.cli"]
 FAST = ["launcher=local", "max_tokens=600", "eval_max_examples=4", "warmup_steps=1"]
 
 
 @pytest.fixture(scope="module")
-def examples(tmp_path_factory):
-    root = tmp_path_factory.mktemp("examples")
-    build_language_id(root)
-    return root
+def examples(lid_examples):
+    return lid_examples
 
 
 def _train(args, timeout=600):

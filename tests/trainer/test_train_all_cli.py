@@ -4,13 +4,10 @@ import json
 import subprocess
 import sys
 
-from trainer.demo import build_language_id
 
-
-def test_train_all_cli_runs_every_stage(tmp_path):
-    build_language_id(tmp_path / "ex")
+def test_train_all_cli_runs_every_stage(lid_examples, tmp_path):
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "pipelines.cli", "train-all", str(tmp_path / "ex"), str(out),
+    run = subprocess.run([sys.executable, "-m", "pipelines.cli", "train-all", str(lid_examples), str(out),
                           "launcher=local", "max_steps=4", "max_tokens=600", "eval_max_examples=4"],
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
