@@ -225,7 +225,7 @@ def bench_job(corpus: Path, out: Path, cpus: int, memory: bool = False) -> dict:
 
     cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:cpus])
     cmd = ["taskset", "-c", cores, sys.executable, "-m", "pipelines.cli", "curate", str(corpus), str(out),
-           f"ray.num_cpus={cpus}", "ray.progress=false", "keep_work=false"]
+           f"ray.num_cpus={cpus}", "ray.progress=false", "keep_work=false", "labelers=[none]"]
     t0 = time.monotonic()
     proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = driver = 0.0

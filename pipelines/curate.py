@@ -27,10 +27,11 @@ import numpy as np
 from pipelines.config import ConfigError, config_hash, positive, show
 from pipelines.output import Output, OutputConflict, OutputError
 from pipelines.progress import Progress
-from pipelines.runtime import RayConfig, cluster_cpus, init_ray, say
+from pipelines.runtime import RayConfig, cluster_cpus, cluster_gpus, init_ray, say
 from pipelines.stage import Resources, Stage, apply, dataset, run_pass
 from pipelines.stages.ingest import IngestJob, IngestStage, marker_url, read_marker
-from pipelines.stages.label import KeepLabels, LabelerError, ReadSegments, labeler_stages
+from pipelines.stages.label import KeepLabels, LabelerError, ReadSegments, expand, labeler_stages, model_problem
+from pipelines.stages.labelers import LabelParams
 from pipelines.stages.pack import PackJob, PackStage
 from processors.audio import estimated_seconds, iter_standardised
 from processors.dedup import DedupItem, NearParams, SpectralVerifier, find_relations, resolve
@@ -99,7 +100,8 @@ class CurateConfig:
     parent_version: str = ""
     keep_work: bool = False
     lock_stale_s: float = 300.0  # a run's lock not refreshed for this long belongs to a dead run
-    labelers: list[str] = dataclasses.field(default_factory=list)   # names or module:Class, in order
+    labelers: list[str] = dataclasses.field(default_factory=list)   # names or module:Class, in order; [auto]: all
+    label: LabelParams = LabelParams()
     listing: ListingParams = ListingParams()
     audio: AudioParams = AudioParams()
     dedup: DedupConfig = DedupConfig()
@@ -154,7 +156,10 @@ class CurateConfig:
             problems.append("dedup.min_duplicate_overlap and dedup.min_coverage: must be in (0, 1]")
         problems += self.ray.problems()
         try:
-            labeler_stages(self.labelers)
+            for name in expand(self.labelers, self.label):
+                problem = model_problem(name, self.label)
+                if problem:
+                    problems.append(problem)
         except LabelerError as e:
             problems.append(str(e))
         if self.output:
@@ -186,16 +191,17 @@ class ErrorBudgetExceeded(RuntimeError):
 
 # ---- the stages ------------------------------------------------------------------------------------
 
-def stages(cfg: CurateConfig, work: str, cpus: int) -> dict[str, Stage]:
+def stages(cfg: CurateConfig, work: str, cpus: int, gpus: float = 0.0) -> dict[str, Stage]:
     """The job's stages by name, in order; ``dedup`` runs on the driver between ``ingest`` and the rest."""
     r = cfg.ray
     params = IngestParams(audio=cfg.audio, segment=cfg.segment, vad=cfg.vad, fingerprint=cfg.dedup.near)
     workers = r.ingest_workers or max(1, int(cpus / r.ingest_num_cpus))
     out = {"ingest": Stage("ingest", IngestStage, InputItem, UnitResult,
                            Resources(num_cpus=r.ingest_num_cpus, tasks=workers), IngestJob(params, work))}
-    if cfg.labelers:
-        out["read"] = Stage("read", ReadSegments, PartRef, SegmentAudio, Resources(num_cpus=0.5))
-        for stage in labeler_stages(cfg.labelers):
+    labelers = labeler_stages(cfg.labelers, cfg.label, cpus, gpus)
+    if labelers:
+        out["read"] = Stage("read", ReadSegments, PartRef, SegmentAudio, Resources(num_cpus=0.25))
+        for stage in labelers:
             out[stage.name] = stage
         out["keep_labels"] = Stage("keep_labels", KeepLabels, SegmentAudio, SegmentLabels,
                                    Resources(num_cpus=0.25))
@@ -279,7 +285,7 @@ class _Job:
     def __init__(self, cfg: CurateConfig, out: Output, listing: _Listed, t0: float):
         self.cfg, self.out, self.listing, self.t0 = cfg, out, listing, t0
         self.cpus = cluster_cpus()
-        self.stages = stages(cfg, out.work, self.cpus)
+        self.stages = stages(cfg, out.work, self.cpus, cluster_gpus())
         self.seen = len(listing.items) + len(listing.rejects)
         self.times: dict[str, float] = {}
         self.prints: dict[str, np.ndarray] = {}     # unit → (n, 2) int32 fingerprint, kept apart from its record
@@ -299,7 +305,7 @@ class _Job:
         self._check_budget(len(rejects), self.seen)
         kept = [u for u in kept if u.unit not in merge.dropped]
         patches = dict(merge.patches)
-        if self.cfg.labelers:
+        if "read" in self.stages:
             patches.update(self._timed("label", lambda: self.label(kept, merge.patches)))
         shards = self._timed("pack", lambda: self.pack(kept, patches))
         summary = self._summary(units, rejects, shards, merge.counts, t_ray)

@@ -109,7 +109,7 @@ def apply(ds, stage: Stage):
         with warnings.catch_warnings():
             # Ray 2.60 has no named parameter for max_restarts yet, and warns that the generic one will go.
             warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-            return ds.map_batches(adapter, compute=ray.data.ActorPoolStrategy(size=r.actors),
+            return ds.map_batches(adapter, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=r.actors),
                                   max_restarts=0, **kwargs)
     if r.tasks:
         kwargs["compute"] = ray.data.TaskPoolStrategy(size=r.tasks)

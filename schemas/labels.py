@@ -23,9 +23,15 @@ class LabelError(ValueError):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Transcript:
+    """What is said. Beside a manifest transcript an ASR model leaves its ``hypothesis`` and their word error
+    rate (``disagreement``); the manifest text is never replaced."""
+
     text: str
     by: str
     language: str = ""
+    language_prob: float | None = None    # the language identifier's probability
+    hypothesis: str = ""
+    disagreement: float | None = None
     origin: str = ""
 
 

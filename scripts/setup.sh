@@ -30,7 +30,7 @@ if [ ! -f "$stamp" ]; then
     exit 1
   fi
   rm -f "$log"
-  .venv/bin/python -c "import ray, torch, transformers, soundfile, soxr, webdataset, lhotse, datasets, torchcodec"
+  .venv/bin/python -c "import ray, torch, transformers, soundfile, soxr, webdataset, lhotse, datasets, torchcodec, faster_whisper, ctranslate2"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -2,14 +2,17 @@
 stage, and come back as their labels alone.
 
 A labeler is a ``StageFn`` that maps ``SegmentAudio`` records to ``SegmentAudio`` records with labels
-added, with class attributes ``resources`` (a ``Resources``) and ``version`` (recorded in ``by``). It is
-named in config (``labelers=[name, …]``) by a name of ``LABELERS`` or as ``module:Class``; nothing else
-in the job changes when one is added.
+added, with a class attribute ``resources`` (a ``Resources``; ``actors=-1`` asks for one actor per CPU, or
+per ``label.gpu_fraction`` of the cluster's GPUs). A built-in one also names its settings in the ``label``
+config section (``config_key``). It is named in config (``labelers=[name, …]``) by a name of ``LABELERS``
+or as ``module:Class``; nothing else in the job changes when one is added. ``labelers=[auto]`` (the
+default) is every built-in labeler whose model is available; ``labelers=[none]`` is none.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 
 import fsspec
@@ -20,7 +23,7 @@ from processors.shards import read_sample
 from schemas.segment import Segment, SegmentAudio, SegmentLabels
 from schemas.unit import PartRef
 
-LABELERS: dict[str, str] = {}     # name → "module:Class"
+LABELERS: dict[str, str] = {"asr": "pipelines.stages.labelers:AsrLabeler"}     # name → "module:Class"
 
 
 class LabelerError(ValueError):
@@ -44,11 +47,56 @@ def labeler_class(name: str) -> type[StageFn]:
     return cls
 
 
-def labeler_stages(names: list[str]) -> list[Stage]:
+def expand(names: list[str], params) -> list[str]:
+    """``[auto]`` → the built-in labelers whose models are available; ``[none]`` → []."""
+    if names in (["none"], ["None"], []):
+        return []
+    if names != ["auto"]:
+        return names
+    return [name for name in LABELERS if model_problem(name, params) is None]
+
+
+def model_problem(name: str, params) -> str | None:
+    """Why a built-in labeler's model is not available (None when it is), found without loading it."""
+    from processors.labelers.models import ModelMissing, check
+
+    import importlib.util
+
+    cls = labeler_class(name)
+    for module, pip_name in getattr(cls, "requires", ()):
+        if importlib.util.find_spec(module) is None:
+            return f"labeler {name} needs `pip install {pip_name}`"
+    key = getattr(cls, "config_key", "")
+    if not key or params is None:
+        return None
+    try:
+        check(getattr(params, key).model, f"label.{key}.model")
+    except ModelMissing as e:
+        return str(e)
+    except ImportError as e:
+        return f"labeler {name}: {e}"
+    return None
+
+
+def labeler_stages(names: list[str], params=None, cpus: int = 1, gpus: float = 0.0) -> list[Stage]:
+    """The labelers' stages with resources that fit the cluster together: on CPUs, every pool may grow to
+    one actor per CPU, and all of them reserve at most ``cpus - 0.5`` (the read and keep tasks need the
+    rest, or they would wait for the actors forever); on GPUs, each actor takes ``label.gpu_fraction``."""
+    names = expand(names, params)
     out = []
     for name in names:
         cls = labeler_class(name)
-        out.append(Stage(name.rpartition(":")[2].lower(), cls, SegmentAudio, SegmentAudio, cls.resources))
+        r = cls.resources
+        if r.actors == -1:
+            if gpus > 0 and params is not None:
+                r = dataclasses.replace(r, num_cpus=0.25, num_gpus=params.gpu_fraction,
+                                        actors=max(1, int(gpus / params.gpu_fraction)))
+            else:
+                share = max(0.01, round((cpus - 0.5) / (len(names) * cpus), 3))
+                r = dataclasses.replace(r, num_cpus=share, actors=cpus)
+        key = getattr(cls, "config_key", "")
+        out.append(Stage(name.rpartition(":")[2].lower(), cls, SegmentAudio, SegmentAudio, r,
+                         params if key else None))
     return out
 
 

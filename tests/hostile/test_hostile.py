@@ -53,7 +53,7 @@ def test_curate_accounts_for_every_hostile_input(ray_cluster, tmp_path, case):
     target = case.make(case_dir)
     before = snapshot(tmp_path)
     out = tmp_path / "out"
-    cfg = load_config(CurateConfig, None, ["ray.progress=false", *_args(case, case_dir)],
+    cfg = load_config(CurateConfig, None, ["ray.progress=false", "labelers=[none]", *_args(case, case_dir)],
                       {"inputs": [str(target)], "output": str(out)})
     t = time.monotonic()
     summary = run(cfg)
@@ -81,7 +81,7 @@ def test_cli_refuses_with_one_clear_line_and_its_exit_code(ray_cluster, tmp_path
     before = snapshot(tmp_path)
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     run = subprocess.run([sys.executable, "-m", "pipelines.cli", "curate", str(target), str(out),
-                          "ray.progress=false", *_args(case, case_dir)], capture_output=True, text=True, env=env,
+                          "ray.progress=false", "labelers=[none]", *_args(case, case_dir)], capture_output=True, text=True, env=env,
                          timeout=300)
     assert run.returncode == case.exit_code, run.stderr[-2000:]
     assert run.stderr.startswith("audiomill curate: ") and case.message in run.stderr, run.stderr[-2000:]
@@ -102,7 +102,7 @@ def test_two_runs_into_one_output_the_second_is_refused(ray_cluster, tmp_path):
 
     corpus = mk.with_good(tmp_path / "case")
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    cmd = [sys.executable, "-m", "pipelines.cli", "curate", str(corpus), str(tmp_path / "out"), "ray.progress=false"]
+    cmd = [sys.executable, "-m", "pipelines.cli", "curate", str(corpus), str(tmp_path / "out"), "ray.progress=false", "labelers=[none]"]
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lock = tmp_path / "out" / ".audiomill-lock"
     deadline = time.monotonic() + 120
@@ -138,7 +138,7 @@ def test_a_full_disk_is_one_line_exit_4_and_no_temporary_files(ray_cluster, tmp_
         write(corpus / f"m{i}.wav", chord_music(40.0, seed=i))
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     run = subprocess.run([sys.executable, "-m", "pipelines.cli", "curate", str(corpus), str(small_disk / "out"),
-                          "ray.progress=false", "dedup.near=false"], capture_output=True, text=True, env=env, timeout=300)
+                          "ray.progress=false", "labelers=[none]", "dedup.near=false"], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 4, run.stderr[-3000:]
     assert "no space left on the device" in run.stderr and "Traceback" not in run.stderr
     leftovers = [p for p in (small_disk / "out").rglob("*") if ".tmp-" in p.name]
@@ -147,7 +147,7 @@ def test_a_full_disk_is_one_line_exit_4_and_no_temporary_files(ray_cluster, tmp_
     mk.unmount(small_disk)
     mk.mount_tmpfs(small_disk, "64m")
     run = subprocess.run([sys.executable, "-m", "pipelines.cli", "curate", str(corpus), str(small_disk / "out"),
-                          "ray.progress=false", "dedup.near=false"], capture_output=True, text=True, env=env, timeout=300)
+                          "ray.progress=false", "labelers=[none]", "dedup.near=false"], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
 
 
@@ -156,7 +156,7 @@ def test_a_read_only_output_is_one_line(ray_cluster, tmp_path):
         pytest.skip("needs root to mount a read-only tmpfs")
     try:
         corpus = mk.with_good(tmp_path / "case")
-        run = subprocess.run([sys.executable, "-m", "pipelines.cli", "curate", str(corpus), str(tmp_path / "ro" / "out")],
+        run = subprocess.run([sys.executable, "-m", "pipelines.cli", "curate", str(corpus), str(tmp_path / "ro" / "out"), "labelers=[none]"],
                              capture_output=True, text=True, timeout=120)
         assert run.returncode == 2 and "Read-only file system" in run.stderr and "Traceback" not in run.stderr
     finally:
@@ -179,9 +179,9 @@ def test_a_failed_listing_leaves_nothing_that_blocks_a_rerun(ray_cluster, tmp_pa
 
     corpus = mk.manifest("m.jsonl", mk.jsonl({"file": "good.wav"}))(tmp_path / "case")
     with pytest.raises(ConfigError):
-        run(load_config(CurateConfig, None, ["ray.progress=false"], {"inputs": [str(corpus)], "output": str(tmp_path / "o")}))
+        run(load_config(CurateConfig, None, ["ray.progress=false", "labelers=[none]"], {"inputs": [str(corpus)], "output": str(tmp_path / "o")}))
     assert not (tmp_path / "o" / "_work").exists()
-    cfg = load_config(CurateConfig, None, ["ray.progress=false", "vad.threshold=0.6", "sources=[]"],
+    cfg = load_config(CurateConfig, None, ["ray.progress=false", "labelers=[none]", "vad.threshold=0.6", "sources=[]"],
                       {"inputs": [f"jsonl:{corpus}"], "output": str(tmp_path / "o")})
     corpus.write_text(mk.jsonl({"audio": "good.wav"}))
     assert run(cfg)["accepted"] == 1

@@ -98,7 +98,7 @@ def test_curate_job_submitted_to_a_two_node_cluster(two_node_cluster, tmp_path):
     out = tmp_path / "segments"
     job = subprocess.run([RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT),
                           "--submission-id", f"curate-{os.getpid()}", "--",
-                          sys.executable, "-m", "pipelines.cli", "curate", str(corpus), str(out), "ray.progress=false",
+                          sys.executable, "-m", "pipelines.cli", "curate", str(corpus), str(out), "ray.progress=false", "labelers=[none]",
                           "shards.max_samples=4"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 
 def _cfg(inputs, output, *overrides, **extra):
-    return load_config(CurateConfig, None, ["ray.progress=false", *overrides],
+    return load_config(CurateConfig, None, ["ray.progress=false", "labelers=[none]", *overrides],
                        {"inputs": [str(i) for i in inputs], "output": str(output), **extra})
 
 
@@ -228,7 +228,7 @@ def _kill_after_units(corpus: Path, out: Path, args: list[str], n: int) -> None:
     markers = out / "_work" / "units"
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "curate", str(corpus), str(out), *args,
-                             "ray.progress=false", "keep_work=true"], env=env, stdout=subprocess.DEVNULL,
+                             "ray.progress=false", "labelers=[none]", "keep_work=true"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and len(list(markers.glob("*.arrow"))) < n:

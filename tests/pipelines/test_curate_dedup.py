@@ -40,7 +40,7 @@ def corpus(tmp_path_factory):
 
 
 def _run(corpus, out, *overrides):
-    cfg = load_config(CurateConfig, None, ["ray.progress=false", *overrides], {"inputs": [str(corpus)], "output": str(out)})
+    cfg = load_config(CurateConfig, None, ["ray.progress=false", "labelers=[none]", *overrides], {"inputs": [str(corpus)], "output": str(out)})
     summary = run(cfg)
     index = pq.read_table(out / "index.parquet").to_pylist()
     rejects = {r["uri"].split(str(corpus) + "/")[1]: r for r in pq.read_table(out / "rejects.parquet").to_pylist()}

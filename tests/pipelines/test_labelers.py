@@ -28,7 +28,7 @@ def _corpus(d):
 
 
 def _cfg(inputs, out, *overrides):
-    return load_config(CurateConfig, None, ["ray.progress=false", *overrides],
+    return load_config(CurateConfig, None, ["ray.progress=false", "labelers=[none]", *overrides],
                        {"inputs": [str(inputs)], "output": str(out)})
 
 
@@ -86,3 +86,23 @@ def test_no_actor_restart_warning_on_a_run_with_an_actor_stage(ray_cluster, tmp_
     log = out.stdout + out.stderr
     assert "core_worker" not in log and "53727" not in log and "Progress bars disabled" not in log
     assert "audiomill curate summary" in out.stdout
+
+
+def test_asr_transcribes_speech_and_keeps_a_manifest_transcript(ray_cluster, tmp_path):
+    from processors.labelers.asr import disagreement
+
+    d = tmp_path / "c"
+    said = "The committee will meet again next Tuesday to review the budget."
+    other = "Please remember to water the tomatoes before the afternoon heat."
+    write(d / "a.wav", np.concatenate([silence(0.3), tts(said, "en-us"), silence(0.3)]))
+    (d / "a.txt").write_text("the committee will meet again next tuesday to review the budget")
+    write(d / "b.wav", np.concatenate([silence(0.3), tts(other, "en-us+f2"), silence(0.3)]))
+    write(d / "music.wav", chord_music(8.0, seed=1))
+    run(_cfg(d, tmp_path / "o", "labelers=[asr]"))
+    by_uri = {rec["source"]["uri"].rsplit("/", 1)[1]: rec for rec, _ in _records(tmp_path / "o")}
+    a, b = by_uri["a.wav"]["labels"]["transcript"], by_uri["b.wav"]["labels"]["transcript"]
+    assert a["by"] == "manifest" and a["text"].startswith("the committee") and a["language"] == "en"
+    assert a["disagreement"] == disagreement(a["text"], a["hypothesis"]) <= 0.3
+    assert b["by"] == "whisper-base@ctranslate2" and b["language"] == "en" and b["language_prob"] > 0.5
+    assert disagreement(other, b["text"]) <= 0.3, b
+    assert "transcript" not in by_uri["music.wav"]["labels"]

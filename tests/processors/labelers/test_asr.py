@@ -1,0 +1,66 @@
+"""Whisper ASR and spoken-language ID: the packaged multilingual base model on real speech synthesis, the
+transformers backend on a tiny random checkpoint, and the disagreement score on hand-made pairs."""
+
+import numpy as np
+import pytest
+
+from processors.labelers.asr import AsrParams, Whisper, disagreement, normalise
+from processors.labelers.models import ModelMissing, check
+from processors.tts import espeak
+
+
+def test_normalise_and_disagreement_on_hand_made_pairs():
+    assert normalise("Hello, World!  It's   me.") == "hello world it s me"
+    assert disagreement("the cat sat on the mat", "the cat sat on the mat") == 0.0
+    assert disagreement("the cat sat on the mat", "The cat sat on a mat.") == pytest.approx(1 / 6, abs=1e-4)
+    assert disagreement("the cat sat", "") == 1.0 and disagreement("", "") == 0.0
+
+
+@pytest.fixture(scope="module")
+def base():
+    return Whisper(AsrParams(batch_size=4))
+
+
+def test_the_packaged_base_model_transcribes_and_tells_languages_apart(base):
+    english = "The committee will meet again next Tuesday to review the budget."
+    clips = [espeak(english, "en-us"), espeak("Guten Morgen, wie geht es Ihnen heute?", "de"),
+             np.zeros(16000, np.float32)]
+    en, de, _ = base.transcribe(clips)
+    assert en.language == "en" and en.language_prob > 0.5
+    assert disagreement(english, en.text) <= 0.25, en
+    assert de.language == "de", de
+    assert base.by == "whisper-base@ctranslate2"
+
+
+def test_a_missing_or_remote_model_is_named_with_its_key():
+    with pytest.raises(ModelMissing, match="label.asr.model: 'openai/whisper-large-v3' is not a local directory"):
+        check("openai/whisper-large-v3", "label.asr.model")
+    with pytest.raises(ModelMissing, match="not a packaged model"):
+        check("whisper-huge", "label.asr.model")
+
+
+def test_the_transformers_backend_loads_any_local_whisper_checkpoint(tmp_path, base):
+    """A tiny random Whisper saved locally goes through the same path a real checkpoint takes."""
+    import torch
+    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration,
+                              WhisperProcessor, WhisperTokenizerFast)
+
+    tok = WhisperTokenizerFast(tokenizer_file=f"{base.path}/tokenizer.json")
+    langs = {t: tok.convert_tokens_to_ids(t) for t in ("<|en|>", "<|de|>", "<|fr|>")}
+    cfg = WhisperConfig(vocab_size=len(tok), d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        decoder_start_token_id=tok.convert_tokens_to_ids("<|startoftranscript|>"),
+                        eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(cfg)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=cfg.decoder_start_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+        lang_to_id=langs, task_to_id={"transcribe": tok.convert_tokens_to_ids("<|transcribe|>")},
+        no_timestamps_token_id=tok.convert_tokens_to_ids("<|notimestamps|>"), is_multilingual=True,
+        max_length=32)
+    model.save_pretrained(tmp_path / "tiny")
+    WhisperProcessor(WhisperFeatureExtractor(), tok).save_pretrained(tmp_path / "tiny")
+    asr = Whisper(AsrParams(model=str(tmp_path / "tiny"), backend="transformers", max_new_tokens=8))
+    results = asr.transcribe([espeak("hello there", "en-us"), np.zeros(8000, np.float32)])
+    assert len(results) == 2 and all(r.language in ("en", "de", "fr") for r in results)
+    assert all(isinstance(r.text, str) for r in results) and asr.by == "tiny@transformers"
