@@ -434,7 +434,10 @@ class _Job:
         if todo:
             run_pass("label", make, SegmentLabels, on_labels, self.cfg.ray.max_pass_retries, say)
         progress.close()
-        return {key: dataclasses.replace(patches.get(key, Patch()), labels=s.labels) for key, s in labels.items()}
+        kind = {s.key: s.kind for u in kept for s in u.segments}
+        return {key: dataclasses.replace(patches.get(key, Patch()), labels=s.labels,
+                                         kind=s.kind if s.kind and s.kind != kind.get(key) else "")
+                for key, s in labels.items()}
 
     def _labels_url(self, unit: str) -> str:
         return posixpath.join(self.out.work, "labels", unit + ".arrow")

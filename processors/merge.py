@@ -278,7 +278,7 @@ def apply_patch(seg: Segment, patch: Patch) -> Segment:
         extra["duplicates"] = [_dup_json(d) for d in patch.duplicates]
     if patch.contained_in:
         extra["contained_in"] = [dataclasses.asdict(c) for c in patch.contained_in]
-    return dataclasses.replace(seg, labels=labels, extra=extra)
+    return dataclasses.replace(seg, labels=labels, extra=extra, kind=patch.kind or seg.kind)
 
 
 def _dup_json(d: DuplicateRef) -> dict[str, Any]:

@@ -92,7 +92,10 @@ class Quality:
     snr_db: float | None = None
     lufs: float | None = None
     bandwidth_hz: float | None = None
+    dnsmos_sig: float | None = None       # DNSMOS (P.835) of speech, by ``dnsmos_by``
+    dnsmos_bak: float | None = None
     dnsmos_ovrl: float | None = None
+    dnsmos_by: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

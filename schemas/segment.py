@@ -137,6 +137,14 @@ class IndexRow:
     bandwidth_hz: float | None
     duplicates: int          # dropped copies whose labels were merged onto this segment's input
     contained_in: tuple[str, ...]   # uris of longer recordings that contain this segment's input
+    language_prob: float | None      # of the language identifier
+    disagreement: float | None       # WER between a manifest transcript and the ASR hypothesis
+    events: tuple[str, ...]          # AudioSet (or manifest) event labels, best first
+    speakers: int | None             # speaker count
+    gender: str | None
+    dnsmos_ovrl: float | None
+    tempo_bpm: float | None
+    music_key: str | None
 
     @classmethod
     def of(cls, seg: Segment, shard: str, offset: int, size: int) -> "IndexRow":
@@ -152,6 +160,13 @@ class IndexRow:
             snr_db=q.snr_db if q else None, bandwidth_hz=q.bandwidth_hz if q else None,
             duplicates=len(seg.extra.get("duplicates", [])),
             contained_in=tuple(c["uri"] for c in seg.extra.get("contained_in", [])),
+            language_prob=t.language_prob if t else None, disagreement=t.disagreement if t else None,
+            events=tuple(e.label for e in events),
+            speakers=seg.labels.speakers.count if seg.labels.speakers else None,
+            gender=(seg.labels.paralinguistic.gender or None) if seg.labels.paralinguistic else None,
+            dnsmos_ovrl=q.dnsmos_ovrl if q else None,
+            tempo_bpm=seg.labels.music.tempo_bpm if seg.labels.music else None,
+            music_key=(seg.labels.music.key or None) if seg.labels.music else None,
         )
 
     def to_row(self) -> dict[str, Any]:
@@ -163,8 +178,9 @@ INDEX_SCHEMA = arrow.arrow_schema(IndexRow)
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SegmentLabels:
-    """A segment's labels after the labeler stages (the audio left behind)."""
+    """A segment's labels (and kind) after the labeler stages (the audio left behind)."""
 
     key: str
     unit: str
     labels: Labels
+    kind: str = ""

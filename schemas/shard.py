@@ -42,9 +42,10 @@ class Patch:
     label: str = ""                   # a class label for a speech segment (its ``extra.label``)
     duplicates: tuple[DuplicateRef, ...] = ()
     contained_in: tuple[Containment, ...] = ()
+    kind: str = ""                    # a new kind, when the labelers refined it ("" → unchanged)
 
     def is_empty(self) -> bool:
-        return not (self.labels.kinds() or self.label or self.duplicates or self.contained_in)
+        return not (self.labels.kinds() or self.label or self.duplicates or self.contained_in or self.kind)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

