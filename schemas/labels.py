@@ -73,6 +73,7 @@ class Music:
 class Paralinguistic:
     by: str
     gender: str = ""
+    gender_confidence: float | None = None
     emotion: str = ""
     origin: str = ""
 

@@ -28,6 +28,7 @@ LABELERS: dict[str, str] = {           # name → "module:Class", in the order [
     "events": "pipelines.stages.labelers:EventsLabeler",
     "music": "pipelines.stages.labelers:MusicLabeler",
     "quality": "pipelines.stages.labelers:QualityLabeler",
+    "gender": "pipelines.stages.labelers:GenderLabeler",
 }
 
 

@@ -12,8 +12,9 @@ from processors.labelers.asr import AsrParams, Whisper, disagreement
 from processors.labelers.models import ModelMissing, package_dir
 from processors.labelers.models import check as check_model
 from processors.labelers.events import EventParams
+from processors.labelers.gender import GenderParams
 from processors.labelers.quality import QualityParams
-from schemas.labels import Quality, Transcript
+from schemas.labels import Paralinguistic, Quality, Transcript
 from schemas.segment import SegmentAudio
 
 
@@ -32,6 +33,7 @@ class LabelParams:
     events: EventParams = EventParams()
     music: MusicParams = MusicParams()
     quality: QualityParams = QualityParams()
+    gender: GenderParams = GenderParams()
 
 
 class AsrLabeler(StageFn):
@@ -159,5 +161,31 @@ class QualityLabeler(StageFn):
                 q = dataclasses.replace(s.labels.quality or Quality(by=""), dnsmos_sig=sig, dnsmos_bak=bak,
                                         dnsmos_ovrl=ovrl, dnsmos_by=self.model.by)
                 s = dataclasses.replace(s, labels=s.labels.replace(quality=q))
+            out.append(s)
+        return out
+
+
+class GenderLabeler(StageFn):
+    """Voice gender of speech segments with one speaker (or no speaker count yet), when confident."""
+
+    config_key = "gender"
+    requires = (("voice2gender", "voice2gender (--no-deps) and xgboost-cpu"), ("xgboost", "xgboost-cpu"))
+    resources = Resources(num_cpus=1, actors=-1, batch_size=8)
+
+    def setup(self) -> None:
+        from processors.labelers.gender import GenderClassifier
+
+        self.model = GenderClassifier(self.params.gender)
+
+    def __call__(self, segments: list[SegmentAudio]) -> list[SegmentAudio]:
+        out = []
+        for s in segments:
+            several = s.labels.speakers is not None and s.labels.speakers.count > 1
+            if s.kind == "speech" and not several:
+                gender, confidence = self.model.classify(decode_flac(s.flac)[0])
+                if gender:
+                    p = dataclasses.replace(s.labels.paralinguistic or Paralinguistic(by=""), gender=gender,
+                                            gender_confidence=confidence, by=self.model.by)
+                    s = dataclasses.replace(s, labels=s.labels.replace(paralinguistic=p))
             out.append(s)
         return out

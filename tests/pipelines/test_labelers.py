@@ -119,7 +119,7 @@ def test_events_and_music_label_sounds_and_refine_the_kind(ray_cluster, tmp_path
     build_music(tmp_path / "m")
     shutil.copy(tmp_path / "m" / "piano.wav", d / "piano.wav")
     write(d / "talk.wav", np.concatenate([tts("Events come from YAMNet and music from librosa.", "en-us"), silence(0.4)]))
-    run(_cfg(d, tmp_path / "o", "labelers=[events,music,quality]"))
+    run(_cfg(d, tmp_path / "o", "labelers=[events,music,quality,gender]"))
     by_uri = {}
     for rec, _ in _records(tmp_path / "o"):
         by_uri.setdefault(rec["source"]["uri"].rsplit("/", 1)[1], []).append(rec)
@@ -134,6 +134,7 @@ def test_events_and_music_label_sounds_and_refine_the_kind(ray_cluster, tmp_path
     q = talk["labels"]["quality"]
     assert 1 <= q["dnsmos_ovrl"] <= 5 and q["dnsmos_by"].startswith("dnsmos@") and q["by"] == "audiomill.measure@1"
     assert "dnsmos_ovrl" not in ring["labels"]["quality"]            # DNSMOS is for speech
+    assert talk["labels"]["paralinguistic"]["gender"] == "male" and "paralinguistic" not in ring["labels"]
     import pyarrow.parquet as pq
 
     rows = {r["uri"].rsplit("/", 1)[1]: r for r in pq.read_table(tmp_path / "o" / "index.parquet").to_pylist()}
