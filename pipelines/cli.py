@@ -1,6 +1,7 @@
 """The ``audiomill`` command (argument parsing and exit codes only; the jobs live beside it).
 
     audiomill curate INPUT... OUTPUT_DIR [--config FILE] [--address ADDR] [key=value ...]
+    audiomill label SEGMENTS_DIR OUTPUT_DIR [--config FILE] [--address ADDR] [key=value ...]
     audiomill train EXAMPLES_DIR OUTPUT_DIR stage=pretrain|sft|dpo [--config FILE] [key=value ...]
     audiomill train-all EXAMPLES_DIR OUTPUT_DIR [--config FILE] [key=value ...]
 
@@ -104,6 +105,41 @@ def _curate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label(args: argparse.Namespace) -> int:
+    from pipelines.config import load_config
+    from pipelines.label import LabelConfig, run
+    from pipelines.output import OutputError
+    from pipelines.stage import PassFailed
+
+    paths, overrides = _split_positionals(args.words)
+    extra: dict = {}
+    if len(paths) >= 1:
+        extra["input"] = paths[0]
+    if len(paths) >= 2:
+        extra["output"] = paths[1]
+    if args.address:
+        extra["ray"] = {"address": args.address}
+    problems = [f"unexpected argument {p!r}" for p in paths[2:]]
+    try:
+        cfg = load_config(LabelConfig, args.config, overrides, extra)
+        if problems:
+            raise ConfigError(problems)
+        run(cfg)
+    except (ConfigError, OutputError) as e:
+        return _fail("label", str(e), EXIT_USAGE)
+    except PassFailed as e:
+        return _fail("label", str(e), EXIT_WORKERS)
+    except KeyboardInterrupt:
+        return _fail("label", "interrupted; rerun the same command to continue (finished work is kept)",
+                     EXIT_INTERRUPTED)
+    except Exception as e:
+        cause = io_cause(e)
+        if cause is None:
+            raise
+        return _fail("label", _io_message(cause), EXIT_IO)
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from pipelines.config import load_config
     from trainer.config import TrainConfig
@@ -149,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     cur.add_argument("--config", help="YAML config file (see configs/curate.yaml)")
     cur.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
     cur.set_defaults(func=_curate)
+    lab = sub.add_parser("label", help="re-label a segments corpus: new labels, same audio, a new version",
+                         usage="audiomill label SEGMENTS_DIR OUTPUT_DIR [--config FILE] [--address ADDR] [key=value ...]")
+    lab.add_argument("words", nargs="*", metavar="SEGMENTS_DIR OUTPUT_DIR [key=value ...]")
+    lab.add_argument("--config", help="YAML config file (see configs/label.yaml)")
+    lab.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
+    lab.set_defaults(func=_label)
     for name, help_text in [("train", "train one stage (stage=pretrain|sft|dpo) on example shards"),
                             ("train-all", "pretrain → SFT → DPO on example shards")]:
         tr = sub.add_parser(name, help=help_text,

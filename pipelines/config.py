@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from typing import Any, TypeVar
@@ -232,3 +233,23 @@ def positive(problems: list[str], **values: float) -> None:
     for name, v in values.items():
         if not v > 0:
             problems.append(f"{name}: must be > 0, got {v}")
+
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def name_problems(**values: str) -> list[str]:
+    """Name-like settings end up in file names and records: no separators, no '..'."""
+    return [f"{key}: {show(v)} must start with a letter or digit and hold only letters, digits and . _ + - "
+            "(no '/', no '..')" for key, v in values.items()
+            if v and (not NAME_RE.fullmatch(v) or ".." in v)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardConfig:
+    """Config section ``shards`` of every job that writes shards."""
+
+    target_mb: float = 64.0
+    max_samples: int = 10000
+    prefix: str = "segments"

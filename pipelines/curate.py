@@ -14,9 +14,7 @@ byte-identical to an uninterrupted run. ``audiomill curate`` runs it (``python -
 from __future__ import annotations
 
 import dataclasses
-import io
 import posixpath
-import re
 import time
 from collections import Counter, defaultdict
 from typing import Any
@@ -24,8 +22,9 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from pipelines.config import ConfigError, config_hash, positive, show
+from pipelines.config import PREFIX_RE, ConfigError, ShardConfig, config_hash, name_problems, positive, show
 from pipelines.output import Output, OutputConflict, OutputError
+from pipelines.passes import SegmentPasses
 from pipelines.progress import Progress
 from pipelines.runtime import RayConfig, cluster_cpus, cluster_gpus, init_ray, say
 from pipelines.stage import Resources, Stage, apply, dataset, run_pass
@@ -34,23 +33,20 @@ from pipelines.stages.label import KeepLabels, LabelerError, ReadSegments, expan
 from pipelines.stages.labelers import LabelParams
 from pipelines.stages.pack import PackJob, PackStage
 from processors.audio import estimated_seconds, iter_standardised
+from processors.filters import FilterParams
 from processors.dedup import DedupItem, NearParams, SpectralVerifier, find_relations, resolve
 from processors.ingest import AudioParams, IngestParams
 from processors.merge import MergeCounts, MergeResult, plan_merges
 from processors.segment import SegmentParams
-from processors.shards import plan_shards
 from processors.sources import FORMATS, ListingParams, SourceError, SourceSpec, check_source, list_inputs
 from processors.vad import VadParams
-from schemas import arrow
 from schemas.input import InputItem
-from schemas.manifest import Manifest, ShardEntry, read_manifest, write_manifest
-from schemas.reject import REJECTS_SCHEMA, Reject
-from schemas.segment import INDEX_SCHEMA, IndexRow, SegmentAudio, SegmentLabels
-from schemas.shard import Patch, PlannedSample, ShardPlan, ShardResult
+from schemas.manifest import Manifest, ShardEntry, read_manifest
+from schemas.reject import Reject
+from schemas.segment import IndexRow, SegmentAudio, SegmentLabels
+from schemas.shard import ShardPlan, ShardResult
 from schemas.unit import PartRef, UnitResult
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
-PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,13 +72,6 @@ class DedupConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ShardConfig:
-    target_mb: float = 64.0
-    max_samples: int = 10000
-    prefix: str = "segments"
-
-
-@dataclasses.dataclass(frozen=True)
 class ErrorConfig:
     max_reject_fraction: float = 0.5
     min_inputs: int = 100        # the budget applies from this many inputs on
@@ -102,6 +91,7 @@ class CurateConfig:
     lock_stale_s: float = 300.0  # a run's lock not refreshed for this long belongs to a dead run
     labelers: list[str] = dataclasses.field(default_factory=list)   # names or module:Class, in order; [auto]: all
     label: LabelParams = LabelParams()
+    filters: FilterParams = FilterParams()
     listing: ListingParams = ListingParams()
     audio: AudioParams = AudioParams()
     dedup: DedupConfig = DedupConfig()
@@ -122,10 +112,10 @@ class CurateConfig:
             problems.append("inputs: at least one INPUT (or a sources: entry) is required")
         for i, spec in enumerate(self.sources):
             problems += check_source(spec, f"sources[{i}] ({spec.path!r})")
-            problems += _names(**{f"sources[{i}].corpus": spec.corpus, f"sources[{i}].split": spec.split})
+            problems += name_problems(**{f"sources[{i}].corpus": spec.corpus, f"sources[{i}].split": spec.split})
         for text in self.inputs:
             problems += check_source(parse_input(text, self.license, self.split), f"input {text!r}")
-        problems += _names(name=self.name, version=self.version, parent_version=self.parent_version, split=self.split)
+        problems += name_problems(name=self.name, version=self.version, parent_version=self.parent_version, split=self.split)
         if not PREFIX_RE.fullmatch(self.shards.prefix):
             problems.append(f"shards.prefix: {show(self.shards.prefix)} must be letters, digits, '-' and '_' "
                             "(it names files inside OUTPUT_DIR)")
@@ -155,6 +145,7 @@ class CurateConfig:
         if not 0 < self.dedup.min_duplicate_overlap <= 1 or not 0 <= self.dedup.min_coverage <= 1:
             problems.append("dedup.min_duplicate_overlap and dedup.min_coverage: must be in (0, 1]")
         problems += self.ray.problems()
+        problems += self.filters.problems()
         try:
             for name in expand(self.labelers, self.label):
                 problem = model_problem(name, self.label)
@@ -168,13 +159,6 @@ class CurateConfig:
             except OutputError as e:
                 problems.append(f"output: {e}")
         return problems
-
-
-def _names(**values: str) -> list[str]:
-    """Name-like settings end up in file names and records: no separators, no '..'."""
-    return [f"{key}: {show(v)} must start with a letter or digit and hold only letters, digits and . _ + - "
-            "(no '/', no '..')" for key, v in values.items()
-            if v and (not NAME_RE.fullmatch(v) or ".." in v)]
 
 
 def parse_input(text: str, license: str, split: str) -> SourceSpec:
@@ -289,6 +273,8 @@ class _Job:
         self.seen = len(listing.items) + len(listing.rejects)
         self.times: dict[str, float] = {}
         self.prints: dict[str, np.ndarray] = {}     # unit → (n, 2) int32 fingerprint, kept apart from its record
+        self.passes = SegmentPasses(out, self.stages, cfg.ray, self._progress)
+        self.filtered = 0
 
     def run(self) -> dict[str, Any]:
         t_ray = time.monotonic()
@@ -305,9 +291,13 @@ class _Job:
         self._check_budget(len(rejects), self.seen)
         kept = [u for u in kept if u.unit not in merge.dropped]
         patches = dict(merge.patches)
-        if "read" in self.stages:
-            patches.update(self._timed("label", lambda: self.label(kept, merge.patches)))
-        shards = self._timed("pack", lambda: self.pack(kept, patches))
+        if self.passes.labelers:
+            patches = self._timed("label", lambda: self.passes.label(kept, merge.patches))
+        kept, filtered, self.filtered = self.passes.filter(kept, patches, self.cfg.filters)
+        rejects += filtered
+        s = self.cfg.shards
+        shards = self._timed("pack", lambda: self.passes.pack(kept, patches, int(s.target_mb * (1 << 20)),
+                                                               s.max_samples, s.prefix))
         summary = self._summary(units, rejects, shards, merge.counts, t_ray)
         self._timed("commit", lambda: self.commit(shards, rejects, summary))
         summary["stage_seconds"] = {k: round(v, 2) for k, v in self.times.items()}
@@ -397,105 +387,16 @@ class _Job:
             f"conflicting {c.conflicts}, not placed {c.not_placed}")
         return merge
 
-    # ---- labelers ------------------------------------------------------------------------------------
-
-    def label(self, kept: list[UnitResult], patches: dict[str, Patch]) -> dict[str, Patch]:
-        """Run the labeler stages over the kept segments (dedup's patches applied first); return the
-        patches with the labels as labelled. Each unit's labels are kept under _work/labels for resume."""
-        labels: dict[str, SegmentLabels] = {}
-        todo = []
-        for u in kept:
-            url = self._labels_url(u.unit)
-            if _exists(url):
-                labels.update({s.key: s for s in _read_rows(url, SegmentLabels)})
-            else:
-                todo.append(u)
-        expect = {u.unit: len(u.segments) for u in todo}
-        pending: dict[str, list[SegmentLabels]] = {}
-        progress = self._progress("label", sum(expect.values()), "segments")
-
-        def on_labels(s: SegmentLabels) -> None:
-            pending[s.unit].append(s)
-            labels[s.key] = s
-            progress.update(1)
-            if len(pending[s.unit]) == expect[s.unit]:
-                _write_rows(self._labels_url(s.unit), sorted(pending.pop(s.unit), key=lambda x: x.key), SegmentLabels)
-
-        def make():
-            left = [u for u in todo if u.unit in pending or not _exists(self._labels_url(u.unit))]
-            pending.update({u.unit: [] for u in left})
-            ds = dataset([PartRef(u.unit, u.uri, u.file_sha256, u.part, u.segments,
-                                  tuple(patches.get(s.key, Patch()) for s in u.segments)) for u in left], PartRef)
-            for name, stage in self.stages.items():
-                if name not in ("ingest", "pack"):
-                    ds = apply(ds, stage)
-            return ds
-
-        if todo:
-            run_pass("label", make, SegmentLabels, on_labels, self.cfg.ray.max_pass_retries, say)
-        progress.close()
-        kind = {s.key: s.kind for u in kept for s in u.segments}
-        return {key: dataclasses.replace(patches.get(key, Patch()), labels=s.labels,
-                                         kind=s.kind if s.kind and s.kind != kind.get(key) else "")
-                for key, s in labels.items()}
-
-    def _labels_url(self, unit: str) -> str:
-        return posixpath.join(self.out.work, "labels", unit + ".arrow")
-
-    # ---- pack ----------------------------------------------------------------------------------------
-
-    def pack(self, kept: list[UnitResult], patches: dict[str, Patch]) -> list[ShardResult]:
-        samples = [PlannedSample(s.key, u.part, s.offset, s.size, patches.get(s.key, Patch()))
-                   for u in sorted(kept, key=lambda u: u.uri) for s in u.segments]
-        s = self.cfg.shards
-        plans = plan_shards(samples, int(s.target_mb * (1 << 20)), s.max_samples, s.prefix)
-        results: dict[str, ShardResult] = {}
-        progress = self._progress("pack", len(plans), "shards")
-
-        def on_shard(r: ShardResult) -> None:
-            results[r.name] = r
-            progress.update(1)
-
-        def make():
-            left = [p for p in plans if p.name not in results]
-            stage = self.stages["pack"]
-            stage = dataclasses.replace(stage, resources=dataclasses.replace(
-                stage.resources, tasks=min(len(left), stage.resources.tasks)))
-            return apply(dataset(left, ShardPlan), stage)
-
-        if plans:
-            run_pass("pack", make, ShardResult, on_shard, self.cfg.ray.max_pass_retries, say)
-        progress.close()
-        removed = self.out.remove_stale_shards(set(results))
-        if removed:
-            say(f"removed {len(removed)} shard(s) of an earlier attempt: {', '.join(removed[:5])}")
-        return [results[p.name] for p in plans]
-
-    # ---- commit --------------------------------------------------------------------------------------
+    # ---- labelers, filters, pack, commit ---------------------------------------------------------------
 
     def commit(self, shards: list[ShardResult], rejects: list[Reject], summary: dict[str, Any]) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        from schemas.files import atomic_write
-
-        def parquet(rows: list[dict], schema) -> bytes:
-            buf = io.BytesIO()
-            pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)
-            return buf.getvalue()
-
-        index = [row.to_row() for shard in shards for row in shard.index]
-        reject_rows = sorted((r.to_row() for r in rejects), key=lambda r: (r["uri"], r["stage"], r["reason"]))
-        atomic_write(self.out.join("index.parquet"), parquet(index, INDEX_SCHEMA))
-        atomic_write(self.out.join("rejects.parquet"), parquet(reject_rows, REJECTS_SCHEMA))
-        stable = {k: v for k, v in summary.items() if k not in TIMING_KEYS}
         c = self.cfg
-        write_manifest(self.out.url, Manifest(
+        manifest = Manifest(
             layer="segments", name=c.name, version=c.version, parent_version=c.parent_version or None,
-            config_hash=config_hash(c, exclude=("output", "ray", "keep_work", "lock_stale_s")), summary=stable,
-            shards=tuple(ShardEntry(s.name, s.bytes, s.samples, s.sha256) for s in shards)))
-        if not c.keep_work:
-            self.out.remove_work()
+            config_hash=config_hash(c, exclude=("output", "ray", "keep_work", "lock_stale_s")),
+            summary={k: v for k, v in summary.items() if k not in TIMING_KEYS},
+            shards=tuple(ShardEntry(s.name, s.bytes, s.samples, s.sha256) for s in shards))
+        self.passes.commit(shards, rejects, manifest, c.keep_work)
 
     def _summary(self, units: list[UnitResult], rejects: list[Reject], shards: list[ShardResult],
                  counts: MergeCounts, t_ray: float) -> dict[str, Any]:
@@ -506,8 +407,12 @@ class _Job:
         return {
             "inputs_seen": self.seen,
             "accepted": len({r.uri for r in index}),
-            "rejected": len(rejects),
+            "rejected": sum(r.stage != "filter" or r.reason == "filtered" for r in rejects),   # inputs
+            "segments_filtered": self.filtered,
             "rejected_by_reason": dict(sorted(Counter(r.reason for r in rejects).items())),
+            "hours_by_language": _hours_by(index, lambda r: r.language or ""),
+            "top_events": dict(Counter(e for r in index if r.kind != "speech" for e in r.events[:1]).most_common(10)),
+            "speaker_counts": dict(sorted(Counter(str(r.speakers) for r in index if r.speakers).items())),
             "segments": len(index),
             "segments_by_kind": dict(sorted(Counter(r.kind for r in index).items())),
             "hours_by_kind": {k: round(v / 3600, 4) for k, v in sorted(_seconds_by_kind(index).items())},
@@ -532,37 +437,19 @@ def copy_rank(u: UnitResult, target_level_dbfs: float) -> tuple:
             round(abs(u.level_dbfs - target_level_dbfs), 1), -u.duration_s, u.uri)
 
 
+def _hours_by(index: list[IndexRow], key) -> dict[str, float]:
+    acc: dict[str, float] = defaultdict(float)
+    for r in index:
+        if key(r):
+            acc[key(r)] += r.duration_s
+    return {k: round(v / 3600, 4) for k, v in sorted(acc.items())}
+
+
 def _seconds_by_kind(index: list[IndexRow]) -> dict[str, float]:
     acc: dict[str, float] = defaultdict(float)
     for r in index:
         acc[r.kind] += r.duration_s
     return acc
-
-
-def _exists(url: str) -> bool:
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs.exists(path)
-
-
-def _write_rows(url: str, rows: list, cls: type) -> None:
-    import pyarrow as pa
-    import pyarrow.ipc
-
-    from schemas.files import atomic_write
-
-    buf = io.BytesIO()
-    table = arrow.to_table(rows, cls)
-    with pa.ipc.new_file(buf, table.schema) as w:
-        w.write_table(table)
-    atomic_write(url, buf.getvalue())
-
-
-def _read_rows(url: str, cls: type) -> list:
-    import pyarrow as pa
-    import pyarrow.ipc
-
-    with fsspec.open(url, "rb") as f:
-        return arrow.from_table(cls, pa.ipc.open_file(pa.BufferReader(f.read())).read_all())
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -154,7 +154,7 @@ def ingest(item: InputItem, p: IngestParams, vad, sink: TarSink) -> UnitResult:
             w = sink.add(seg.id, [("json", seg.to_json().encode()), ("flac", flac)])
             refs.append(SegmentRef(key=seg.id, start_s=seg.start_s, end_s=seg.end_s, kind=seg.kind, offset=w.offset,
                                    size=w.size, whole_utterance=plan.whole_utterance,
-                                   labels=seg.labels.replace(quality=None)))
+                                   labels=seg.labels))
             bandwidths.append(seg.labels.quality.bandwidth_hz)
 
     bandwidths: list[float] = []

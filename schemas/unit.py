@@ -17,8 +17,8 @@ from schemas.shard import Patch
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SegmentRef:
-    """One segment in a unit's part tar. ``labels`` are the source labels placed on it (no measurements):
-    what dedup carries over when the unit is dropped."""
+    """One segment in a unit's part tar and the labels its record holds (the source's labels, which dedup
+    carries over when the unit is dropped, and the measurements, which it does not)."""
 
     key: str
     start_s: float

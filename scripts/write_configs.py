@@ -1,4 +1,5 @@
-"""Regenerate configs/curate.yaml and configs/train.yaml from the config dataclasses' defaults.
+"""Regenerate configs/curate.yaml, configs/label.yaml and configs/train.yaml from the config dataclasses'
+defaults.
 
     .venv/bin/python scripts/write_configs.py
 """
@@ -13,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipelines.curate import CurateConfig  # noqa: E402
+from pipelines.label import LabelConfig  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 
 
@@ -25,6 +27,12 @@ def main() -> None:
         "# Every curate setting with its default. Override any with key=value on the command line.\n"
         "# inputs and output come from the command line: audiomill curate INPUT... OUTPUT_DIR --config this.yaml\n"
         + yaml.safe_dump(curate, sort_keys=False))
+    label = dataclasses.asdict(LabelConfig())
+    del label["input"], label["output"]
+    (ROOT / "configs" / "label.yaml").write_text(
+        "# Every label setting with its default. Override any with key=value on the command line.\n"
+        "# input and output come from the command line: audiomill label SEGMENTS_DIR OUTPUT_DIR --config this.yaml\n"
+        + yaml.safe_dump(label, sort_keys=False))
     train = dataclasses.asdict(TrainConfig())
     del train["examples"], train["output"]
     (ROOT / "configs" / "train.yaml").write_text(

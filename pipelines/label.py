@@ -1,0 +1,176 @@
+"""The label job: re-label an existing segments corpus — new models or settings, the same audio, no raw file
+decoded again — into a new segments output whose manifest names the input as its parent.
+
+    audiomill label SEGMENTS_DIR OUTPUT_DIR [--config FILE] [key=value ...]
+
+Each input shard is one unit of work (resumable): its segments go through the labeler stages and the
+filters, and are packed again with their new labels. The input's rejects are carried over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import posixpath
+import time
+from collections import Counter
+from typing import Any
+
+from pipelines.config import PREFIX_RE, ShardConfig, config_hash, name_problems, positive, show
+from pipelines.curate import TIMING_KEYS
+from pipelines.output import Output, OutputConflict, OutputError
+from pipelines.passes import SegmentPasses
+from pipelines.progress import Progress
+from pipelines.runtime import RayConfig, cluster_cpus, cluster_gpus, init_ray, say
+from pipelines.stage import Resources, Stage
+from pipelines.stages.label import KeepLabels, LabelerError, ReadSegments, expand, labeler_stages, model_problem
+from pipelines.stages.labelers import LabelParams
+from pipelines.stages.pack import PackJob, PackStage
+from processors.filters import FilterParams
+from schemas.labels import Labels
+from schemas.manifest import Manifest, ShardEntry, read_manifest
+from schemas.reject import Reject
+from schemas.segment import SegmentAudio, SegmentLabels
+from schemas.shard import ShardPlan, ShardResult
+from schemas.unit import PartRef, SegmentRef, UnitResult
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelConfig:
+    input: str = ""                   # a finished segments OUTPUT_DIR
+    output: str = ""
+    labelers: list[str] = dataclasses.field(default_factory=lambda: ["auto"])
+    label: LabelParams = LabelParams()
+    filters: FilterParams = FilterParams()
+    name: str = ""                    # "" → the input's name
+    version: str = "1"
+    keep_work: bool = False
+    lock_stale_s: float = 300.0
+    shards: ShardConfig = ShardConfig()
+    ray: RayConfig = RayConfig()
+
+    def validate(self) -> list[str]:
+        problems: list[str] = []
+        if not self.input:
+            problems.append("input: a SEGMENTS_DIR is required")
+        if not self.output:
+            problems.append("output: an OUTPUT_DIR is required")
+        if self.input:
+            try:
+                manifest = read_manifest(self.input)
+            except (ValueError, KeyError, OSError) as e:
+                manifest = None
+                problems.append(f"input {self.input!r}: its manifest.json cannot be read ({e})"[:300])
+            else:
+                if manifest is None:
+                    problems.append(f"input {self.input!r} is not a finished segments output (no manifest.json)")
+                elif manifest.layer != "segments":
+                    problems.append(f"input {self.input!r} holds the {manifest.layer} layer, not segments")
+        problems += name_problems(name=self.name, version=self.version)
+        if not PREFIX_RE.fullmatch(self.shards.prefix):
+            problems.append(f"shards.prefix: {show(self.shards.prefix)} must be letters, digits, '-' and '_'")
+        positive(problems, **{"shards.target_mb": self.shards.target_mb, "shards.max_samples": self.shards.max_samples,
+                              "lock_stale_s": self.lock_stale_s})
+        problems += self.ray.problems() + self.filters.problems()
+        try:
+            names = expand(self.labelers, self.label)
+            problems += [p for p in (model_problem(n, self.label) for n in names) if p]
+            if not names:
+                problems.append("labelers: none to run (labelers=[auto] finds no installed model)")
+        except LabelerError as e:
+            problems.append(str(e))
+        if self.input and self.output:
+            try:
+                Output(self.output, self.shards.prefix).check_apart_from([self.input])
+            except OutputError as e:
+                problems.append(f"output: {e}")
+        return problems
+
+
+def run(cfg: LabelConfig) -> dict[str, Any]:
+    t0 = time.monotonic()
+    out = Output(cfg.output, cfg.shards.prefix)
+    digest = config_hash(cfg, exclude=("output", "ray", "keep_work", "lock_stale_s"))
+    parent = read_manifest(cfg.input)
+    done = read_manifest(cfg.output)
+    if done is not None:
+        if done.config_hash != digest:
+            raise OutputConflict(f"{cfg.output} already holds a dataset made with another configuration")
+        say(f"{cfg.output} is already complete")
+        return done.summary
+    foreign = out.foreign_entries()
+    if foreign:
+        raise OutputConflict(f"{cfg.output} holds files audiomill did not write ({', '.join(foreign[:5])}); "
+                             "label into a new or empty folder")
+    units = input_units(cfg.input, parent)
+    with out.lock(cfg.lock_stale_s):
+        out.claim(digest)
+        init_ray(cfg.ray)
+        cpus, gpus = cluster_cpus(), cluster_gpus()
+        stages = {"read": Stage("read", ReadSegments, PartRef, SegmentAudio, Resources(num_cpus=0.25))}
+        stages.update({s.name: s for s in labeler_stages(cfg.labelers, cfg.label, cpus, gpus)})
+        stages["keep_labels"] = Stage("keep_labels", KeepLabels, SegmentAudio, SegmentLabels, Resources(num_cpus=0.25))
+        stages["pack"] = Stage("pack", PackStage, ShardPlan, ShardResult, Resources(num_cpus=1, tasks=cpus),
+                               PackJob(cfg.output.rstrip("/")))
+        progress = lambda *a: Progress(*a, every_s=cfg.ray.progress_every_s, enabled=cfg.ray.progress)  # noqa: E731
+        passes = SegmentPasses(out, stages, cfg.ray, progress)
+        say(f"{sum(len(u.segments) for u in units)} segments in {len(units)} shards of {cfg.input}; labelers: "
+            f"{', '.join(n for n in stages if n not in ('read', 'keep_labels', 'pack'))}")
+        patches = passes.label(units, {})
+        kept, rejects, filtered = passes.filter(units, patches, cfg.filters)
+        s = cfg.shards
+        shards = passes.pack(kept, patches, int(s.target_mb * (1 << 20)), s.max_samples, s.prefix)
+        summary = _summary(parent, shards, rejects, filtered, time.monotonic() - t0)
+        carried = [Reject.from_row(r) for r in _parent_rejects(cfg.input)]
+        manifest = Manifest(layer="segments", name=cfg.name or parent.name, version=cfg.version,
+                            parent_version=f"{parent.name}@{parent.version}", config_hash=digest,
+                            summary={k: v for k, v in summary.items() if k not in TIMING_KEYS},
+                            shards=tuple(ShardEntry(x.name, x.bytes, x.samples, x.sha256) for x in shards))
+        passes.commit(shards, carried + rejects, manifest, cfg.keep_work)
+    print("\n".join(f"{k:<24}{v}" for k, v in summary.items()), flush=True)
+    return summary
+
+
+def input_units(url: str, manifest: Manifest) -> list[UnitResult]:
+    """One unit per input shard, its segments where the index says they are."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    with fsspec.open(posixpath.join(url, "index.parquet"), "rb") as f:
+        rows = pq.read_table(f).to_pylist()
+    by_shard: dict[str, list[dict]] = {}
+    for r in rows:
+        by_shard.setdefault(r["shard"], []).append(r)
+    units = []
+    for entry in manifest.shards:
+        part = posixpath.join(url.rstrip("/"), entry.name)
+        segs = tuple(SegmentRef(r["key"], r["start_s"], r["end_s"], r["kind"], r["offset"], r["size"], False, Labels())
+                     for r in sorted(by_shard.get(entry.name, []), key=lambda r: r["offset"]))
+        unit = hashlib.sha256(f"{part}\0{entry.sha256}".encode()).hexdigest()[:24]
+        units.append(UnitResult(unit=unit, uri=part, file_sha256=entry.sha256, part=part, segments=segs))
+    return units
+
+
+def _parent_rejects(url: str) -> list[dict]:
+    import fsspec
+    import pyarrow.parquet as pq
+
+    with fsspec.open(posixpath.join(url, "rejects.parquet"), "rb") as f:
+        return pq.read_table(f).to_pylist()
+
+
+def _summary(parent: Manifest, shards: list[ShardResult], rejects: list[Reject], filtered: int,
+             wall: float) -> dict[str, Any]:
+    index = [row for s in shards for row in s.index]
+    return {
+        "parent": f"{parent.name}@{parent.version}",
+        "segments_in": parent.summary.get("segments"),
+        "segments": len(index),
+        "segments_filtered": filtered,
+        "filtered_by_reason": dict(sorted(Counter(r.reason for r in rejects if r.reason != "filtered").items())),
+        "segments_by_kind": dict(sorted(Counter(r.kind for r in index).items())),
+        "languages": dict(sorted(Counter(r.language for r in index if r.language).items())),
+        "top_events": dict(Counter(r.events[0] for r in index if r.events).most_common(10)),
+        "wall_seconds": round(wall, 2),
+    }
+

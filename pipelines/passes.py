@@ -1,0 +1,187 @@
+"""The passes every job that writes a segments layer shares: the labeler pass over kept segments, the
+filters, packing into shards, and the commit (index, rejects, manifest last)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import posixpath
+from collections.abc import Callable
+from typing import Any
+
+import fsspec
+
+from pipelines.output import Output
+from pipelines.progress import Progress
+from pipelines.runtime import RayConfig, say
+from pipelines.stage import Stage, apply, dataset, run_pass
+from processors.filters import FilterParams
+from processors.shards import plan_shards
+from schemas import arrow
+from schemas.manifest import Manifest, write_manifest
+from schemas.reject import REJECTS_SCHEMA, Reject
+from schemas.segment import INDEX_SCHEMA, SegmentLabels
+from schemas.shard import Patch, PlannedSample, ShardPlan, ShardResult
+from schemas.unit import PartRef, UnitResult
+
+NOT_LABELERS = ("ingest", "pack")
+
+
+class SegmentPasses:
+    def __init__(self, out: Output, stages: dict[str, Stage], ray: RayConfig, progress: Callable[..., Progress]):
+        self.out, self.stages, self.ray, self.progress = out, stages, ray, progress
+
+    @property
+    def labelers(self) -> bool:
+        return "read" in self.stages
+
+    # ---- labelers ------------------------------------------------------------------------------------
+
+    def label(self, kept: list[UnitResult], patches: dict[str, Patch]) -> dict[str, Patch]:
+        """Run the labeler stages over the kept segments (``patches`` applied first); return the patches
+        with the labels as labelled. Each unit's labels are kept under _work/labels for a resumed run."""
+        labels: dict[str, SegmentLabels] = {}
+        todo = []
+        for u in kept:
+            url = self._labels_url(u.unit)
+            if _exists(url):
+                labels.update({s.key: s for s in read_rows(url, SegmentLabels)})
+            else:
+                todo.append(u)
+        expect = {u.unit: len(u.segments) for u in todo}
+        pending: dict[str, list[SegmentLabels]] = {}
+        progress = self.progress("label", sum(expect.values()), "segments")
+
+        def on_labels(s: SegmentLabels) -> None:
+            pending[s.unit].append(s)
+            labels[s.key] = s
+            progress.update(1)
+            if len(pending[s.unit]) == expect[s.unit]:
+                write_rows(self._labels_url(s.unit), sorted(pending.pop(s.unit), key=lambda x: x.key), SegmentLabels)
+
+        def make():
+            left = [u for u in todo if u.unit in pending or not _exists(self._labels_url(u.unit))]
+            pending.update({u.unit: [] for u in left})
+            ds = dataset([PartRef(u.unit, u.uri, u.file_sha256, u.part, u.segments,
+                                  tuple(patches.get(s.key, Patch()) for s in u.segments)) for u in left], PartRef)
+            for name, stage in self.stages.items():
+                if name not in NOT_LABELERS:
+                    ds = apply(ds, stage)
+            return ds
+
+        if todo:
+            run_pass("label", make, SegmentLabels, on_labels, self.ray.max_pass_retries, say)
+        progress.close()
+        kind = {s.key: s.kind for u in kept for s in u.segments}
+        out = dict(patches)
+        for key, s in labels.items():
+            out[key] = dataclasses.replace(patches.get(key, Patch()), labels=s.labels,
+                                           kind=s.kind if s.kind and s.kind != kind.get(key) else "")
+        return out
+
+    def _labels_url(self, unit: str) -> str:
+        return posixpath.join(self.out.work, "labels", unit + ".arrow")
+
+    # ---- filters -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def filter(kept: list[UnitResult], patches: dict[str, Patch], filters: FilterParams
+               ) -> tuple[list[UnitResult], list[Reject], int]:
+        """Drop the segments a filter rejects: (units with what is left, rejects, segments dropped). A unit
+        left with no segment is rejected as a whole (``filtered``), so every input stays accounted for."""
+        if not filters.active():
+            return kept, [], 0
+        out, rejects, dropped = [], [], 0
+        for u in kept:
+            keep = []
+            for s in u.segments:
+                p = patches.get(s.key, Patch())
+                labels = s.labels.replace(**{k: getattr(p.labels, k) for k in p.labels.kinds()}) if p else s.labels
+                verdict = filters.verdict(labels, p.kind or s.kind)
+                if verdict is None:
+                    keep.append(s)
+                    continue
+                dropped += 1
+                rejects.append(Reject(u.uri, "filter", verdict[0],
+                                      f"segment {s.key} ({s.start_s:.2f}–{s.end_s:.2f} s): {verdict[1]}"))
+            if keep:
+                out.append(dataclasses.replace(u, segments=tuple(keep)))
+            else:
+                rejects.append(Reject(u.uri, "filter", "filtered", f"all {len(u.segments)} segments filtered out"))
+        return out, rejects, dropped
+
+    # ---- pack ----------------------------------------------------------------------------------------
+
+    def pack(self, kept: list[UnitResult], patches: dict[str, Patch], target_bytes: int, max_samples: int,
+             prefix: str) -> list[ShardResult]:
+        samples = [PlannedSample(s.key, u.part, s.offset, s.size, patches.get(s.key, Patch()))
+                   for u in sorted(kept, key=lambda u: u.uri) for s in u.segments]
+        plans = plan_shards(samples, target_bytes, max_samples, prefix)
+        results: dict[str, ShardResult] = {}
+        progress = self.progress("pack", len(plans), "shards")
+
+        def on_shard(r: ShardResult) -> None:
+            results[r.name] = r
+            progress.update(1)
+
+        def make():
+            left = [p for p in plans if p.name not in results]
+            stage = self.stages["pack"]
+            stage = dataclasses.replace(stage, resources=dataclasses.replace(
+                stage.resources, tasks=min(len(left), stage.resources.tasks)))
+            return apply(dataset(left, ShardPlan), stage)
+
+        if plans:
+            run_pass("pack", make, ShardResult, on_shard, self.ray.max_pass_retries, say)
+        progress.close()
+        removed = self.out.remove_stale_shards(set(results))
+        if removed:
+            say(f"removed {len(removed)} shard(s) of an earlier attempt: {', '.join(removed[:5])}")
+        return [results[p.name] for p in plans]
+
+    # ---- commit --------------------------------------------------------------------------------------
+
+    def commit(self, shards: list[ShardResult], rejects: list[Reject], manifest: Manifest, keep_work: bool) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from schemas.files import atomic_write
+
+        def parquet(rows: list[dict], schema) -> bytes:
+            buf = io.BytesIO()
+            pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)
+            return buf.getvalue()
+
+        index = [row.to_row() for shard in shards for row in shard.index]
+        reject_rows = sorted((r.to_row() for r in rejects), key=lambda r: (r["uri"], r["stage"], r["reason"], r["detail"]))
+        atomic_write(self.out.join("index.parquet"), parquet(index, INDEX_SCHEMA))
+        atomic_write(self.out.join("rejects.parquet"), parquet(reject_rows, REJECTS_SCHEMA))
+        write_manifest(self.out.url, manifest)
+        if not keep_work:
+            self.out.remove_work()
+
+
+def _exists(url: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.exists(path)
+
+
+def write_rows(url: str, rows: list, cls: type) -> None:
+    import pyarrow as pa
+    import pyarrow.ipc
+
+    from schemas.files import atomic_write
+
+    buf = io.BytesIO()
+    table = arrow.to_table(rows, cls)
+    with pa.ipc.new_file(buf, table.schema) as w:
+        w.write_table(table)
+    atomic_write(url, buf.getvalue())
+
+
+def read_rows(url: str, cls: type) -> list[Any]:
+    import pyarrow as pa
+    import pyarrow.ipc
+
+    with fsspec.open(url, "rb") as f:
+        return arrow.from_table(cls, pa.ipc.open_file(pa.BufferReader(f.read())).read_all())
