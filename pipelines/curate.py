@@ -292,7 +292,7 @@ class _Job:
         kept = [u for u in kept if u.unit not in merge.dropped]
         patches = dict(merge.patches)
         if self.passes.labelers:
-            patches = self._timed("label", lambda: self.passes.label(kept, merge.patches))
+            patches = self._timed("label", lambda: self.passes.run_labelers(kept, merge.patches))
         kept, filtered, self.filtered = self.passes.filter(kept, patches, self.cfg.filters)
         rejects += filtered
         s = self.cfg.shards

@@ -116,7 +116,7 @@ def run(cfg: LabelConfig) -> dict[str, Any]:
         passes = SegmentPasses(out, stages, cfg.ray, progress)
         say(f"{sum(len(u.segments) for u in units)} segments in {len(units)} shards of {cfg.input}; labelers: "
             f"{', '.join(n for n in stages if n not in ('read', 'keep_labels', 'pack'))}")
-        patches = passes.label(units, {})
+        patches = passes.run_labelers(units, {})
         kept, rejects, filtered = passes.filter(units, patches, cfg.filters)
         s = cfg.shards
         shards = passes.pack(kept, patches, int(s.target_mb * (1 << 20)), s.max_samples, s.prefix)

@@ -29,7 +29,8 @@ LOCK = ".audiomill-lock"
 CLAIM = "claim.json"
 WRITER = "audiomill"
 TOP_FILES = ("index.parquet", "rejects.parquet", "manifest.json", "README.md", LOCK)
-WORK_DIRS = {"units": r"[0-9a-f]+\.arrow", "parts": r"[0-9a-f]+\.tar", "labels": r"[0-9a-f]+\.arrow"}
+WORK_DIRS = {"units": r"[0-9a-f]+\.arrow", "parts": r"[0-9a-f]+\.tar", "labels": r"[0-9a-f]+\.arrow",
+             "speakers": r"[0-9a-f]+\.arrow"}
 
 
 class OutputError(RuntimeError):
@@ -105,8 +106,8 @@ class Output:
 
     def _foreign_work(self, work: str) -> list[str]:
         names = self._names(work)
-        if CLAIM not in names:
-            return names      # not a folder of ours
+        if not any(re.fullmatch(_tmp(CLAIM), n) for n in names):
+            return names      # not a folder of ours (a claim still being written counts as ours)
         foreign = []
         for entry in sorted(names):
             full = posixpath.join(work, entry)

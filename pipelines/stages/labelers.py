@@ -14,8 +14,10 @@ from processors.labelers.models import check as check_model
 from processors.labelers.events import EventParams
 from processors.labelers.gender import GenderParams
 from processors.labelers.quality import QualityParams
-from schemas.labels import Paralinguistic, Quality, Transcript
-from schemas.segment import SegmentAudio
+from processors.labelers.speakers import SpeakerParams
+from schemas.labels import Labels, Paralinguistic, Quality, Transcript
+from schemas.segment import SegmentAudio, SegmentLabels
+from schemas.unit import PartRef
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +36,7 @@ class LabelParams:
     music: MusicParams = MusicParams()
     quality: QualityParams = QualityParams()
     gender: GenderParams = GenderParams()
+    speakers: SpeakerParams = SpeakerParams()
 
 
 class AsrLabeler(StageFn):
@@ -188,4 +191,45 @@ class GenderLabeler(StageFn):
                                             gender_confidence=confidence, by=self.model.by)
                     s = dataclasses.replace(s, labels=s.labels.replace(paralinguistic=p))
             out.append(s)
+        return out
+
+
+class SpeakersLabeler(StageFn):
+    """Speaker turns with ids consistent across a source recording: a unit-level stage (one source's kept
+    segments at a time: ``PartRef`` in, one ``SegmentLabels`` with ``speakers`` per segment out). A
+    manifest's speaker label stays."""
+
+    config_key = "speakers"
+    unit_level = True
+    requires = (("resemblyzer", "resemblyzer (--no-deps) and webrtcvad-wheels"), ("sklearn", "scikit-learn"))
+    resources = Resources(num_cpus=1, actors=-1, batch_size=1)
+
+    def setup(self) -> None:
+        from processors.labelers.speakers import Diarizer
+
+        self.model = Diarizer(self.params.speakers)
+
+    def __call__(self, parts: list[PartRef]) -> list[SegmentLabels]:
+        import contextlib
+
+        import fsspec
+
+        from processors.merge import apply_patch
+        from processors.shards import read_sample
+        from schemas.segment import Segment
+
+        out = []
+        for p in parts:
+            segments = []
+            with contextlib.ExitStack() as stack:
+                f = stack.enter_context(fsspec.open(p.part, "rb"))
+                for ref, patch in zip(p.segments, p.patches):
+                    _, members = read_sample(f, ref.offset, ref.size)
+                    members = dict(members)
+                    seg = apply_patch(Segment.from_json(members["json"]), patch)
+                    if seg.kind in ("speech", "mixed") and not (seg.labels.speakers and seg.labels.speakers.by == "manifest"):
+                        segments.append((seg.id, seg.start_s, decode_flac(members["flac"])[0]))
+            found = self.model.diarize(segments)
+            out += [SegmentLabels(key=ref.key, unit=p.unit, labels=Labels(speakers=found.get(ref.key)))
+                    for ref in p.segments]       # a row for every segment, so the driver knows the unit is done
         return out

@@ -140,3 +140,50 @@ def test_events_and_music_label_sounds_and_refine_the_kind(ray_cluster, tmp_path
     rows = {r["uri"].rsplit("/", 1)[1]: r for r in pq.read_table(tmp_path / "o" / "index.parquet").to_pylist()}
     assert rows["piano.wav"]["kind"] == "music" and rows["piano.wav"]["tempo_bpm"] > 0
     assert rows["talk.wav"]["events"][0] == "Speech" and rows["talk.wav"]["dnsmos_ovrl"] == q["dnsmos_ovrl"]
+
+
+def test_a_misaligned_transcript_is_caught_by_asr_disagreement(ray_cluster, tmp_path):
+    import pyarrow.parquet as pq
+
+    d = tmp_path / "c"
+    for name, said, written in [("right", "The train leaves the station at nine in the morning.",
+                                 "the train leaves the station at nine in the morning"),
+                                ("wrong", "Bright lanterns floated over the harbour at night.",
+                                 "please remember to water the tomatoes before the heat")]:
+        write(d / f"{name}.wav", np.concatenate([silence(0.3), tts(said, "en-us"), silence(0.3)]))
+        (d / f"{name}.txt").write_text(written)
+    summary = run(_cfg(d, tmp_path / "o", "labelers=[asr]", "filters.max_transcript_disagreement=0.5"))
+    rejects = pq.read_table(tmp_path / "o" / "rejects.parquet").to_pylist()
+    assert sorted((r["uri"].rsplit("/", 1)[1], r["reason"]) for r in rejects) == [
+        ("wrong.wav", "filtered"), ("wrong.wav", "transcript_disagreement")]
+    assert summary["accepted"] == 1 and summary["rejected"] == 1 and summary["segments_filtered"] == 1
+
+
+def test_speaker_ids_are_consistent_across_the_segments_of_a_recording(ray_cluster, tmp_path):
+    """A two-voice conversation long enough to be cut into several segments: every segment's speaker id
+    names the same voice wherever it is cut from the recording."""
+    lines = ["Good morning, did you finish the report about the river?", "Almost, I still need the samples.",
+             "They arrived yesterday, I will send them after lunch.", "Perfect, then we present it on Friday.",
+             "Should we invite the team from the harbour office?", "Yes, they measured the water last spring.",
+             "Then I will book the large room for the meeting.", "Good, and I will bring the printed maps."]
+    voices = ["en-us+m3", "en-us+f2"]
+    parts, truth = [], []
+    for i, line in enumerate(lines):
+        parts += [tts(line, voices[i % 2]), silence(1.2)]
+        truth.append(voices[i % 2])
+    d = tmp_path / "c"
+    write(d / "talk.wav", np.concatenate(parts))
+    run(_cfg(d, tmp_path / "o", "labelers=[speakers,gender]"))
+    recs = sorted((rec for rec, _ in _records(tmp_path / "o")), key=lambda r: r["start_s"])
+    assert len(recs) >= 4
+    ids_by_voice: dict[str, set] = {}
+    for rec in recs:
+        sp = rec["labels"]["speakers"]
+        assert sp["by"].startswith("resemblyzer@") and len(sp["embedding"]) == 256
+        if sp["count"] == 1:
+            mid = (rec["start_s"] + rec["end_s"]) / 2
+            starts = np.cumsum([0] + [len(p) / 16000 for p in parts])
+            voice = truth[min(int(np.searchsorted(starts, mid) - 1) // 2, len(truth) - 1)]
+            ids_by_voice.setdefault(voice, set()).add(sp["turns"][0]["speaker"])
+    assert all(len(ids) == 1 for ids in ids_by_voice.values()), ids_by_voice
+    assert len(ids_by_voice) == 2 and ids_by_voice["en-us+m3"] != ids_by_voice["en-us+f2"]
