@@ -89,7 +89,7 @@ class CurateConfig:
     parent_version: str = ""
     keep_work: bool = False
     lock_stale_s: float = 300.0  # a run's lock not refreshed for this long belongs to a dead run
-    labelers: list[str] = dataclasses.field(default_factory=list)   # names or module:Class, in order; [auto]: all
+    labelers: list[str] = dataclasses.field(default_factory=lambda: ["auto"])   # names or module:Class; [none]: off
     label: LabelParams = LabelParams()
     filters: FilterParams = FilterParams()
     listing: ListingParams = ListingParams()

@@ -187,3 +187,52 @@ def test_speaker_ids_are_consistent_across_the_segments_of_a_recording(ray_clust
             ids_by_voice.setdefault(voice, set()).add(sp["turns"][0]["speaker"])
     assert all(len(ids) == 1 for ids in ids_by_voice.values()), ids_by_voice
     assert len(ids_by_voice) == 2 and ids_by_voice["en-us+m3"] != ids_by_voice["en-us+f2"]
+
+
+def test_a_real_corpus_gets_every_label_with_the_default_config(ray_cluster, tmp_path):
+    """No labeler setting touched: natural speech (Piper's joe voice), Spanish TTS, a two-voice dialog, a
+    freedesktop ring tone and a fluidsynth piano piece come out with transcripts, languages, speakers,
+    events, music, gender and DNSMOS."""
+    import shutil
+
+    from pipelines.demo import build_music
+    from processors.labelers.asr import disagreement
+    from processors.tts import piper
+
+    d = tmp_path / "c"
+    said = ["The birch canoe slid on the smooth planks.", "Glue the sheet to the dark blue background.",
+            "It's easy to tell the depth of a well."]
+    write(d / "talk.wav", np.concatenate([silence(0.3)] + [np.concatenate([piper(s), silence(0.5)]) for s in said]))
+    write(d / "es.wav", np.concatenate([silence(0.3), tts("Hoy hace buen tiempo y vamos a dar un largo paseo por el parque.",
+                                                          "es"), silence(0.3)]))
+    lines = [("joe", "Did you finish the report about the river?"), ("en-us+f2", "Almost, I still need the samples."),
+             ("joe", "They arrived yesterday, I will send them after lunch."), ("en-us+f2", "Perfect, thank you.")]
+    write(d / "dialog.wav", np.concatenate([np.concatenate([piper(t) if v == "joe" else tts(t, v), silence(0.5)])
+                                            for v, t in lines]))
+    shutil.copy("/usr/share/sounds/freedesktop/stereo/phone-incoming-call.oga", d / "ring.oga")
+    build_music(tmp_path / "m")
+    shutil.copy(tmp_path / "m" / "piano.wav", d / "piano.wav")
+
+    summary = run(load_config(CurateConfig, None, ["ray.progress=false"], {"inputs": [str(d)], "output": str(tmp_path / "o")}))
+    by_uri: dict[str, list] = {}
+    for rec, _ in _records(tmp_path / "o"):
+        by_uri.setdefault(rec["source"]["uri"].rsplit("/", 1)[1], []).append(rec)
+    talk = by_uri["talk.wav"]
+    text = " ".join(r["labels"]["transcript"]["text"] for r in talk)
+    assert disagreement(" ".join(said), text) <= 0.2, text
+    for r in talk:
+        labels = r["labels"]
+        assert labels["transcript"]["language"] == "en" and labels["paralinguistic"]["gender"] == "male"
+        assert labels["speakers"]["count"] == 1 and 1 <= labels["quality"]["dnsmos_ovrl"] <= 5
+        assert labels["events"][0]["label"] == "Speech"
+    assert all(r["labels"]["transcript"]["language"] == "es" for r in by_uri["es.wav"])
+    dialog = by_uri["dialog.wav"]
+    assert {t["speaker"] for r in dialog for t in r["labels"]["speakers"]["turns"]} == {"S0", "S1"}
+    ring = by_uri["ring.oga"][0]
+    assert ring["kind"] == "sound" and {"Telephone", "Alarm"} & {e["label"] for e in ring["labels"]["events"][:3]}
+    assert "transcript" not in ring["labels"] and "speakers" not in ring["labels"]
+    piano = by_uri["piano.wav"]
+    assert all(r["kind"] == "music" for r in piano)
+    assert piano[0]["labels"]["music"]["tempo_bpm"] == pytest.approx(120, rel=0.05)
+    assert summary["hours_by_language"].keys() == {"en", "es"}
+    assert summary["speaker_counts"] and summary["top_events"]
