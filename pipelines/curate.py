@@ -463,6 +463,18 @@ def format_summary(s: dict[str, Any]) -> str:
     row("segments", s["segments"])
     for kind, h in s["hours_by_kind"].items():
         row(f"  {kind} (segments / hours)", f"{s['segments_by_kind'][kind]} / {h:.4f}")
+    if s.get("segments_filtered"):
+        row("segments filtered", s["segments_filtered"])
+    if s.get("hours_by_language"):
+        lines.append("hours by language")
+        for lang, h in sorted(s["hours_by_language"].items(), key=lambda kv: -kv[1]):
+            row(f"  {lang}", f"{h:.4f}")
+    if s.get("speaker_counts"):
+        row("segments by speaker count", ", ".join(f"{n}: {c}" for n, c in s["speaker_counts"].items()))
+    if s.get("top_events"):
+        lines.append("top events (sound and music segments)")
+        for event, n in sorted(s["top_events"].items(), key=lambda kv: -kv[1])[:5]:
+            row(f"  {event}", n)
     labels = s.get("labels", {})
     if any(labels.values()):
         row("labels merged / moved", f"{labels.get('merged', 0)} / {labels.get('moved', 0)}")

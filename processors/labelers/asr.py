@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import unicodedata
+import zlib
 
 import numpy as np
 
@@ -35,8 +36,10 @@ class AsrParams:
     max_new_tokens: int = 200
     device: str = "auto"             # auto → cuda when there is one
     threads: int = 1                 # CPU threads per labeler worker
-    min_window_s: float = 30.0       # ctranslate2: a clip is padded to max(this, its length + 1 s), in 5 s steps;
-                                     # 30 is Whisper's own window, less encodes short clips faster (bench/labels.py)
+    min_window_s: float = 10.0       # ctranslate2: a clip is padded to max(this, its length + 1 s), in 5 s steps;
+                                     # 30 is Whisper's own window; less encodes short clips faster (bench/labels.py)
+    recheck_below: float = 0.8       # a clip on a shorter window whose language probability is below this, or
+                                     # whose text repeats itself, is run again on the full 30 s window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +106,19 @@ class _Ct2:
         for window, idx in sorted(by_window.items()):
             for i, r in zip(idx, self._run([audios[i] for i in idx], window)):
                 out[i] = r
+        again = [i for i, a in enumerate(audios) if self.window(len(a)) < WINDOW and self._unsure(out[i])]
+        if again:
+            for i, r in zip(again, self._run([audios[i] for i in again], WINDOW)):
+                out[i] = r
         return out
+
+    def _unsure(self, r: AsrResult) -> bool:
+        """Whisper's own signs of a wrong decode: an unsure language, or text that repeats itself (gzip
+        compresses it better than 2.4:1, faster-whisper's threshold for a temperature fallback)."""
+        if not self.p.language and self.multilingual and r.language_prob < self.p.recheck_below:
+            return True
+        raw = r.text.encode()
+        return len(raw) > 0 and len(raw) / len(zlib.compress(raw)) > 2.4
 
     def _run(self, audios: list[np.ndarray], window: int) -> list[AsrResult]:
         import ctranslate2

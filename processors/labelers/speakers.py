@@ -50,10 +50,11 @@ class Diarizer:
         from processors.vad import FRAME
 
         win, hop = int(self.p.window_s * SR), int(self.p.hop_s * SR)
-        if len(x) < win:
-            x = np.pad(x, (0, win - len(x)))
+        n = len(x)
+        if n < win:            # a short segment is one window, padded; its speech share counts over its own length
+            x = np.pad(x, (0, win - n))
         speech = np.repeat(self.vad.probs(x) >= 0.5, FRAME)[: len(x)]
-        starts = [s for s in range(0, len(x) - win + 1, hop) if speech[s:s + win].mean() >= self.p.min_speech]
+        starts = [s for s in range(0, len(x) - win + 1, hop) if speech[s:s + min(win, n)].mean() >= self.p.min_speech]
         if not starts:
             return np.zeros(0, int), np.zeros((0, 256), np.float32)
         from resemblyzer.audio import wav_to_mel_spectrogram

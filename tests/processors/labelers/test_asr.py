@@ -64,3 +64,22 @@ def test_the_transformers_backend_loads_any_local_whisper_checkpoint(tmp_path, b
     results = asr.transcribe([espeak("hello there", "en-us"), np.zeros(8000, np.float32)])
     assert len(results) == 2 and all(r.language in ("en", "de", "fr") for r in results)
     assert all(isinstance(r.text, str) for r in results) and asr.by == "tiny@transformers"
+
+
+def test_short_clips_get_a_shorter_window_and_unsure_ones_are_run_again_at_30_s(base, monkeypatch):
+    impl = base._impl
+    assert [impl.window(int(s * 16000)) // 16000 for s in (0.5, 3.0, 9.5, 12.0, 29.5, 30.0)] == [10, 10, 15, 15, 30, 30]
+    from processors.labelers.asr import AsrResult
+
+    assert impl._unsure(AsrResult("to nep to nep to nep to nep to nep to nep to nep to nep to nep to nep", "en", 0.99))
+    assert impl._unsure(AsrResult("A short sentence.", "pl", 0.3))
+    assert not impl._unsure(AsrResult("A short sentence that reads well.", "en", 0.97))
+    windows = []
+    run = impl._run
+    monkeypatch.setattr(impl, "_run", lambda audios, window: windows.append((len(audios), window)) or run(audios, window))
+    # espeak's robotic English on a 10 s window: some clips come out unsure or looping and are redone at 30 s.
+    said = ["It's easy to tell the depth of a well.", "These days a chicken leg is a rare dish.",
+            "The source of the huge river is the clear spring.", "Help the woman get back to her feet."]
+    got = base.transcribe([espeak(s, "en-us") for s in said])
+    assert windows[0] == (4, 160000) and len(windows) == 2 and windows[1][1] == 480000, windows
+    assert all(r.language == "en" for r in got) and disagreement(" ".join(said), " ".join(r.text for r in got)) <= 0.35
