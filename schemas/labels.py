@@ -76,6 +76,7 @@ class Paralinguistic:
     gender: str = ""
     gender_confidence: float | None = None
     emotion: str = ""
+    age: str = ""
     origin: str = ""
 
 

@@ -31,6 +31,7 @@ LABELERS: dict[str, str] = {           # name → "module:Class", in the order [
     "music": "pipelines.stages.labelers:MusicLabeler",
     "quality": "pipelines.stages.labelers:QualityLabeler",
     "gender": "pipelines.stages.labelers:GenderLabeler",
+    "emotion": "pipelines.stages.labelers:EmotionLabeler",
 }
 
 

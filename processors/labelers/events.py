@@ -65,6 +65,16 @@ def yamnet_files(cache_dir: str = "", key: str = "label.events.model") -> tuple[
     return target / "model.onnx", data / "yamnet_class_map.csv"
 
 
+def music_names(cache_dir: str = "") -> set[str]:
+    """AudioSet's music classes by display name (YAMNet's class map; just "Music" without it)."""
+    try:
+        with open(yamnet_files(cache_dir)[1], newline="") as f:
+            names = [row["display_name"] for row in csv.DictReader(f)]
+    except ModelMissing:
+        return {"Music"}
+    return {names[i] for i in MUSIC_CLASSES}
+
+
 class YamNet:
     def __init__(self, p: EventParams, cache_dir: str = ""):
         import onnx

@@ -236,3 +236,34 @@ def test_a_real_corpus_gets_every_label_with_the_default_config(ray_cluster, tmp
     assert piano[0]["labels"]["music"]["tempo_bpm"] == pytest.approx(120, rel=0.05)
     assert summary["hours_by_language"].keys() == {"en", "es"}
     assert summary["speaker_counts"] and summary["top_events"]
+
+
+def test_local_checkpoints_label_events_emotion_and_age(ray_cluster, tmp_path):
+    """Events from a transformers AudioSet tagger, emotion and age from classifiers, all from local folders;
+    [auto] takes the emotion labeler only once a model is set."""
+    import dataclasses
+
+    from pipelines.stages.label import expand
+    from pipelines.stages.labelers import LabelParams
+    from processors.labelers.classify import EmotionParams
+    from tests.processors.labelers.test_classify import EVENTS, tiny_ast
+
+    events = tiny_ast(tmp_path / "tiny-ast", EVENTS)
+    emotion = tiny_ast(tmp_path / "emo", ["angry", "happy", "neutral", "sad"], multi_label=False)
+    age = tiny_ast(tmp_path / "age", ["child", "teen", "adult", "senior"], multi_label=False)
+    assert "emotion" not in expand(["auto"], LabelParams())
+    assert "emotion" in expand(["auto"], dataclasses.replace(LabelParams(), emotion=EmotionParams(model=emotion)))
+    run(_cfg(_corpus(tmp_path / "c"), tmp_path / "o", "labelers=[events,emotion]", f"label.events.model={events}",
+             f"label.emotion.model={emotion}", f"label.emotion.age_model={age}"))
+    records = [rec for rec, _ in _records(tmp_path / "o")]
+    assert records and all(e["by"] == "tiny-ast@transformers" and e["label"] in EVENTS
+                           for rec in records for e in rec["labels"]["events"])
+    for rec in records:
+        p = rec["labels"].get("paralinguistic")
+        if rec["kind"] == "speech":
+            assert p["emotion"] in ("angry", "happy", "neutral", "sad") and p["age"] in ("child", "teen", "adult", "senior")
+            assert p["by"] == "emo@transformers+age@transformers"
+        else:
+            assert p is None
+    with pytest.raises(ConfigError, match="label.emotion.age_model"):
+        _cfg(tmp_path / "c", tmp_path / "o2", "labelers=[emotion]", f"label.emotion.age_model={tmp_path / 'nope'}")
