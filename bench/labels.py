@@ -297,10 +297,10 @@ def main() -> int:
     say("spoken language")
     lid_sets = []
     for folder, code in KTUBERLING.items():
-        words = [load(p) for p in sorted((SHARE / "ktuberling/sounds" / folder).rglob("*.ogg"))]
+        words = [load(p) for p in sorted((SHARE / "ktuberling/sounds" / folder).rglob("*.ogg"))[:40]]
         lid_sets += [("ktuberling words", code, c) for c in concat(words)[:2]]
     for folder, code in KLETTRES.items():
-        sylls = [load(p) for p in sorted((SHARE / "klettres" / folder).rglob("*.ogg"))]
+        sylls = [load(p) for p in sorted((SHARE / "klettres" / folder).rglob("*.ogg"))[:40]]
         lid_sets += [("klettres letters and syllables", code, c) for c in concat(sylls)[:2]]
     lid_sets += [("espeak-ng sentences", code, espeak(text, code)) for code, text in ESPEAK_LANGS.items()]
     for window in (30.0, 10.0):
