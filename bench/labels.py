@@ -297,7 +297,8 @@ def main() -> int:
     say("spoken language")
     lid_sets = []
     for folder, code in KTUBERLING.items():
-        words = [load(p) for p in sorted((SHARE / "ktuberling/sounds" / folder).rglob("*.ogg"))[:40]]
+        files = sorted(p for p in (SHARE / "ktuberling/sounds" / folder).iterdir() if p.suffix in (".ogg", ".wav"))
+        words = [load(p) for p in files[:40]]
         lid_sets += [("ktuberling words", code, c) for c in concat(words)[:2]]
     for folder, code in KLETTRES.items():
         sylls = [load(p) for p in sorted((SHARE / "klettres" / folder).rglob("*.ogg"))[:40]]
