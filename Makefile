@@ -27,6 +27,7 @@ test-all: setup
 bench: setup
 	$(PY) bench/curate.py
 	$(PY) bench/train.py
+	$(PY) bench/labels.py
 
 clean:
 	rm -rf build
