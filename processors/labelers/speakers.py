@@ -8,6 +8,11 @@ first appearance in the recording, so S0 is the same voice in every segment cut 
 its speaker count, its turns (seconds from the segment's start) and the mean embedding of its main speaker.
 
     Diarizer(SpeakerParams()).diarize([(key, start_s, audio), …]) → {key: Speakers(count=2, turns=…), …}
+
+With ``model`` set to a local folder, a pyannote.audio speaker-diarization pipeline (its config.yaml and the
+models it names) does the same job (``PyannoteDiarizer``): the source's kept segments are laid back at their
+times on one timeline (silence between them), diarized once, and the turns cut back to each segment.
+pyannote loads its model checkpoints as pickles (lightning's format), so name only a folder you trust.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ SR = 16000
 
 @dataclasses.dataclass(frozen=True)
 class SpeakerParams:
-    model: str = "resemblyzer"
+    model: str = "resemblyzer"       # or a local pyannote.audio pipeline folder (config.yaml)
     window_s: float = 1.5
     hop_s: float = 0.75
     threshold: float = 0.3           # cosine distance at which clusters stop merging
@@ -116,6 +121,80 @@ class Diarizer:
         mean = emb[ids == main].mean(axis=0)
         return Speakers(count=len(set(ids.tolist())), by=self.by, turns=tuple(turns),
                         embedding=tuple(round(float(v), 4) for v in mean / np.linalg.norm(mean)))
+
+
+def check_pipeline(path: str, key: str = "label.speakers.model") -> None:
+    """A pyannote pipeline is a local folder with config.yaml, and needs pyannote.audio installed."""
+    import importlib.util
+    import os
+
+    from processors.labelers.models import ModelMissing
+
+    if not os.path.isfile(os.path.join(path, "config.yaml")):
+        raise ModelMissing(f"{key}: {path} is not a local pyannote.audio pipeline (a folder with config.yaml); "
+                           "pipelines load from a local folder only, or use resemblyzer")
+    if importlib.util.find_spec("pyannote.audio") is None:
+        raise ModelMissing(f"{key}: a pyannote pipeline needs `pip install pyannote.audio==4.0.7`")
+
+
+class PyannoteDiarizer:
+    def __init__(self, p: SpeakerParams):
+        import os
+        from importlib.metadata import version
+
+        os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")        # no telemetry from workers
+        import torch
+        from pyannote.audio import Pipeline
+
+        check_pipeline(p.model)
+        self.torch = torch
+        self.pipeline = Pipeline.from_pretrained(p.model)
+        if torch.cuda.is_available():
+            self.pipeline.to(torch.device("cuda"))
+        self.by = f"{os.path.basename(os.path.normpath(p.model))}@pyannote.audio-{version('pyannote.audio')}"
+
+    def timeline(self, segments: list[tuple[str, float, np.ndarray]]) -> tuple[float, np.ndarray]:
+        """(start of the first segment, the segments laid at their times on one array, zeros between)."""
+        t0 = min(start for _, start, _ in segments)
+        end = max(round((start - t0) * SR) + len(x) for _, start, x in segments)
+        audio = np.zeros(end, np.float32)
+        for _, start, x in segments:
+            at = round((start - t0) * SR)
+            audio[at:at + len(x)] = x
+        return t0, audio
+
+    def tracks(self, audio: np.ndarray) -> tuple[list[tuple[str, float, float]], dict[str, np.ndarray]]:
+        """(turns as (label, start, end) in time order, embedding per label) from the pipeline."""
+        out = self.pipeline({"waveform": self.torch.from_numpy(audio)[None], "sample_rate": SR})
+        ann = getattr(out, "exclusive_speaker_diarization", None) or getattr(out, "speaker_diarization", out)
+        turns = sorted((t.start, t.end, str(label)) for t, _, label in ann.itertracks(yield_label=True))
+        emb = getattr(out, "speaker_embeddings", None)
+        labels = [str(lab) for lab in ann.labels()]
+        vectors = {lab: np.asarray(emb[i], np.float32) for i, lab in enumerate(labels)} if emb is not None else {}
+        return [(lab, a, b) for a, b, lab in turns], vectors
+
+    def diarize(self, segments: list[tuple[str, float, np.ndarray]]) -> dict[str, Speakers]:
+        if not segments:
+            return {}
+        t0, audio = self.timeline(segments)
+        turns, vectors = self.tracks(audio)
+        names = {lab: f"S{n}" for n, lab in enumerate(dict.fromkeys(lab for lab, _, _ in turns))}
+        out = {}
+        for key, start, x in segments:
+            a, b = start - t0, start - t0 + len(x) / SR
+            mine = [(lab, max(s, a) - a, min(e, b) - a) for lab, s, e in turns if min(e, b) - max(s, a) > 0.01]
+            if not mine:
+                continue
+            talk: dict[str, float] = {}
+            for lab, s, e in mine:
+                talk[lab] = talk.get(lab, 0.0) + e - s
+            main = vectors.get(max(talk, key=talk.get))
+            embedding = ()
+            if main is not None and np.isfinite(main).all() and np.linalg.norm(main) > 0:
+                embedding = tuple(round(float(v), 4) for v in main / np.linalg.norm(main))
+            out[key] = Speakers(count=len(talk), by=self.by, embedding=embedding,
+                                turns=tuple(SpeakerTurn(names[lab], round(s, 2), round(e, 2)) for lab, s, e in mine))
+        return out
 
 
 def der(reference: list[tuple[str, float, float]], hypothesis: list[tuple[str, float, float]],

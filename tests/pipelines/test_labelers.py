@@ -267,3 +267,16 @@ def test_local_checkpoints_label_events_emotion_and_age(ray_cluster, tmp_path):
             assert p is None
     with pytest.raises(ConfigError, match="label.emotion.age_model"):
         _cfg(tmp_path / "c", tmp_path / "o2", "labelers=[emotion]", f"label.emotion.age_model={tmp_path / 'nope'}")
+
+
+def test_a_local_pyannote_pipeline_labels_speakers_in_curate(ray_cluster, tmp_path):
+    from tests.processors.labelers.test_speakers import tiny_pyannote
+
+    pipe = tiny_pyannote(tmp_path / "pipe")
+    run(_cfg(_corpus(tmp_path / "c"), tmp_path / "o", "labelers=[speakers]", f"label.speakers.model={pipe}"))
+    records = [rec for rec, _ in _records(tmp_path / "o")]
+    speech = [r for r in records if r["kind"] == "speech"]
+    assert speech and all(r["labels"]["speakers"]["by"] == "pipe@pyannote.audio-4.0.7" for r in speech)
+    assert all("speakers" not in r["labels"] for r in records if r["kind"] != "speech")
+    with pytest.raises(ConfigError, match="label.speakers.model: .* local pyannote.audio pipeline"):
+        _cfg(tmp_path / "c", tmp_path / "o2", "labelers=[speakers]", f"label.speakers.model={tmp_path / 'c'}")
