@@ -40,6 +40,8 @@ class AsrParams:
                                      # 30 is Whisper's own window; less encodes short clips faster (bench/labels.py)
     recheck_below: float = 0.8       # a clip on a shorter window whose language probability is below this, or
                                      # whose text repeats itself, is run again on the full 30 s window
+    no_speech_threshold: float = 0.6  # Whisper's silence rule: no text when the no-speech probability is above
+    log_prob_threshold: float = -1.0  # this and the average token log-probability below this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,9 +139,17 @@ class _Ct2:
         prompts = [[ids("<|startoftranscript|>")] + ([ids(lang)] if self.multilingual else [])
                    + [ids("<|transcribe|>"), ids("<|notimestamps|>")] for lang, _ in langs]
         results = self.model.model.generate(encoded, prompts, beam_size=self.p.beam_size,
-                                            max_length=self.p.max_new_tokens)
-        return [AsrResult(self.tok.decode(r.sequences_ids[0]).strip(), lang.strip("<|>"), round(float(prob), 4))
-                for r, (lang, prob) in zip(results, langs)]
+                                            max_length=self.p.max_new_tokens, return_scores=True,
+                                            return_no_speech_prob=True)
+        return [AsrResult("" if self._silent(r) else self.tok.decode(r.sequences_ids[0]).strip(), lang.strip("<|>"),
+                          round(float(prob), 4)) for r, (lang, prob) in zip(results, langs)]
+
+    def _silent(self, r) -> bool:
+        """Whisper's (and faster-whisper's) rule against text made up from silence or noise ("you",
+        "Thank you."): a likely no-speech window whose decode is also unsure gives no text."""
+        n = len(r.sequences_ids[0])
+        avg_logprob = r.scores[0] * n / (n + 1)          # scores are length-normalised (length_penalty 1)
+        return r.no_speech_prob > self.p.no_speech_threshold and avg_logprob < self.p.log_prob_threshold
 
 
 class _Hf:

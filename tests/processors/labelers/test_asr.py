@@ -83,3 +83,19 @@ def test_short_clips_get_a_shorter_window_and_unsure_ones_are_run_again_at_30_s(
     got = base.transcribe([espeak(s, "en-us") for s in said])
     assert windows[0] == (4, 160000) and len(windows) == 2 and windows[1][1] == 480000, windows
     assert all(r.language == "en" for r in got) and disagreement(" ".join(said), " ".join(r.text for r in got)) <= 0.35
+
+
+def test_noise_and_tones_give_no_text_while_speech_does():
+    """Whisper makes up "you" or "Thank you." from sounds without speech; its own no-speech rule (no-speech
+    probability over 0.6 and an unsure decode) leaves them without text."""
+    from processors.tts import piper
+
+    sr = 16000
+    clips = [np.full(sr * 2, 0.5, np.float32), (0.3 * np.sin(np.arange(sr * 3) * 2 * np.pi * 440 / sr)).astype(np.float32),
+             (np.random.default_rng(0).standard_normal(sr * 5) * 0.05).astype(np.float32)]
+    speech = piper("Please call Stella and ask her to bring these things.")
+    with_rule = Whisper(AsrParams(batch_size=4)).transcribe(clips + [speech])
+    assert [r.text for r in with_rule[:3]] == ["", "", ""]
+    assert disagreement("please call stella and ask her to bring these things", with_rule[3].text) <= 0.2
+    without = Whisper(AsrParams(batch_size=4, no_speech_threshold=1.0)).transcribe(clips)
+    assert any(r.text for r in without), without                    # the rule, not the model, cleared them
