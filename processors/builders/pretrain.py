@@ -1,0 +1,204 @@
+"""Pretraining examples from a labelled segment: one per task its labels support, each a natural-language
+prompt (a template from ``templates/pretrain.yaml``, chosen per segment and task by hash) and a target
+built only from the labels, so every target can be checked against them.
+
+    examples, rejects = pretrain_examples(segment, templates)
+    → [Example(stage="pretrain", task="asr", prompt="Detect the language …", target="<|en|>hello there"), …],
+      [("emotion", "no emotion label"), …]
+
+Targets:
+- asr: ``<|lang|>`` + transcript (Qwen2-Audio's pretraining form); lid: the language's English name;
+- sound_events: the events' AudioSet names, strongest first; speaker: count and, for one voice, gender;
+- emotion; music: tempo, key, instruments, as far as labelled; timestamps: each event and speaker turn with
+  its span; caption: one sentence composed from the labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+from schemas.example import AudioRef, Example, example_id
+from schemas.labels import Labels
+from schemas.segment import Segment
+
+TEMPLATES = Path(__file__).parent / "templates" / "pretrain.yaml"
+TASKS = ("asr", "lid", "sound_events", "speaker", "emotion", "music", "timestamps", "caption")
+NON_SPEECH_EVENTS = "Speech"          # an event that only repeats what the transcript says
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    id: str          # "asr.v1.3"
+    task: str
+    text: str
+
+
+@cache
+def load_templates(path: str = str(TEMPLATES)) -> dict[str, tuple[Template, ...]]:
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    version = int(data["version"])
+    out = {task: tuple(Template(f"{task}.v{version}.{n}", task, text) for n, text in enumerate(prompts, 1))
+           for task, prompts in data["tasks"].items()}
+    missing = [t for t in TASKS if not out.get(t)]
+    if missing:
+        raise ValueError(f"{path}: no prompts for {missing}")
+    return out
+
+
+def choose(templates: tuple[Template, ...], key: str) -> Template:
+    """The same template for the same segment and task on every run (sha256 of the key)."""
+    return templates[int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % len(templates)]
+
+
+@cache
+def language_name(code: str) -> str:
+    """Whisper's English name of a language code ("en" → "English"); the code itself when unknown."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    return LANGUAGES.get(code, code).title() if code else ""
+
+
+# ---- targets: (target, labels used) or None with the reason there is none ----------------------------
+
+def asr_target(labels: Labels) -> tuple[str, list[str]] | str:
+    t = labels.transcript
+    if t is None or not t.text.strip():
+        return "no transcript"
+    if not t.language:
+        return "no language"
+    return f"<|{t.language}|>{t.text.strip()}", ["transcript"]
+
+
+def lid_target(labels: Labels) -> tuple[str, list[str]] | str:
+    t = labels.transcript
+    if t is None or not t.language:
+        return "no language"
+    return language_name(t.language), ["transcript.language"]
+
+
+def events_target(labels: Labels) -> tuple[str, list[str]] | str:
+    names = [e.label for e in sorted(labels.events, key=lambda e: -e.score)]
+    if not names:
+        return "no events"
+    return ", ".join(dict.fromkeys(names)), ["events"]
+
+
+def speaker_target(labels: Labels) -> tuple[str, list[str]] | str:
+    s, p = labels.speakers, labels.paralinguistic
+    if s is None or s.count < 1:
+        return "no speakers"
+    if s.count == 1:
+        gender = p.gender if p is not None and p.gender else ""
+        return ("One speaker" + (f", {gender}" if gender else "") + "."), ["speakers"] + (["paralinguistic.gender"] if gender else [])
+    return f"{s.count} speakers.", ["speakers"]
+
+
+def emotion_target(labels: Labels) -> tuple[str, list[str]] | str:
+    p = labels.paralinguistic
+    if p is None or not p.emotion:
+        return "no emotion label"
+    return p.emotion.capitalize() + ".", ["paralinguistic.emotion"]
+
+
+def music_target(labels: Labels) -> tuple[str, list[str]] | str:
+    m = labels.music
+    if m is None or not (m.tempo_bpm or m.key or m.instruments):
+        return "no music label"
+    parts = []
+    if m.tempo_bpm:
+        parts.append(f"tempo about {round(m.tempo_bpm)} BPM")
+    if m.key:
+        parts.append(f"key {m.key}")
+    if m.instruments:
+        parts.append("instruments: " + ", ".join(m.instruments))
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + ".", ["music"]
+
+
+def timestamps_target(labels: Labels) -> tuple[str, list[str]] | str:
+    spans, used = [], []
+    for e in labels.events:
+        if e.start_s is not None and e.end_s is not None and e.label != NON_SPEECH_EVENTS:
+            spans.append((e.start_s, e.end_s, e.label))
+            used = ["events"]
+    if labels.speakers is not None and labels.speakers.turns:
+        spans += [(t.start_s, t.end_s, f"speaker {t.speaker}") for t in labels.speakers.turns]
+        used.append("speakers")
+    if not spans:
+        return "no timed labels"
+    return "; ".join(f"{name}: {a:.2f}-{b:.2f} s" for a, b, name in sorted(spans)), used
+
+
+def caption_target(labels: Labels) -> tuple[str, list[str]] | str:
+    """One sentence that says only what the labels say: who speaks which language, which other sounds,
+    what music."""
+    used: list[str] = []
+    clauses = []
+    t, s, p = labels.transcript, labels.speakers, labels.paralinguistic
+    if t is not None and t.text.strip():
+        if s is not None and s.count > 1:
+            who = f"{s.count} people"
+            used.append("speakers")
+        elif p is not None and p.gender:
+            who = {"male": "A man", "female": "A woman"}.get(p.gender, "Someone")
+            used.append("paralinguistic.gender")
+        else:
+            who = "Someone"
+        verb = "speak" if who.endswith("people") else "speaks"
+        lang = language_name(t.language)
+        clauses.append(f"{who} {verb}{' ' + lang if lang else ''}")
+        used.append("transcript")
+        if p is not None and p.emotion:
+            clauses[-1] += f" and {'sound' if verb == 'speak' else 'sounds'} {p.emotion}"
+            used.append("paralinguistic.emotion")
+    sounds = [e.label.lower() for e in sorted(labels.events, key=lambda e: -e.score)
+              if e.label not in (NON_SPEECH_EVENTS, "Music", "Silence") and e.label not in (labels.music.instruments if labels.music else ())]
+    if sounds:
+        clauses.append(("while " if clauses else "") + f"{_join(sounds[:2])} can be heard")
+        used.append("events")
+    m = labels.music
+    if m is not None and (m.instruments or m.tempo_bpm):
+        inst = _join([i.lower() for i in m.instruments[:2]]) if m.instruments else ""
+        music = f"{inst} music" if inst else "music"
+        tempo = f" at about {round(m.tempo_bpm)} BPM" if m.tempo_bpm else ""
+        clauses.append(("with " if clauses else "") + f"{music}{tempo}" + ("" if clauses else " plays"))
+        used.append("music")
+    if not clauses:
+        return "no labels to describe"
+    text = " ".join(clauses)
+    return text[0].upper() + text[1:] + ".", used
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+TARGETS = {"asr": asr_target, "lid": lid_target, "sound_events": events_target, "speaker": speaker_target,
+           "emotion": emotion_target, "music": music_target, "timestamps": timestamps_target,
+           "caption": caption_target}
+
+
+def pretrain_examples(seg: Segment, templates: dict[str, tuple[Template, ...]] | None = None,
+                      tasks: tuple[str, ...] = TASKS) -> tuple[list[Example], list[tuple[str, str]]]:
+    """(one example per task the segment's labels support, (task, reason) for each task they do not)."""
+    templates = templates or load_templates()
+    examples, rejects = [], []
+    for task in tasks:
+        got = TARGETS[task](seg.labels)
+        if isinstance(got, str):
+            rejects.append((task, got))
+            continue
+        target, used = got
+        tpl = choose(templates[task], f"{seg.id}/{task}")
+        examples.append(Example(
+            id=example_id("pretrain", task, [seg.id], tpl.id), stage="pretrain", task=task,
+            audio=[AudioRef("audio0.flac", seg.id, seg.duration_s)], template=tpl.id, prompt=tpl.text,
+            target=target, provenance={"segments": [seg.id], "labels_used": used,
+                                       "license": [seg.source.license] if seg.source.license else []}))
+    return examples, rejects
