@@ -160,11 +160,11 @@ def caption_target(labels: Labels) -> tuple[str, list[str]] | str:
     sounds = [e.label.lower() for e in sorted(labels.events, key=lambda e: -e.score)
               if e.label not in (NON_SPEECH_EVENTS, "Music", "Silence") and e.label not in (labels.music.instruments if labels.music else ())]
     if sounds:
-        clauses.append(("while " if clauses else "") + f"{_join(sounds[:2])} can be heard")
+        clauses.append(("while " if clauses else "") + f"{join_words(sounds[:2])} can be heard")
         used.append("events")
     m = labels.music
     if m is not None and (m.instruments or m.tempo_bpm):
-        inst = _join([i.lower() for i in m.instruments[:2]]) if m.instruments else ""
+        inst = join_words([i.lower() for i in m.instruments[:2]]) if m.instruments else ""
         music = f"{inst} music" if inst else "music"
         tempo = f" at about {round(m.tempo_bpm)} BPM" if m.tempo_bpm else ""
         clauses.append(("with " if clauses else "") + f"{music}{tempo}" + ("" if clauses else " plays"))
@@ -175,7 +175,7 @@ def caption_target(labels: Labels) -> tuple[str, list[str]] | str:
     return text[0].upper() + text[1:] + ".", used
 
 
-def _join(items: list[str]) -> str:
+def join_words(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
