@@ -1,0 +1,59 @@
+"""Decontamination: find training segments that hold audio or text of an evaluation set.
+
+Audio is matched with the dedup machinery (landmark fingerprints, ``processors/dedup.find_relations``), so
+an exact copy, a re-encoded, resampled, gain-changed or trimmed copy, a segment cut from an eval recording
+and an eval clip inside a segment all count. Text is matched on word n-grams of the normalised transcripts
+(``ngram`` words, or the whole transcript when it is shorter).
+
+    contaminated(segments, {"my-eval": eval_items}) → {"seg-…": ("my-eval", "eval_audio"), …}
+
+``segments`` and eval items are ``(key, 16 kHz audio, transcript)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from processors.dedup import DedupItem, NearParams, find_relations
+from processors.fingerprint import Fingerprinter
+from processors.labelers.asr import normalise
+
+Item = tuple[str, np.ndarray, str]
+
+
+def dedup_item(key: str, x: np.ndarray) -> DedupItem:
+    fp = Fingerprinter()
+    fp.update(np.asarray(x, np.float32))
+    pcm = np.clip(np.round(np.asarray(x, np.float32) * 32767), -32768, 32767).astype("<i2")
+    return DedupItem(key, hashlib.sha256(pcm.tobytes()).hexdigest(), fp.finish(), len(x) / 16000, (key,))
+
+
+def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    words = normalise(text).split()
+    if not words:
+        return set()
+    if len(words) < n:
+        return {tuple(words)}
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def contaminated(segments: list[Item], eval_sets: dict[str, list[Item]], near: NearParams = NearParams(),
+                 ngram: int = 8) -> dict[str, tuple[str, str]]:
+    """{segment key: (eval set, "eval_audio" | "eval_transcript")} for every segment that matches; audio
+    is checked first."""
+    out: dict[str, tuple[str, str]] = {}
+    for name, items in sorted(eval_sets.items()):
+        evals = [dedup_item(f"eval/{k}", x) for k, x, _ in items]
+        mine = [dedup_item(k, x) for k, x, _ in segments]
+        every = evals + mine
+        for r in find_relations(every, near):
+            a, b = sorted((r.a, r.b))
+            if a < len(evals) <= b:                      # one eval item and one segment
+                out.setdefault(every[b].uri, (name, "eval_audio"))
+        grams = set().union(*(ngrams(t, ngram) for _, _, t in items if t)) if items else set()
+        for key, _, text in segments:
+            if key not in out and text and ngrams(text, ngram) & grams:
+                out[key] = (name, "eval_transcript")
+    return out
