@@ -12,22 +12,23 @@ and an eval clip inside a segment all count. Text is matched on word n-grams of 
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 from processors.dedup import DedupItem, NearParams, find_relations
-from processors.fingerprint import Fingerprinter
+from processors.audio import to_pcm16
+from processors.fingerprint import Fingerprinter, PcmHasher
 from processors.labelers.asr import normalise
 
 Item = tuple[str, np.ndarray, str]
 
 
 def dedup_item(key: str, x: np.ndarray) -> DedupItem:
-    fp = Fingerprinter()
-    fp.update(np.asarray(x, np.float32))
-    pcm = np.clip(np.round(np.asarray(x, np.float32) * 32767), -32768, 32767).astype("<i2")
-    return DedupItem(key, hashlib.sha256(pcm.tobytes()).hexdigest(), fp.finish(), len(x) / 16000, (key,))
+    """What curate's dedup sees of an input: the PCM hash and the landmark fingerprint."""
+    x = np.asarray(x, np.float32)
+    fp, pcm = Fingerprinter(), PcmHasher()
+    fp.update(x)
+    pcm.update(to_pcm16(x))
+    return DedupItem(key, pcm.hexdigest(), fp.finish(), len(x) / 16000, (key,))
 
 
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:

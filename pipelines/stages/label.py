@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+from collections.abc import Iterator
 
 import fsspec
 
@@ -108,22 +109,23 @@ def labeler_stages(names: list[str], params=None, cpus: int = 1, gpus: float = 0
     return out
 
 
+def read_part(p: PartRef) -> Iterator[tuple[Segment, bytes]]:
+    """Each kept segment of a unit's part tar, with its patch applied, and its FLAC bytes."""
+    with contextlib.ExitStack() as stack:
+        f = stack.enter_context(fsspec.open(p.part, "rb"))
+        for ref, patch in zip(p.segments, p.patches):
+            _, members = read_sample(f, ref.offset, ref.size)
+            members = dict(members)
+            yield apply_patch(Segment.from_json(members["json"]), patch), members["flac"]
+
+
 class ReadSegments(StageFn):
     """A unit's part tar → its segments with their audio and current labels."""
 
     def __call__(self, parts: list[PartRef]) -> list[SegmentAudio]:
-        out = []
-        for p in parts:
-            with contextlib.ExitStack() as stack:
-                f = stack.enter_context(fsspec.open(p.part, "rb"))
-                for ref, patch in zip(p.segments, p.patches):
-                    _, members = read_sample(f, ref.offset, ref.size)
-                    members = dict(members)
-                    seg = apply_patch(Segment.from_json(members["json"]), patch)
-                    out.append(SegmentAudio(key=seg.id, unit=p.unit, uri=p.uri, source_sha256=p.source_sha256,
-                                            start_s=seg.start_s, end_s=seg.end_s, kind=seg.kind, labels=seg.labels,
-                                            flac=members["flac"]))
-        return out
+        return [SegmentAudio(key=seg.id, unit=p.unit, uri=p.uri, source_sha256=p.source_sha256, start_s=seg.start_s,
+                             end_s=seg.end_s, kind=seg.kind, labels=seg.labels, flac=flac)
+                for p in parts for seg, flac in read_part(p)]
 
 
 class KeepLabels(StageFn):

@@ -97,14 +97,15 @@ class EventsLabeler(StageFn):
 
         p = self.params.events
         if p.model == "yamnet":
-            self.label = YamNet(p, self.params.models_dir).label
+            yamnet = YamNet(p, self.params.models_dir)
+            self.label = lambda clips: [yamnet.label(x) for x in clips]
         else:
             self.label = _Tagger(p, self.params.models_dir)
 
     def __call__(self, segments: list[SegmentAudio]) -> list[SegmentAudio]:
         out = []
-        for s in segments:
-            events, music = self.label(decode_flac(s.flac)[0])
+        found = self.label([decode_flac(s.flac)[0] for s in segments])
+        for s, (events, music) in zip(segments, found):
             have = s.labels.events
             mine = tuple(e for e in events if e.label not in {h.label for h in have})
             kind = s.kind
@@ -115,7 +116,7 @@ class EventsLabeler(StageFn):
 
 
 class _Tagger:
-    """A transformers AudioSet tagger with YamNet's ``label`` interface: the top classes of the whole
+    """A transformers AudioSet tagger, a batch of clips at a time: for each, the top classes of the whole
     segment (no spans), and 1.0 as the music share when the top class is an AudioSet music class."""
 
     def __init__(self, p: EventParams, models_dir: str):
@@ -123,12 +124,12 @@ class _Tagger:
         from processors.labelers.events import music_names
 
         self.model = AudioClassifier(p.model, "label.events.model", multi_label=True)
-        self.p, self.music = p, music_names(models_dir)
+        self.p, self.music = p, music_names()
 
-    def __call__(self, x) -> tuple[list[Event], float]:
-        top = self.model.top([x], self.p.top_k, self.p.min_score)[0]
-        events = [Event(label, score, self.model.by) for label, score in top]
-        return events, float(bool(top) and top[0][0] in self.music)
+    def __call__(self, clips) -> list[tuple[list[Event], float]]:
+        return [([Event(label, score, self.model.by) for label, score in top],
+                 float(bool(top) and top[0][0] in self.music))
+                for top in self.model.top(clips, self.p.top_k, self.p.min_score)]
 
 
 class MusicLabeler(StageFn):
@@ -147,12 +148,9 @@ class MusicLabeler(StageFn):
 
         self.by = f"librosa@{version('librosa')}"
         try:
-            import csv
+            from processors.labelers.events import class_names
 
-            from processors.labelers.events import yamnet_files
-
-            with open(yamnet_files(self.params.models_dir)[1], newline="") as f:
-                names = [row["display_name"] for row in csv.DictReader(f)]
+            names = class_names()
             self.instruments = {names[i] for i in INSTRUMENT_INDEX}
         except ModelMissing:
             self.instruments = set()
@@ -194,6 +192,11 @@ class QualityLabeler(StageFn):
         return out
 
 
+def one_voice(s: SegmentAudio) -> bool:
+    """Speech of one speaker (or not yet counted): what a voice's gender, emotion or age describes."""
+    return s.kind == "speech" and not (s.labels.speakers is not None and s.labels.speakers.count > 1)
+
+
 class GenderLabeler(StageFn):
     """Voice gender of speech segments with one speaker (or no speaker count yet), when confident."""
 
@@ -214,8 +217,7 @@ class GenderLabeler(StageFn):
     def __call__(self, segments: list[SegmentAudio]) -> list[SegmentAudio]:
         out = []
         for s in segments:
-            several = s.labels.speakers is not None and s.labels.speakers.count > 1
-            if s.kind == "speech" and not several:
+            if one_voice(s):
                 gender, confidence = self.model.classify(decode_flac(s.flac)[0])
                 if gender:
                     p = dataclasses.replace(s.labels.paralinguistic or Paralinguistic(by=""), gender=gender,
@@ -252,8 +254,7 @@ class EmotionLabeler(StageFn):
                        if path}
 
     def __call__(self, segments: list[SegmentAudio]) -> list[SegmentAudio]:
-        todo = [i for i, s in enumerate(segments) if s.kind == "speech"
-                and not (s.labels.speakers is not None and s.labels.speakers.count > 1)]
+        todo = [i for i, s in enumerate(segments) if one_voice(s)]
         clips = [decode_flac(segments[i].flac)[0] for i in todo]
         found = {field: m.top(clips, 1, self.params.emotion.min_score) for field, m in self.models.items()}
         out = list(segments)
@@ -292,25 +293,13 @@ class SpeakersLabeler(StageFn):
         self.model = Diarizer(p) if p.model == "resemblyzer" else PyannoteDiarizer(p)
 
     def __call__(self, parts: list[PartRef]) -> list[SegmentLabels]:
-        import contextlib
-
-        import fsspec
-
-        from processors.merge import apply_patch
-        from processors.shards import read_sample
-        from schemas.segment import Segment
+        from pipelines.stages.label import read_part
 
         out = []
         for p in parts:
-            segments = []
-            with contextlib.ExitStack() as stack:
-                f = stack.enter_context(fsspec.open(p.part, "rb"))
-                for ref, patch in zip(p.segments, p.patches):
-                    _, members = read_sample(f, ref.offset, ref.size)
-                    members = dict(members)
-                    seg = apply_patch(Segment.from_json(members["json"]), patch)
-                    if seg.kind in ("speech", "mixed") and not (seg.labels.speakers and seg.labels.speakers.by == "manifest"):
-                        segments.append((seg.id, seg.start_s, decode_flac(members["flac"])[0]))
+            segments = [(seg.id, seg.start_s, decode_flac(flac)[0]) for seg, flac in read_part(p)
+                        if seg.kind in ("speech", "mixed")
+                        and not (seg.labels.speakers and seg.labels.speakers.by == "manifest")]
             found = self.model.diarize(segments)
             out += [SegmentLabels(key=ref.key, unit=p.unit, labels=Labels(speakers=found.get(ref.key)))
                     for ref in p.segments]       # a row for every segment, so the driver knows the unit is done

