@@ -5,7 +5,7 @@
 - ``mixed_scene``: a spoken question about the scene ("What sounds can you hear around me?") laid over a
   labelled segment at a set SNR; the answer comes from the segment's labels (``analysis.answer``).
 
-TTS is configurable (``Voice``: espeak-ng with any of its voices and rates, or Piper's joe voice).
+TTS is configurable (``Voice``: espeak-ng with any of its voices, flite's English voices, or Piper's joe voice, each at a set rate).
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ SCENE_QUESTIONS = {
 
 @dataclasses.dataclass(frozen=True)
 class Voice:
-    backend: str = "espeak"      # espeak | piper
-    name: str = "en-us"          # espeak-ng voice (language + variant: "en-us+f2"); piper: joe
-    rate: int = 160              # espeak words per minute
+    backend: str = "espeak"      # espeak | flite | piper
+    name: str = "en-us"          # espeak-ng voice (language + variant: "en-us+f2"); flite: slt, kal, awb, rms; piper: joe
+    rate: int = 160              # words per minute (piper: relative to its natural 160)
 
     @property
     def id(self) -> str:
@@ -44,13 +44,15 @@ class Voice:
 
 
 def speak(text: str, voice: Voice) -> np.ndarray:
-    from processors.tts import espeak, piper
+    from processors.tts import espeak, flite, piper
 
+    if voice.backend == "flite":
+        return flite(text, voice.name, voice.rate)
     if voice.backend == "piper":
-        return piper(text)
+        return piper(text, length_scale=160 / voice.rate)
     if voice.backend == "espeak":
         return espeak(text, voice.name, voice.rate)
-    raise ValueError(f"TTS backend {voice.backend!r} is not one of espeak, piper")
+    raise ValueError(f"TTS backend {voice.backend!r} is not one of espeak, flite, piper")
 
 
 def load_instructions(path: str | Path = INSTRUCTIONS) -> list[dict[str, str]]:

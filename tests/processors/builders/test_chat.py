@@ -36,8 +36,10 @@ def test_a_voice_chat_turn_is_the_spoken_instruction_and_the_answer_is_the_reply
     from processors.labelers.asr import disagreement
 
     item = load_instructions()[0]
-    for voice in (Voice("espeak", "en-us+f2", 150), Voice("piper", "joe")):
+    for voice in (Voice("espeak", "en-us+f2", 150), Voice("flite", "slt", 150), Voice("piper", "joe", 140)):
         ex, (audio,) = voice_chat(item, voice)
+        again = voice_chat(item, voice)
+        assert again[0] == ex and np.array_equal(again[1][0], audio), f"{voice.id} is not deterministic"
         user, reply = ex.messages
         assert user["role"] == "user" and user["content"] == [{"type": "audio", "audio": 0}]
         assert reply["content"][0]["text"] == item["answer"] and ex.task == "voice_chat" and ex.stage == "sft"
