@@ -2,6 +2,7 @@
 
     audiomill curate INPUT... OUTPUT_DIR [--config FILE] [--address ADDR] [key=value ...]
     audiomill label SEGMENTS_DIR OUTPUT_DIR [--config FILE] [--address ADDR] [key=value ...]
+    audiomill build SEGMENTS_DIR... OUTPUT_DIR [--config FILE] [--address ADDR] [key=value ...]
     audiomill train EXAMPLES_DIR OUTPUT_DIR stage=pretrain|sft|dpo [--config FILE] [key=value ...]
     audiomill train-all EXAMPLES_DIR OUTPUT_DIR [--config FILE] [key=value ...]
 
@@ -140,6 +141,38 @@ def _label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build(args: argparse.Namespace) -> int:
+    from pipelines.build import BuildConfig, run
+    from pipelines.config import load_config
+    from pipelines.output import OutputError
+    from pipelines.stage import PassFailed
+
+    paths, overrides = _split_positionals(args.words)
+    extra: dict = {}
+    if paths:
+        extra["output"] = paths[-1]
+        if paths[:-1]:
+            extra["inputs"] = paths[:-1]
+    if args.address:
+        extra["ray"] = {"address": args.address}
+    try:
+        cfg = load_config(BuildConfig, args.config, overrides, extra)
+        run(cfg)
+    except (ConfigError, OutputError) as e:
+        return _fail("build", str(e), EXIT_USAGE)
+    except PassFailed as e:
+        return _fail("build", str(e), EXIT_WORKERS)
+    except KeyboardInterrupt:
+        return _fail("build", "interrupted; rerun the same command to continue (finished work is kept)",
+                     EXIT_INTERRUPTED)
+    except Exception as e:
+        cause = io_cause(e)
+        if cause is None:
+            raise
+        return _fail("build", _io_message(cause), EXIT_IO)
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from pipelines.config import load_config
     from trainer.config import TrainConfig
@@ -191,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--config", help="YAML config file (see configs/label.yaml)")
     lab.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
     lab.set_defaults(func=_label)
+    bld = sub.add_parser("build", help="labelled segments → pretrain, SFT and DPO example shards",
+                         usage="audiomill build SEGMENTS_DIR... OUTPUT_DIR [--config FILE] [--address ADDR] [key=value ...]")
+    bld.add_argument("words", nargs="*", metavar="SEGMENTS_DIR... OUTPUT_DIR [key=value ...]")
+    bld.add_argument("--config", help="YAML config file (see configs/build.yaml)")
+    bld.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
+    bld.set_defaults(func=_build)
     for name, help_text in [("train", "train one stage (stage=pretrain|sft|dpo) on example shards"),
                             ("train-all", "pretrain → SFT → DPO on example shards")]:
         tr = sub.add_parser(name, help=help_text,

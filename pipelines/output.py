@@ -30,7 +30,7 @@ CLAIM = "claim.json"
 WRITER = "audiomill"
 TOP_FILES = ("index.parquet", "rejects.parquet", "manifest.json", "README.md", LOCK)
 WORK_DIRS = {"units": r"[0-9a-f]+\.arrow", "parts": r"[0-9a-f]+\.tar", "labels": r"[0-9a-f]+\.arrow",
-             "speakers": r"[0-9a-f]+\.arrow"}
+             "speakers": r"[0-9a-f]+\.arrow", "examples": r"[0-9a-f]+\.(tar|arrow)"}
 
 
 class OutputError(RuntimeError):
@@ -50,8 +50,11 @@ def _tmp(name: str) -> str:
 
 
 class Output:
-    def __init__(self, url: str, shard_prefix: str):
+    """``stage_dirs``: folders (and their ``eval/``) that hold this layer's shards, for the examples layer."""
+
+    def __init__(self, url: str, shard_prefix: str, stage_dirs: tuple[str, ...] = ()):
         self.url = url.rstrip("/") or url
+        self.stage_dirs = stage_dirs
         self.fs, self.path = fsspec.core.url_to_fs(url)
         self.local = is_local_fs(self.fs)
         if self.local:
@@ -97,7 +100,19 @@ class Output:
             full = posixpath.join(self.path, entry)
             if entry == WORK and self.fs.isdir(full):
                 foreign += [f"{WORK}/{e}" for e in self._foreign_work(full)]
+            elif entry in self.stage_dirs and self.fs.isdir(full):
+                foreign += [f"{entry}/{e}" for e in self._foreign_stage(full)]
             elif not (self.shard_re.fullmatch(entry) or self.top_re.fullmatch(entry)) or self.fs.isdir(full):
+                foreign.append(entry)
+        return foreign
+
+    def _foreign_stage(self, folder: str, held_out: bool = False) -> list[str]:
+        foreign = []
+        for entry in sorted(self._names(folder)):
+            full = posixpath.join(folder, entry)
+            if not held_out and entry == "eval" and self.fs.isdir(full):
+                foreign += [f"eval/{e}" for e in self._foreign_stage(full, held_out=True)]
+            elif not self.shard_re.fullmatch(entry) or self.fs.isdir(full):
                 foreign.append(entry)
         return foreign
 
@@ -250,12 +265,19 @@ class Output:
                 pass
 
     def remove_stale_shards(self, keep: set[str]) -> list[str]:
-        """Shards of this prefix (and temporary files of ours) beside the new ones, from an earlier attempt."""
+        """Shards of this prefix (and temporary files of ours) beside the new ones, from an earlier attempt;
+        ``keep`` and the result are paths relative to OUTPUT_DIR."""
         removed = []
-        for name in self._names(self.path):
-            if self.shard_re.fullmatch(name) and name not in keep and not self.fs.isdir(posixpath.join(self.path, name)):
-                self.fs.rm(posixpath.join(self.path, name))
-                removed.append(name)
+        folders = [""] + [d for s in self.stage_dirs for d in (s, f"{s}/eval")]
+        for folder in folders:
+            where = posixpath.join(self.path, folder) if folder else self.path
+            if folder and not self.fs.isdir(where):
+                continue
+            for name in self._names(where):
+                rel = posixpath.join(folder, name) if folder else name
+                if self.shard_re.fullmatch(name) and rel not in keep and not self.fs.isdir(posixpath.join(where, name)):
+                    self.fs.rm(posixpath.join(where, name))
+                    removed.append(rel)
         return removed
 
 

@@ -5,12 +5,15 @@ an exact copy, a re-encoded, resampled, gain-changed or trimmed copy, a segment 
 and an eval clip inside a segment all count. Text is matched on word n-grams of the normalised transcripts
 (``ngram`` words, or the whole transcript when it is shorter).
 
-    contaminated(segments, {"my-eval": eval_items}) → {"seg-…": ("my-eval", "eval_audio"), …}
+    evals = [eval_set("my-eval", eval_items)]          # fingerprinted once
+    contaminated(segments, evals) → {"seg-…": ("my-eval", "eval_audio"), …}
 
 ``segments`` and eval items are ``(key, 16 kHz audio, transcript)``.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
@@ -40,21 +43,35 @@ def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
-def contaminated(segments: list[Item], eval_sets: dict[str, list[Item]], near: NearParams = NearParams(),
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    """An evaluation corpus as decontamination sees it: each item's dedup fingerprint and the word n-grams
+    of its transcripts. Made once per job (``eval_set``), then checked against every unit of segments."""
+
+    name: str
+    items: tuple[DedupItem, ...]
+    grams: frozenset
+    unreadable: int = 0          # items that could not be decoded, so cannot be matched on audio
+
+
+def eval_set(name: str, items: list[Item], ngram: int = 8, unreadable: int = 0) -> EvalSet:
+    grams = frozenset().union(*(ngrams(t, ngram) for _, _, t in items if t)) if items else frozenset()
+    return EvalSet(name, tuple(dedup_item(f"eval/{k}", x) for k, x, _ in items), grams, unreadable)
+
+
+def contaminated(segments: list[Item], eval_sets: list[EvalSet], near: NearParams = NearParams(),
                  ngram: int = 8) -> dict[str, tuple[str, str]]:
     """{segment key: (eval set, "eval_audio" | "eval_transcript")} for every segment that matches; audio
-    is checked first."""
+    is checked first, and the first eval set (by name) that matches is named."""
     out: dict[str, tuple[str, str]] = {}
-    for name, items in sorted(eval_sets.items()):
-        evals = [dedup_item(f"eval/{k}", x) for k, x, _ in items]
-        mine = [dedup_item(k, x) for k, x, _ in segments]
-        every = evals + mine
+    mine = [dedup_item(k, x) for k, x, _ in segments] if eval_sets else []
+    for ev in sorted(eval_sets, key=lambda e: e.name):
+        every = list(ev.items) + mine
         for r in find_relations(every, near):
             a, b = sorted((r.a, r.b))
-            if a < len(evals) <= b:                      # one eval item and one segment
-                out.setdefault(every[b].uri, (name, "eval_audio"))
-        grams = set().union(*(ngrams(t, ngram) for _, _, t in items if t)) if items else set()
+            if a < len(ev.items) <= b:                   # one eval item and one segment
+                out.setdefault(every[b].uri, (ev.name, "eval_audio"))
         for key, _, text in segments:
-            if key not in out and text and ngrams(text, ngram) & grams:
-                out[key] = (name, "eval_transcript")
+            if key not in out and text and ngrams(text, ngram) & ev.grams:
+                out[key] = (ev.name, "eval_transcript")
     return out

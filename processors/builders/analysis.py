@@ -19,7 +19,7 @@ from functools import cache
 from pathlib import Path
 
 from processors.builders.pretrain import Template, choose, join_words, language_name, read_templates, stable_hash
-from schemas.example import AudioRef, Example, example_id
+from schemas.example import AudioRef, Example, assistant_turn, example_id, user_audio_turn
 from schemas.labels import Labels
 from schemas.segment import Segment
 
@@ -34,8 +34,9 @@ SWAP_WORDS = ("river", "yellow", "seven", "window", "garden", "quickly", "table"
 
 
 @cache
-def load_questions(path: str = str(TEMPLATES)) -> dict[str, tuple[Template, ...]]:
-    return read_templates(path, "topics")
+def load_questions(path: str = str(TEMPLATES), section: str = "topics") -> dict[str, tuple[Template, ...]]:
+    """Questions of one section; ids of sections other than ``topics`` start with the section's name."""
+    return read_templates(path, section, "" if section == "topics" else f"{section}.")
 
 
 # ---- grounded answers --------------------------------------------------------------------------------
@@ -135,3 +136,73 @@ def dpo_pairs(seg: Segment, max_pairs: int = 2) -> list[Example]:
             provenance={"segments": [seg.id], "labels_used": [label],
                         "license": [seg.source.license] if seg.source.license else []}))
     return out
+
+
+# ---- two clips ---------------------------------------------------------------------------------------
+
+COMPARE_TOPICS = ("events", "speakers", "language")
+WHICH = ("first", "second")
+
+
+def compare_answer(topic: str, a: Labels, b: Labels) -> str | None:
+    """An answer about both clips from both label sets, or None when either lacks the topic."""
+    got = [answer(topic, x) for x in (a, b)]
+    if not all(got):
+        return None
+    if topic == "speakers":
+        ca, cb = a.speakers.count, b.speakers.count
+        per = f"The first clip has {_speakers(ca)} and the second has {_speakers(cb)}."
+        if ca == cb:
+            return f"Neither: both clips have {_speakers(ca)}."
+        return f"The {'first' if ca > cb else 'second'} clip. " + per
+    if topic == "language":
+        la, lb = a.transcript.language, b.transcript.language
+        if la == lb:
+            return f"Yes, both clips are in {language_name(la)}."
+        return f"No. The first clip is in {language_name(la)} and the second is in {language_name(lb)}."
+    first, second = (g[0].removeprefix("I can hear ").rstrip(".") for g in got)
+    return f"In the first clip I can hear {first}. In the second, I can hear {second}."
+
+
+def _speakers(n: int) -> str:
+    return "one speaker" if n == 1 else f"{n} speakers"
+
+
+def _provenance(segs: list[Segment], used: list[str]) -> dict:
+    return {"segments": [s.id for s in segs], "labels_used": used,
+            "license": sorted({s.source.license for s in segs if s.source.license})}
+
+
+def compare(a: Segment, b: Segment) -> Example | None:
+    """A conversation about two clips: one question on a topic both clips' labels support."""
+    topics = [t for t in COMPARE_TOPICS if compare_answer(t, a.labels, b.labels)]
+    if not topics:
+        return None
+    topic = choose(topics, f"{a.id}/{b.id}/compare")
+    q = choose(load_questions(section="compare")[topic], f"{a.id}/{b.id}/compare/{topic}")
+    reply = compare_answer(topic, a.labels, b.labels)
+    label = answer(topic, a.labels)[1]
+    return Example(id=example_id("sft", "compare", [a.id, b.id], q.id), stage="sft", task="compare",
+                   audio=[AudioRef("audio0.flac", a.id, a.duration_s), AudioRef("audio1.flac", b.id, b.duration_s)],
+                   template=q.id, messages=[user_audio_turn(q.text, 2), assistant_turn(reply)],
+                   provenance=_provenance([a, b], [label]))
+
+
+def wrong_clip_pair(a: Segment, b: Segment) -> Example | None:
+    """Asked about one of two clips: chosen answers about that clip, rejected about the other."""
+    topics = [t for t in COMPARE_TOPICS
+              if answer(t, a.labels) and answer(t, b.labels) and answer(t, a.labels)[0] != answer(t, b.labels)[0]]
+    if not topics:
+        return None
+    topic = choose(topics, f"{a.id}/{b.id}/wrong_clip")
+    which = stable_hash(f"{a.id}/{b.id}/which") % 2
+    asked, other = (a, b) if which == 0 else (b, a)
+    q = choose(load_questions(section="about_clip")[topic], f"{a.id}/{b.id}/about/{topic}")
+    chosen, label = answer(topic, asked.labels)
+    rejected, _ = answer(topic, other.labels)
+    return Example(id=example_id("dpo", "compare", [a.id, b.id], q.id, salt=WHICH[which]), stage="dpo",
+                   task="compare",
+                   audio=[AudioRef("audio0.flac", a.id, a.duration_s), AudioRef("audio1.flac", b.id, b.duration_s)],
+                   template=q.id, messages=[user_audio_turn(q.text.format(which=WHICH[which]), 2)],
+                   chosen=chosen, rejected=rejected, rejected_kind="wrong_clip",
+                   score={"chosen": 1.0, "rejected": 0.0, "by": "labels"}, provenance=_provenance([a, b], [label]))

@@ -1,9 +1,12 @@
 """Voice chat and mixed scenes: SFT examples whose user turn is audio only.
 
 - ``voice_chat``: an instruction from a JSONL set (``data/instructions.jsonl`` by default; lines of
-  ``{"id", "instruction", "answer"}``) spoken by TTS; the assistant answers the request itself.
-- ``mixed_scene``: a spoken question about the scene ("What sounds can you hear around me?") laid over a
-  labelled segment at a set SNR; the answer comes from the segment's labels (``analysis.answer``).
+  ``{"id", "instruction", "answer"}`` and an optional ``"language"``, "en" when absent) spoken by TTS in a
+  voice of its language (``voice_for``); the assistant answers the request itself.
+- ``mixed_scene``: a spoken question about the scene ("What sounds can you hear around me?", from the
+  ``scene`` section of ``templates/analysis.yaml``) laid over a labelled segment at a set SNR; the answer
+  comes from the segment's labels (``analysis.answer``).
+- ``ignored_instruction_pair``: a DPO pair on a spoken instruction whose rejected reply answers another one.
 
 TTS is configurable (``Voice``: espeak-ng with any of its voices, flite's English voices, or Piper's joe voice, each at a set rate).
 """
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from processors.builders.analysis import answer
+from processors.builders.analysis import answer, load_questions
 from processors.builders.pretrain import choose
 from schemas.example import AudioRef, Example, example_id
 from schemas.segment import Segment
@@ -24,12 +27,6 @@ from schemas.segment import Segment
 SR = 16000
 MAX_S = 30.0
 INSTRUCTIONS = Path(__file__).parent / "data" / "instructions.jsonl"
-SCENE_QUESTIONS = {
-    "events": ("What sounds can you hear around me?", "Tell me what is making that noise in the background.",
-               "What is going on around me right now?"),
-    "speakers": ("How many people are talking behind me?", "How many other voices can you hear?"),
-    "language": ("Which language are the people near me speaking?", "What language is that in the background?"),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +38,29 @@ class Voice:
     @property
     def id(self) -> str:
         return f"{self.backend}:{self.name}@{self.rate}"
+
+
+def parse_voice(spec: str) -> Voice:
+    """"backend:name@rate" → Voice ("espeak:en-us+f2@140", "flite:slt@160", "piper:joe@150")."""
+    backend, _, rest = spec.partition(":")
+    name, _, rate = rest.partition("@")
+    if backend not in ("espeak", "flite", "piper") or not name or not rate.isdigit() or not 80 <= int(rate) <= 400:
+        raise ValueError(f"voice {spec!r}: expected backend:name@rate with backend espeak, flite or piper and "
+                         "a rate of 80-400 words per minute, e.g. espeak:en-us+f2@140")
+    return Voice(backend, name, int(rate))
+
+
+def language_of(voice: Voice) -> str:
+    """The language a voice speaks: flite and Piper's joe speak English; espeak-ng's voice names it."""
+    return voice.name.split("+")[0].split("-")[0] if voice.backend == "espeak" else "en"
+
+
+def voice_for(item: dict[str, str], voices: list[Voice]) -> Voice:
+    """One of the voices that speak the item's language, chosen per item; espeak-ng's voice of the
+    language when none of them does."""
+    lang = item.get("language", "en")
+    mine = [v for v in voices if language_of(v) == lang]
+    return choose(mine, f"voice/{item['id']}") if mine else Voice("espeak", lang, 160)
 
 
 def speak(text: str, voice: Voice) -> np.ndarray:
@@ -69,6 +89,8 @@ def load_instructions(path: str | Path = INSTRUCTIONS) -> list[dict[str, str]]:
             if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item[k].strip()
                                                      for k in ("id", "instruction", "answer")):
                 raise ValueError(f"{path}:{n}: needs non-empty string fields id, instruction and answer")
+            if not isinstance(item.setdefault("language", "en"), str) or not item["language"]:
+                raise ValueError(f"{path}:{n}: language must be a language code such as \"en\"")
             if item["id"] in seen:
                 raise ValueError(f"{path}:{n}: id {item['id']!r} repeats")
             seen.add(item["id"])
@@ -92,11 +114,11 @@ def voice_chat(item: dict[str, str], voice: Voice) -> tuple[Example, list[np.nda
 
 def mix(command: np.ndarray, scene: np.ndarray, snr_db: float, lead_s: float = 0.5,
         tail_s: float = 0.5) -> tuple[np.ndarray, float, float]:
-    """(mixture, command gain, scene gain): the scene (repeated if short) under the command, which starts
-    after ``lead_s``; the command's RMS is ``snr_db`` above the scene's over the command's span. The two
+    """(mixture, command gain, scene gain): the whole scene (repeated if shorter than the command) under the
+    command, which starts after ``lead_s``; the command's RMS is ``snr_db`` above the scene's over the command's span. The two
     are scaled down together if the mixture would clip."""
     lead, tail = int(lead_s * SR), int(tail_s * SR)
-    n = lead + len(command) + tail
+    n = max(len(scene), lead + len(command) + tail)     # all of the scene: its labels describe all of it
     bed = np.tile(scene, -(-n // max(len(scene), 1)))[:n].astype(np.float32)
     rms = lambda x: float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) + 1e-9  # noqa: E731
     scene_gain = rms(command) / (rms(bed[lead:lead + len(command)]) * 10 ** (snr_db / 20))
@@ -114,16 +136,18 @@ def mix(command: np.ndarray, scene: np.ndarray, snr_db: float, lead_s: float = 0
 def mixed_scene(seg: Segment, scene_audio: np.ndarray, voice: Voice, snr_db: float = 5.0
                 ) -> tuple[Example, list[np.ndarray]] | None:
     """A spoken question about the segment's scene, mixed over it; None when its labels answer none."""
-    topics = [t for t in SCENE_QUESTIONS if answer(t, seg.labels)]
+    questions = load_questions(section="scene")
+    topics = [t for t in sorted(questions) if answer(t, seg.labels)]
     if not topics:
         return None
     topic = choose(topics, f"{seg.id}/scene")
-    question = choose(SCENE_QUESTIONS[topic], f"{seg.id}/scene/{topic}")
+    q = choose(questions[topic], f"{seg.id}/scene/{topic}")
+    question = q.text
     reply, label = answer(topic, seg.labels)
     audio, _, _ = mix(speak(question, voice), scene_audio, snr_db)
     if len(audio) > MAX_S * SR:
         audio = audio[: int(MAX_S * SR)]
-    template = f"scene.{topic}.{SCENE_QUESTIONS[topic].index(question) + 1}+{voice.id}"
+    template = f"{q.id}+{voice.id}"
     ex = Example(id=example_id("sft", "mixed_scene", [seg.id], template), stage="sft", task="mixed_scene",
                  audio=[AudioRef("audio0.flac", seg.id, round(len(audio) / SR, 3))], template=template,
                  messages=[{"role": "user", "content": [{"type": "audio", "audio": 0}]},
@@ -132,3 +156,15 @@ def mixed_scene(seg: Segment, scene_audio: np.ndarray, voice: Voice, snr_db: flo
                              "snr_db": snr_db, "voice": voice.id,
                              "license": [seg.source.license] if seg.source.license else []})
     return ex, [audio]
+
+
+def ignored_instruction_pair(item: dict[str, str], other: dict[str, str], voice: Voice, audio: np.ndarray) -> Example:
+    """DPO on a spoken instruction: chosen answers it, rejected answers ``other`` (the command ignored)."""
+    source = f"tts-{item['id']}-{voice.id}"
+    return Example(id=example_id("dpo", "voice_chat", [source], voice.id, salt=other["id"]), stage="dpo",
+                   task="voice_chat", audio=[AudioRef("audio0.flac", source, round(len(audio) / SR, 3))],
+                   template=voice.id, messages=[{"role": "user", "content": [{"type": "audio", "audio": 0}]}],
+                   chosen=item["answer"], rejected=other["answer"], rejected_kind="ignored_instruction",
+                   score={"chosen": 1.0, "rejected": 0.0, "by": "instruction set"},
+                   provenance={"segments": [], "instruction": item["id"], "answers_instead": other["id"],
+                               "voice": voice.id, "labels_used": []})

@@ -41,12 +41,12 @@ class Template:
     text: str
 
 
-def read_templates(path: str, section: str) -> dict[str, tuple[Template, ...]]:
-    """A template file's ``section``: {task: [text, …]} → {task: (Template("<task>.v<version>.<n>"), …)}."""
+def read_templates(path: str, section: str, prefix: str = "") -> dict[str, tuple[Template, ...]]:
+    """A template file's ``section``: {task: [text, …]} → {task: (Template("<prefix><task>.v<version>.<n>"), …)}."""
     with open(path, encoding="utf-8") as f:
         data = yaml.safe_load(f)
     version = int(data["version"])
-    return {task: tuple(Template(f"{task}.v{version}.{n}", task, text) for n, text in enumerate(texts, 1))
+    return {task: tuple(Template(f"{prefix}{task}.v{version}.{n}", task, text) for n, text in enumerate(texts, 1))
             for task, texts in data[section].items()}
 
 

@@ -4,7 +4,7 @@ long word sequences; nothing else."""
 import numpy as np
 
 from processors.audio import load_standardised
-from processors.decontaminate import contaminated, ngrams
+from processors.decontaminate import contaminated, eval_set, ngrams
 from tests.factories import ffmpeg, silence, tts, write
 
 
@@ -23,12 +23,12 @@ def test_re_encoded_trimmed_contained_and_quoted_eval_material_is_found(tmp_path
         ("seg-clean", other, "bright lanterns floated over the water"),
         ("seg-short-text", tts("Good morning.", "en-us"), "good morning"),
     ]
-    found = contaminated(segments, {"my-eval": [("e1", clip, said), ("e2", silence(1.0), "good morning")]})
+    found = contaminated(segments, [eval_set("my-eval", [("e1", clip, said), ("e2", silence(1.0), "good morning")])])
     assert found == {"seg-copy": ("my-eval", "eval_audio"), "seg-trimmed": ("my-eval", "eval_audio"),
                      "seg-inside": ("my-eval", "eval_audio"), "seg-quote": ("my-eval", "eval_transcript"),
                      "seg-short-text": ("my-eval", "eval_transcript")}
-    assert contaminated(segments, {}) == {}
-    assert contaminated([("seg-clean", other, "")], {"e": [("e1", clip, said)]}) == {}
+    assert contaminated(segments, []) == {}
+    assert contaminated([("seg-clean", other, "")], [eval_set("e", [("e1", clip, said)])]) == {}
 
 
 def test_ngrams_are_of_normalised_words():

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from processors.builders.analysis import answer
-from processors.builders.chat import SCENE_QUESTIONS, Voice, load_instructions, mix, mixed_scene, voice_chat
+from processors.builders.analysis import load_questions
+from processors.builders.chat import Voice, load_instructions, mix, mixed_scene, voice_chat
 from schemas.labels import Event, Labels, Speakers
 from tests.factories import chord_music
 from tests.processors.builders.test_pretrain import seg
@@ -66,11 +67,13 @@ def test_the_mix_has_the_snr_asked_for_and_does_not_clip():
 def test_a_mixed_scene_asks_about_the_scene_and_answers_from_its_labels(whisper):
     labels = Labels(events=(Event("Music", 0.8, "y"), Event("Piano", 0.6, "y")), speakers=Speakers(2, "d"))
     s = seg(labels, "seg-scene")
-    ex, (audio,) = mixed_scene(s, chord_music(6.0, seed=2), Voice("espeak", "en-us", 150), snr_db=10.0)
+    scene = chord_music(6.0, seed=2)
+    ex, (audio,) = mixed_scene(s, scene, Voice("espeak", "en-us", 150), snr_db=10.0)
     topic = ex.template.split(".")[1]
+    assert ex.template.startswith("scene.") and len(audio) >= len(scene)     # all of the scene is heard
     assert ex.messages[0]["content"] == [{"type": "audio", "audio": 0}] and len(audio) <= 30 * 16000
     assert ex.messages[1]["content"][0]["text"] == answer(topic, labels)[0]
-    assert ex.provenance["question"] in SCENE_QUESTIONS[topic] and ex.provenance["snr_db"] == 10.0
+    assert ex.provenance["question"] in [q.text for q in load_questions(section="scene")[topic]] and ex.provenance["snr_db"] == 10.0
     heard = whisper.transcribe([audio])[0].text.lower()
     assert set(ex.provenance["question"].lower().strip("?").split()[:3]) <= set(heard.replace("?", "").split()), heard
     assert mixed_scene(seg(Labels(), "seg-x"), chord_music(3.0), Voice()) is None
