@@ -145,7 +145,7 @@ def policy_problems(path: str) -> list[str]:
         kind = json.load(open(cfg)).get("model_type")
     except ValueError as e:
         return [f"dpo.policy_dir: {cfg} is not JSON ({e})"]
-    missing = [f for f in ("preprocessor_config.json", "tokenizer.json") if not os.path.isfile(os.path.join(path, f))]
+    missing = [f for f in ("processor_config.json", "tokenizer.json") if not os.path.isfile(os.path.join(path, f))]
     out = []
     if kind != "qwen2_audio":
         out.append(f"dpo.policy_dir: {path} holds a {kind!r} model, not a qwen2_audio one audiomill train exports")

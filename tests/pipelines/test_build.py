@@ -288,3 +288,53 @@ def test_bad_config_lists_every_problem_before_any_work(labelled, tmp_path):
                  "split.eval_fraction"]:
         assert part in text, part
     assert not (tmp_path / "x").exists()
+
+
+def tiny_models(root):
+    """A policy as audiomill train exports it (random weights, the tiny preset) and a random causal LM."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from trainer.model import PRESETS, build_model, build_processor, train_tokenizer
+
+    texts = ["There is one speaker.", "There are 2 speakers.", "I can hear speech and music.",
+             "The speech is in English.", "A woman speaks English.", "Rewritten: a man speaks."] * 20
+    tok = train_tokenizer(texts, vocab_size=400)
+    preset = PRESETS["tiny"]
+    policy = root / "policy"
+    build_model(preset, tok).save_pretrained(policy)
+    build_processor(tok, preset.chunk_s, preset.num_mel_bins).save_pretrained(policy)
+    lm = root / "lm"
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(lm)
+    tok.save_pretrained(lm)
+    return policy, lm
+
+
+def test_sampled_pairs_and_reworded_captions_come_from_local_checkpoints_and_are_checked(labelled, tmp_path):
+    _, segments = labelled
+    policy, lm = tiny_models(tmp_path)
+    out = tmp_path / "examples"
+    summary = run(_cfg(segments, out, f"dpo.policy_dir={policy}", "dpo.samples=3", "dpo.margin=0.0",
+                       "dpo.min_chosen=0.0", f"caption.model={lm}", "caption.max_new_tokens=8",
+                       "sft.voice_chat=false", "sft.mixed_scene=0"))
+    labels = segment_labels(segments)
+    examples = read_examples(out)
+    rejects = pq.read_table(out / "rejects.parquet").to_pylist()
+    asked = len(labels)                      # every segment here has a label an analysis question asks about
+    assert summary["sampled_replies"] == 3 * asked
+    sampled = [rec for rec, _, _ in examples.values() if rec.get("rejected_kind") == "sampled"]
+    not_paired = [r for r in rejects if r["stage"] == "dpo" and r["reason"] in ("below_margin", "chosen_below_min",
+                                                                                 "identical_samples")]
+    assert len(sampled) + len(not_paired) == asked and sampled
+    for rec in sampled:
+        assert rec["score"]["chosen"] >= rec["score"]["rejected"] and rec["score"]["policy"] == str(policy)
+        assert rec["chosen"] != rec["rejected"] and rec["score"]["samples"] == 3
+    captions = [rec for rec, _, _ in examples.values() if rec["task"] == "caption"]
+    assert summary["caption_rewrites"]["kept"] + summary["caption_rewrites"]["rejected"] == len(captions) > 0
+    for rec in captions:
+        own = labels[rec["provenance"]["segments"][0]]["labels"]
+        assert claims_ok(rec["target"], own)
+        if rec["provenance"]["caption_by"] == "labels":
+            assert "composed" not in rec["provenance"]
+    with pytest.raises(ConfigError, match="qwen2_audio"):
+        _cfg(segments, tmp_path / "x", f"dpo.policy_dir={lm}")
