@@ -1,5 +1,7 @@
 """``make demo``: build a small corpus with known ground truth from packaged real audio and TTS (no
-downloads), then curate it on an embedded local Ray and print the summary.
+downloads), curate and label it on an embedded local Ray, build pretrain / SFT / DPO examples from it, and
+close the loop once: a short SFT run, DPO pairs mined from that policy's sampled replies, and a short DPO
+run on them. Prints the summaries, the examples per stage and task, and one rendered example of each.
 
     python -m pipelines.demo OUT_DIR [key=value ...]
 
@@ -168,7 +170,92 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: {e}", file=sys.stderr)
         return 2
     run(cfg)
+    examples = _build(root / "examples", out)
+    show_examples(examples)
+    _loop(root, examples, out)
     return 0
+
+
+def _build(dest: Path, segments: Path, *overrides: str) -> Path:
+    from pipelines.build import BuildConfig, run
+    from pipelines.config import load_config
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    print(f"\n[audiomill] build {segments} → {dest}", flush=True)
+    run(load_config(BuildConfig, None, list(overrides), {"inputs": [str(segments)], "output": str(dest)}))
+    return dest
+
+
+def _loop(root: Path, examples: Path, segments: Path) -> None:
+    """SFT for a few steps, pairs mined from the policy's samples, then DPO on them from the SFT model."""
+    from pipelines.config import load_config
+    from trainer.config import TrainConfig
+    from trainer.recipe import run_stage
+
+    train = root / "train"
+    if train.exists():
+        shutil.rmtree(train)
+    print("\n[audiomill] SFT → mine DPO pairs from the policy → DPO", flush=True)
+    run_stage(load_config(TrainConfig, None, ["stage=sft", "max_steps=150", "launcher=local", "lr=0.003"],
+                          {"examples": str(examples), "output": str(train)}))
+    policy = train / "sft" / "final"
+    mined = _build(root / "examples-mined", segments, f"dpo.policy_dir={policy}", "dpo.samples=4",
+                   "sft.voice_chat=false", "sft.mixed_scene=0", "tasks=[asr]")
+    sampled = [rec for rec in _records(mined) if rec.get("rejected_kind") == "sampled"]
+    print(f"[audiomill] {len(sampled)} DPO pairs mined from {policy}")
+    for rec in sampled[:2]:
+        print(_render(rec))
+    if sampled:
+        result = run_stage(load_config(TrainConfig, None, ["stage=dpo", "max_steps=10", "launcher=local",
+                                                           f"model_dir={policy}"],
+                                       {"examples": str(mined), "output": str(train / "mined")}))
+        print(f"[audiomill] DPO on mined pairs: {json.dumps(result.get('eval'))}")
+
+
+def _records(examples: Path) -> list[dict]:
+    import tarfile
+
+    out = []
+    for tar in sorted(examples.glob("*/**/*.tar")):
+        with tarfile.open(tar) as t:
+            out += [json.loads(t.extractfile(m).read()) for m in t.getmembers() if m.name.endswith(".json")]
+    return out
+
+
+def _render(rec: dict) -> str:
+    def content(c) -> str:
+        if c["type"] == "audio":
+            a = rec["audio"][c["audio"]]
+            return f"<audio {a['segment_id']} {a['duration_s']:.1f} s>"
+        return c["text"]
+
+    lines = [f"  [{rec['stage']}/{rec['task']}] template {rec['template']}"]
+    if rec["stage"] == "pretrain":
+        lines.append(f"    prompt: <audio {rec['audio'][0]['duration_s']:.1f} s> {rec['prompt']}")
+        lines.append(f"    target: {rec['target']}")
+    for m in rec.get("messages", []):
+        lines.append(f"    {m['role']}: " + " ".join(content(c) for c in m["content"]))
+    if rec["stage"] == "dpo":
+        lines.append(f"    chosen:   {rec['chosen']}")
+        lines.append(f"    rejected: {rec['rejected']}  ({rec['rejected_kind']}, scores {rec['score']})")
+    return "\n".join(lines)
+
+
+def show_examples(examples: Path) -> None:
+    from collections import Counter
+
+    records = _records(examples)
+    counts = Counter((r["stage"], r["task"]) for r in records)
+    print("\nexamples per stage and task (held-out sets included)")
+    for (stage, task), n in sorted(counts.items()):
+        print(f"  {stage + '/' + task:<28}{n:>6}")
+    print("\none example of each")
+    seen = set()
+    for rec in sorted(records, key=lambda r: r["id"]):
+        if (rec["stage"], rec["task"]) not in seen:
+            seen.add((rec["stage"], rec["task"]))
+            print(_render(rec))
 
 
 if __name__ == "__main__":

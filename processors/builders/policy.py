@@ -13,6 +13,10 @@ Scorers (each in [0, 1], each looking only at labels):
 - speakers: 1 when the count the reply states is the labelled count;
 - language / emotion: 1 when the reply names the labelled one and no other;
 - music: the share of labelled facts (tempo within 4 %, key, instruments) the reply states.
+
+Each score is multiplied by the reply's form: the share of its words that a grounded answer could hold (the
+answers' own words, the labels' words, language names), so a garbled reply that happens to name the right
+language does not win.
 """
 
 from __future__ import annotations
@@ -62,7 +66,35 @@ def stated_count(text: str) -> int | None:
     return None
 
 
+ANSWER_WORDS = frozenset("""
+i can hear there is are one no speaker speakers voice voices people person the speech in says speaker sounds
+it features tempo about bpm key and a an of with while music first second clip clips neither both yes has at
+""".split())
+
+
+def form(reply: str, labels: Labels, vocabulary: list[str] | None = None) -> float:
+    """The share of the reply's words that are answer words, label words, event names or language names."""
+    words = re.findall(r"\S+", reply.lower())
+    if not words:
+        return 0.0
+    known = set(ANSWER_WORDS) | {language_name(c).lower() for c in OTHER_LANGUAGES}
+    known |= set(_words(" ".join([e.label for e in labels.events] + list(vocabulary or []))).split())
+    if labels.transcript is not None:
+        known |= set(_words(labels.transcript.text).split()) | set(_words(language_name(labels.transcript.language)).split())
+    if labels.paralinguistic is not None:
+        known |= {labels.paralinguistic.emotion.lower()} | set(OTHER_EMOTIONS)
+    if labels.music is not None:
+        known |= set(_words(labels.music.key + " " + " ".join(labels.music.instruments)).split())
+    ok = sum(1 for w in words if w.strip(".,!?:;\"'") in known or re.fullmatch(r"\d+(\.\d+)?[.,]?", w))
+    return ok / len(words)
+
+
 def score_reply(topic: str, reply: str, labels: Labels, vocabulary: list[str] | None = None) -> float:
+    """The topic's label score times the reply's form."""
+    return _topic_score(topic, reply, labels, vocabulary) * form(reply, labels, vocabulary)
+
+
+def _topic_score(topic: str, reply: str, labels: Labels, vocabulary: list[str] | None = None) -> float:
     t, s, p, m = labels.transcript, labels.speakers, labels.paralinguistic, labels.music
     if topic == "transcript" and t is not None:
         from processors.labelers.asr import disagreement

@@ -36,7 +36,9 @@ def test_replies_are_scored_by_the_labels():
     assert score_reply("events", "I can hear nothing.", LABELS, vocab) == 0.0
     music = Labels(music=Music("m", tempo_bpm=120.0, key="A minor", instruments=("Piano",)))
     assert score_reply("music", "Piano in A minor at 121 BPM.", music) == 1.0
-    assert abs(score_reply("music", "Guitar in A minor at 90 BPM.", music) - 1 / 3) < 1e-9
+    assert abs(score_reply("music", "Piano in A minor at 90 BPM.", music) - 2 / 3) < 1e-9
+    garbled = "itdent buenos the hear D n\ufffdgnalgu I can on the English. isqu from in cold"
+    assert score_reply("language", garbled, LABELS) < 0.5 <= score_reply("language", "It is English.", LABELS)
 
 
 def test_pairs_are_the_best_and_worst_reply_past_the_margin():
