@@ -13,7 +13,7 @@ demo: setup
 
 # Training demo: spoken-language ID from TTS audio, pretrain → SFT → DPO on Ray Train (CPU, ~6 min).
 demo-train: setup
-	$(PY) -m trainer.demo build/demo-train
+	$(PY) -m pipelines.demo_train build/demo-train
 
 test: setup
 	.venv/bin/pytest -q

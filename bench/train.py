@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from trainer.demo import build_language_id  # noqa: E402
+from pipelines.demo_train import build_language_id  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import Encoder, SkipCounter, collate, token_batches  # noqa: E402
 from trainer.features import LogMel  # noqa: E402

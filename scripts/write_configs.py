@@ -1,4 +1,4 @@
-"""Regenerate configs/curate.yaml, configs/label.yaml and configs/train.yaml from the config dataclasses'
+"""Regenerate configs/curate.yaml, configs/label.yaml, configs/build.yaml and configs/train.yaml from the config dataclasses'
 defaults.
 
     .venv/bin/python scripts/write_configs.py
@@ -13,6 +13,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipelines.build import BuildConfig  # noqa: E402
 from pipelines.curate import CurateConfig  # noqa: E402
 from pipelines.label import LabelConfig  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
@@ -33,6 +34,12 @@ def main() -> None:
         "# Every label setting with its default. Override any with key=value on the command line.\n"
         "# input and output come from the command line: audiomill label SEGMENTS_DIR OUTPUT_DIR --config this.yaml\n"
         + yaml.safe_dump(label, sort_keys=False))
+    build = dataclasses.asdict(BuildConfig())
+    del build["inputs"], build["output"]
+    (ROOT / "configs" / "build.yaml").write_text(
+        "# Every build setting with its default. Override any with key=value on the command line.\n"
+        "# inputs and output come from the command line: audiomill build SEGMENTS_DIR... OUTPUT_DIR --config this.yaml\n"
+        + yaml.safe_dump(build, sort_keys=False))
     train = dataclasses.asdict(TrainConfig())
     del train["examples"], train["output"]
     (ROOT / "configs" / "train.yaml").write_text(

@@ -22,7 +22,7 @@ def ray_cluster():
 def lid_examples(tmp_path_factory):
     """The training demo's example set (spoken-language ID from espeak-ng words), built once; tests that
     change it copy it first."""
-    from trainer.demo import build_language_id
+    from pipelines.demo_train import build_language_id
 
     root = tmp_path_factory.mktemp("lid_examples")
     build_language_id(root)

@@ -6,6 +6,8 @@
 - ``mixed_scene``: a spoken question about the scene ("What sounds can you hear around me?", from the
   ``scene`` section of ``templates/analysis.yaml``) laid over a labelled segment at a set SNR; the answer
   comes from the segment's labels (``analysis.answer``).
+- ``layered_scene``: the same over a sound-event segment and a multi-speaker segment played together,
+  asking about both ("What else can you hear while these people talk, and how many of them are there?").
 - ``ignored_instruction_pair``: a DPO pair on a spoken instruction whose rejected reply answers another one.
 
 TTS is configurable (``Voice``: espeak-ng with any of its voices, flite's English voices, or Piper's joe voice, each at a set rate).
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from processors.builders.analysis import answer, load_questions
-from processors.builders.pretrain import choose
+from processors.builders.pretrain import choose, join_words
 from schemas.example import AudioRef, Example, example_id
 from schemas.segment import Segment
 
@@ -155,6 +157,36 @@ def mixed_scene(seg: Segment, scene_audio: np.ndarray, voice: Voice, snr_db: flo
                  provenance={"segments": [seg.id], "labels_used": [label], "question": question,
                              "snr_db": snr_db, "voice": voice.id,
                              "license": [seg.source.license] if seg.source.license else []})
+    return ex, [audio]
+
+
+def layered_scene(sound: Segment, sound_audio: np.ndarray, talk: Segment, talk_audio: np.ndarray, voice: Voice,
+                  snr_db: float = 5.0) -> tuple[Example, list[np.ndarray]] | None:
+    """A spoken question over a sound-event segment and a multi-speaker segment at equal level, answered from
+    the sound's events and the talk's speaker count; None when either lacks them."""
+    names = list(dict.fromkeys(e.label.lower() for e in sorted(sound.labels.events, key=lambda e: -e.score)
+                               if e.label != "Speech"))
+    s = talk.labels.speakers
+    if not names or s is None or s.count < 2:
+        return None
+    n = max(len(sound_audio), len(talk_audio))
+    rms = lambda x: float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) + 1e-9  # noqa: E731
+    bed = np.zeros(n, np.float32)
+    bed[:len(talk_audio)] += talk_audio
+    bed[:len(sound_audio)] += sound_audio * (rms(talk_audio) / rms(sound_audio))
+    key = f"{sound.id}+{talk.id}"
+    q = choose(load_questions(section="scene")["events_and_speakers"], f"{key}/scene")
+    reply = f"I can hear {join_words(names[:3])}, while {s.count} people are talking."
+    audio, _, _ = mix(speak(q.text, voice), bed, snr_db)
+    audio = audio[: int(MAX_S * SR)]
+    template = f"{q.id}+{voice.id}"
+    ex = Example(id=example_id("sft", "mixed_scene", [sound.id, talk.id], template), stage="sft", task="mixed_scene",
+                 audio=[AudioRef("audio0.flac", key, round(len(audio) / SR, 3))], template=template,
+                 messages=[{"role": "user", "content": [{"type": "audio", "audio": 0}]},
+                           {"role": "assistant", "content": [{"type": "text", "text": reply}]}],
+                 provenance={"segments": [sound.id, talk.id], "labels_used": ["events", "speakers"],
+                             "question": q.text, "snr_db": snr_db, "voice": voice.id,
+                             "license": sorted({x.source.license for x in (sound, talk) if x.source.license})})
     return ex, [audio]
 
 

@@ -228,7 +228,7 @@ class Builder:
                 continue
             usable.append((seg, flac, held))
             self._one_segment(out, seg, flac, decoded[seg.id], held)
-        self._pairs(out, usable)
+        self._pairs(out, usable, decoded)
         return out
 
     def _one_segment(self, out: UnitOutput, seg: Segment, flac: bytes, audio: np.ndarray, held: bool) -> None:
@@ -273,17 +273,28 @@ class Builder:
         ex, (mixed,) = made
         self._add(out, ex, [encode_flac(mixed)], [len(mixed) / SR], held)
 
-    def _pairs(self, out: UnitOutput, usable: list[tuple[Segment, bytes, bool]]) -> None:
-        """Compare conversations and wrong-clip pairs over neighbouring segments of the same side of the split."""
-        if not self.p.sft.compare:
-            return
+    def _pairs(self, out: UnitOutput, usable: list[tuple[Segment, bytes, bool]], decoded: dict) -> None:
+        """Over segments on the same side of the split: compare conversations and wrong-clip pairs of
+        neighbours, and layered scenes of a sound-event segment with a multi-speaker one."""
         for held in (False, True):
             side = sorted(((s, f) for s, f, h in usable if h == held), key=lambda sf: sf[0].id)
-            for (a, fa), (b, fb) in zip(side[0::2], side[1::2]):
-                d = [a.duration_s, b.duration_s]
-                for ex in (analysis.compare(a, b), analysis.wrong_clip_pair(a, b)):
-                    if ex is not None:
-                        self._add(out, ex, [fa, fb], d, held)
+            if self.p.sft.compare:
+                for (a, fa), (b, fb) in zip(side[0::2], side[1::2]):
+                    d = [a.duration_s, b.duration_s]
+                    for ex in (analysis.compare(a, b), analysis.wrong_clip_pair(a, b)):
+                        if ex is not None:
+                            self._add(out, ex, [fa, fb], d, held)
+            sounds = [s for s, _ in side if s.kind == "sound" and s.labels.events]
+            talks = [s for s, _ in side if s.labels.speakers is not None and s.labels.speakers.count > 1]
+            for sound, talk in zip(sounds, talks):
+                if stable_hash(f"layered/{sound.id}/{talk.id}") / 2**64 >= self.p.sft.mixed_scene:
+                    continue
+                voice = chat.voice_for({"id": f"{sound.id}+{talk.id}", "language": "en"}, self.voices)
+                snr = pretrain.choose(self.p.sft.snr_db, f"snr/{sound.id}/{talk.id}")
+                made = chat.layered_scene(sound, decoded[sound.id], talk, decoded[talk.id], voice, snr)
+                if made is not None:
+                    ex, (mixed,) = made
+                    self._add(out, ex, [encode_flac(mixed)], [len(mixed) / SR], held)
 
     def _sampled(self, out: UnitOutput, seg: Segment, flac: bytes, audio: np.ndarray, held: bool) -> None:
         """Replies sampled from the policy to one analysis question, ranked by the labels."""

@@ -8,6 +8,8 @@ built only from the labels, so every target can be checked against them.
 
 Targets:
 - asr: ``<|lang|>`` + transcript (Qwen2-Audio's pretraining form); lid: the language's English name;
+- s2tt: a translation the source gives for the whole utterance (a sidecar's ``labels.translation``
+  ``{"zh": "…"}`` or a manifest column ``translation_zh``), into a language chosen per segment;
 - sound_events: the events' AudioSet names, strongest first; speaker: count and, for one voice, gender;
 - emotion; music: tempo, key, instruments, as far as labelled; timestamps: each event and speaker turn with
   its span; caption: one sentence composed from the labels.
@@ -29,7 +31,7 @@ from schemas.labels import Labels
 from schemas.segment import Segment
 
 TEMPLATES = Path(__file__).parent / "templates" / "pretrain.yaml"
-TASKS = ("asr", "lid", "sound_events", "speaker", "emotion", "music", "timestamps", "caption")
+TASKS = ("asr", "s2tt", "lid", "sound_events", "speaker", "emotion", "music", "timestamps", "caption")
 T = TypeVar("T")
 NON_SPEECH_EVENTS = "Speech"          # an event that only repeats what the transcript says
 
@@ -85,6 +87,27 @@ def asr_target(labels: Labels) -> tuple[str, list[str]] | str:
     if not t.language:
         return "no language"
     return f"<|{t.language}|>{t.text.strip()}", ["transcript"]
+
+
+def translations(seg: Segment) -> dict[str, str]:
+    """{language: text} a source gives for the segment, only when the segment is the whole utterance its
+    transcript came with (a manifest or sidecar transcript): a cut piece of a recording has no translation."""
+    t = seg.labels.transcript
+    if t is None or t.by != "manifest":
+        return {}
+    out = {k: v for k, v in (seg.extra.get("translation") or {}).items() if isinstance(v, str) and v.strip()}
+    for col, v in (seg.extra.get("manifest") or {}).items():
+        if col.startswith("translation_") and isinstance(v, str) and v.strip():
+            out.setdefault(col.removeprefix("translation_"), v)
+    return {k: v.strip() for k, v in out.items() if k and k != t.language}
+
+
+def s2tt_target(seg: Segment) -> tuple[str, list[str], str] | str:
+    found = translations(seg)
+    if not found:
+        return "no translation"
+    lang = choose(sorted(found), f"{seg.id}/s2tt")
+    return found[lang], ["transcript", "extra.translation"], lang
 
 
 def lid_target(labels: Labels) -> tuple[str, list[str]] | str:
@@ -202,15 +225,16 @@ def pretrain_examples(seg: Segment, templates: dict[str, tuple[Template, ...]] |
     templates = templates or load_templates()
     examples, rejects = [], []
     for task in tasks:
-        got = TARGETS[task](seg.labels)
+        got = s2tt_target(seg) if task == "s2tt" else TARGETS[task](seg.labels)
         if isinstance(got, str):
             rejects.append((task, got))
             continue
-        target, used = got
+        target, used = got[:2]
         tpl = choose(templates[task], f"{seg.id}/{task}")
+        prompt = tpl.text.format(language=language_name(got[2])) if task == "s2tt" else tpl.text
         examples.append(Example(
             id=example_id("pretrain", task, [seg.id], tpl.id), stage="pretrain", task=task,
-            audio=[AudioRef("audio0.flac", seg.id, seg.duration_s)], template=tpl.id, prompt=tpl.text,
+            audio=[AudioRef("audio0.flac", seg.id, seg.duration_s)], template=tpl.id, prompt=prompt,
             target=target, provenance={"segments": [seg.id], "labels_used": used,
                                        "license": [seg.source.license] if seg.source.license else []}))
     return examples, rejects

@@ -35,6 +35,9 @@ SENTENCES = {
 }
 
 
+TRANSLATION = "Le capitaine du port a compté sept bateaux avant l'arrivée de la tempête."
+
+
 def say(voice: str, text: str) -> np.ndarray:
     from processors.builders.chat import parse_voice, speak
 
@@ -46,7 +49,10 @@ def labelled(ray_cluster, tmp_path_factory):
     raw = tmp_path_factory.mktemp("raw")
     for name, (voice, lang, text) in SENTENCES.items():
         write(raw / f"{name}.wav", np.concatenate([silence(0.3), say(voice, text), silence(0.3)]))
-        (raw / f"{name}.json").write_text(json.dumps({"text": text, "language": lang}))
+        side = {"text": text, "language": lang}
+        if name == "a0":
+            side["labels"] = {"translation": {"fr": TRANSLATION}}
+        (raw / f"{name}.json").write_text(json.dumps(side))
     dialog = np.concatenate([say("flite:kal", "Did you bring the map for the hike?"), silence(0.4),
                              say("flite:rms", "Yes, and enough water for both of us.")])
     write(raw / "dialog.wav", dialog)
@@ -144,7 +150,7 @@ def test_build_writes_examples_that_agree_with_their_labels_and_train_all_trains
     assert len(examples) == len(index) == summary["examples"] == sum(s["samples"] for s in manifest["shards"])
     assert {r["key"] for r in index} == set(examples)
     stages_tasks = {(r["stage"], r["task"]) for r in index}
-    for need in [("pretrain", "asr"), ("pretrain", "lid"), ("pretrain", "caption"), ("pretrain", "sound_events"),
+    for need in [("pretrain", "asr"), ("pretrain", "s2tt"), ("pretrain", "lid"), ("pretrain", "caption"), ("pretrain", "sound_events"),
                  ("pretrain", "speaker"), ("pretrain", "music"), ("pretrain", "timestamps"), ("sft", "analysis"),
                  ("sft", "compare"), ("sft", "voice_chat"), ("dpo", "analysis"), ("dpo", "voice_chat")]:
         assert need in stages_tasks, need
@@ -163,6 +169,8 @@ def test_build_writes_examples_that_agree_with_their_labels_and_train_all_trains
             assert claims_ok(rec["target"], own), (rec["task"], rec["target"], own)
             if rec["task"] == "asr":
                 assert rec["target"] == f"<|{own['transcript']['language']}|>{own['transcript']['text'].strip()}"
+            if rec["task"] == "s2tt":
+                assert rec["target"] == TRANSLATION and "French" in rec["prompt"]
             if rec["task"] == "sound_events":
                 assert set(rec["target"].split(", ")) <= {e["label"] for e in own["events"]}
         elif rec["stage"] == "sft" and rec["task"] in ("analysis", "mixed_scene"):
@@ -170,7 +178,12 @@ def test_build_writes_examples_that_agree_with_their_labels_and_train_all_trains
         elif rec["stage"] == "dpo" and rec["task"] == "analysis":
             assert claims_ok(rec["chosen"], own) and not claims_ok(rec["rejected"], own), rec
         for used in rec["provenance"]["labels_used"]:
-            assert used.split(".")[0] in own, (used, own)
+            where, _, field = used.partition(".")
+            if where == "extra":                                   # a source's own field, as the segment holds it
+                record = labels[segs[0]]
+                assert field in record["extra"] or f"{field}_fr" in record["extra"].get("manifest", {}), used
+            else:
+                assert where in own, (used, own)
     kinds = {rec["rejected_kind"] for rec, _, _ in examples.values() if rec["stage"] == "dpo"}
     assert {"hallucinated_event", "wrong_language", "wrong_clip", "ignored_instruction"} <= kinds
     rejects = pq.read_table(out / "rejects.parquet").to_pylist()
@@ -338,3 +351,21 @@ def test_sampled_pairs_and_reworded_captions_come_from_local_checkpoints_and_are
             assert "composed" not in rec["provenance"]
     with pytest.raises(ConfigError, match="qwen2_audio"):
         _cfg(segments, tmp_path / "x", f"dpo.policy_dir={lm}")
+
+
+def test_shipped_config_holds_every_default_and_the_cli_reports_problems_with_exit_2(tmp_path):
+    import dataclasses
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    shipped = yaml.safe_load((root / "configs" / "build.yaml").read_text())
+    assert shipped == {k: v for k, v in dataclasses.asdict(BuildConfig()).items() if k not in ("inputs", "output")}
+    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "build", str(tmp_path / "none"), str(tmp_path / "o"),
+                          "tasks=[asr,poetry]", "--config", str(root / "configs" / "build.yaml")],
+                         capture_output=True, text=True, cwd=root)
+    assert out.returncode == 2 and "not a finished segments output" in out.stderr and "poetry" in out.stderr
+    assert not (tmp_path / "o").exists()

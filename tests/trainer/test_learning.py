@@ -7,7 +7,7 @@ import json
 import pytest
 
 from processors.tts import espeak
-from trainer.demo import WORDS, answer, build_language_id, train
+from pipelines.demo_train import WORDS, answer, build_language_id, train
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import torch
 
 from trainer.config import TrainConfig
 from trainer.recipe import run_stage
-from trainer.demo import build_language_id
+from pipelines.demo_train import build_language_id
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -6,11 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from processors.builders.analysis import answer
-from processors.builders.analysis import load_questions
-from processors.builders.chat import Voice, load_instructions, mix, mixed_scene, voice_chat
+from processors.builders.analysis import answer, load_questions
+from processors.builders.chat import Voice, layered_scene, load_instructions, mix, mixed_scene, voice_chat
 from schemas.labels import Event, Labels, Speakers
-from tests.factories import chord_music
+from tests.factories import chord_music, tts
 from tests.processors.builders.test_pretrain import seg
 
 
@@ -77,3 +76,18 @@ def test_a_mixed_scene_asks_about_the_scene_and_answers_from_its_labels(whisper)
     heard = whisper.transcribe([audio])[0].text.lower()
     assert set(ex.provenance["question"].lower().strip("?").split()[:3]) <= set(heard.replace("?", "").split()), heard
     assert mixed_scene(seg(Labels(), "seg-x"), chord_music(3.0), Voice()) is None
+
+
+def test_a_layered_scene_plays_sounds_and_talk_together_and_asks_about_both(whisper):
+    sound = seg(Labels(events=(Event("Dog", 0.9, "y"), Event("Bark", 0.7, "y"))), "seg-dog")
+    talk = seg(Labels(speakers=Speakers(2, "d"), events=(Event("Speech", 0.9, "y"),)), "seg-talk")
+    dog = chord_music(4.0, seed=5) * 0.1
+    voices = np.concatenate([tts("We should leave soon.", "en-us+m3"), tts("Yes, after lunch.", "en-us+f2")])
+    ex, (audio,) = layered_scene(sound, dog, talk, voices, Voice("espeak", "en-us", 150), snr_db=5.0)
+    assert ex.messages[0]["content"] == [{"type": "audio", "audio": 0}]
+    assert ex.messages[1]["content"][0]["text"] == "I can hear dog and bark, while 2 people are talking."
+    assert ex.provenance["segments"] == ["seg-dog", "seg-talk"] and len(audio) >= max(len(dog), len(voices))
+    heard = whisper.transcribe([audio])[0].text.lower()
+    assert "people" in heard or "voices" in heard, heard
+    assert layered_scene(talk, voices, talk, voices, Voice(), 5.0) is None          # no sound besides speech
+    assert layered_scene(sound, dog, sound, dog, Voice(), 5.0) is None              # nobody talking

@@ -14,8 +14,8 @@ SOURCE = Source("c", "file:///a.wav", "ab" * 32, "CC0-1.0", "train")
 EVENT_NAMES = ["Dog", "Bark", "Telephone", "Speech", "Music", "Piano", "Rain", "Silence", "Car"]
 
 
-def seg(labels: Labels, sid: str = "seg-1", dur: float = 8.0) -> Segment:
-    return Segment(id=sid, source=SOURCE, start_s=0.0, end_s=dur, kind="speech", labels=labels)
+def seg(labels: Labels, sid: str = "seg-1", dur: float = 8.0, extra: dict | None = None) -> Segment:
+    return Segment(id=sid, source=SOURCE, start_s=0.0, end_s=dur, kind="speech", labels=labels, extra=extra or {})
 
 
 def test_every_task_has_templates_with_versioned_ids_and_the_choice_is_stable():
@@ -24,7 +24,8 @@ def test_every_task_has_templates_with_versioned_ids_and_the_choice_is_stable():
         ids = [t.id for t in templates[task]]
         assert len(ids) >= 3 and len(set(ids)) == len(ids)
         assert all(re.fullmatch(rf"{task}\.v1\.\d+", i) for i in ids)
-        assert all(t.text.strip() and "{" not in t.text for t in templates[task])
+        assert all(t.text.strip() and ("{" not in t.text or task == "s2tt") for t in templates[task])
+    assert all(t.text.format(language="French") != t.text for t in templates["s2tt"])
     picks = {choose(templates["asr"], f"seg-{i}/asr").id for i in range(200)}
     assert picks == {t.id for t in templates["asr"]}                       # every paraphrase gets used
     assert [choose(templates["asr"], f"seg-{i}/asr") for i in range(50)] == \
@@ -37,9 +38,11 @@ def test_a_fully_labelled_segment_gives_every_task_with_its_target():
                     events=(Event("Speech", 0.9, "y"), Event("Dog", 0.6, "y", 4.0, 5.5)),
                     paralinguistic=Paralinguistic("z", gender="male", emotion="happy"),
                     music=Music("m", tempo_bpm=119.7, key="A minor", instruments=("Piano",)))
-    examples, rejects = pretrain_examples(seg(labels))
+    examples, rejects = pretrain_examples(seg(labels, extra={"translation": {"de": "er hoffte auf Eintopf"}}))
     got = {e.task: e.target for e in examples}
     assert rejects == []
+    s2tt = next(e for e in examples if e.task == "s2tt")
+    assert s2tt.target == "er hoffte auf Eintopf" and "German" in s2tt.prompt
     assert got["asr"] == "<|en|>he hoped there would be stew" and got["lid"] == "English"
     assert got["sound_events"] == "Speech, Dog" and got["speaker"] == "One speaker, male."
     assert got["emotion"] == "Happy." and got["music"] == "Tempo about 120 BPM; key A minor; instruments: Piano."
@@ -50,10 +53,21 @@ def test_a_fully_labelled_segment_gives_every_task_with_its_target():
         assert e.provenance["license"] == ["CC0-1.0"] and e.template.startswith(e.task + ".v1.")
 
 
+def test_a_translation_is_used_only_for_the_whole_utterance_it_came_with():
+    manifest = Transcript("good morning", "manifest", language="en")
+    cols = {"manifest": {"translation_fr": "bonjour", "speaker_age": "40"}}
+    examples, _ = pretrain_examples(seg(Labels(transcript=manifest), extra=cols), tasks=("s2tt",))
+    assert [(e.target, e.provenance["labels_used"]) for e in examples] == [("bonjour", ["transcript", "extra.translation"])]
+    asr = Transcript("good morning", "whisper-base@ct2", language="en")              # a piece cut by VAD
+    assert pretrain_examples(seg(Labels(transcript=asr), extra=cols), tasks=("s2tt",)) == ([], [("s2tt", "no translation")])
+    same = {"translation": {"en": "good morning"}}                                   # not a translation
+    assert pretrain_examples(seg(Labels(transcript=manifest), extra=same), tasks=("s2tt",))[0] == []
+
+
 def test_a_segment_without_labels_gives_a_reason_per_task():
     examples, rejects = pretrain_examples(seg(Labels()))
     assert examples == [] and dict(rejects) == {
-        "asr": "no transcript", "lid": "no language", "sound_events": "no events", "speaker": "no speakers",
+        "asr": "no transcript", "s2tt": "no translation", "lid": "no language", "sound_events": "no events", "speaker": "no speakers",
         "emotion": "no emotion label", "music": "no music label", "timestamps": "no timed labels",
         "caption": "no labels to describe"}
 

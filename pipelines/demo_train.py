@@ -1,6 +1,6 @@
 """The training demo: spoken-language ID learned from raw TTS audio, pretrain → SFT → DPO on Ray Train.
 
-    python -m trainer.demo OUTPUT_DIR [--scale S] [--launcher ray|local]
+    python -m pipelines.demo_train OUTPUT_DIR [--scale S] [--launcher ray|local]
 
 Builds an example set whose answers are checkable (which of four languages a single espeak-ng word is
 spoken in, several voices per language; held-out words in ``<stage>/eval``), trains the ``tiny`` preset
@@ -108,7 +108,7 @@ def train(examples: Path, out: Path, launcher: str = "ray", scale: float = 1.0) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m trainer.demo", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pipelines.demo_train", description=__doc__.split("\n\n")[0])
     ap.add_argument("output", type=Path)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the steps of every stage")
     ap.add_argument("--launcher", choices=("ray", "local"), default="ray")
