@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.config import PREFIX_RE, config_hash, name_problems, positive, show
+from pipelines.curate import job_config
 from pipelines.label import input_units
 from pipelines.output import Output, OutputConflict, OutputError
 from pipelines.passes import _exists, read_rows, write_rows
@@ -254,7 +255,7 @@ def run(cfg: BuildConfig) -> dict[str, Any]:
                             parent_version=",".join(f"{m.name}@{m.version}" for m in parents), config_hash=digest,
                             summary={k: v for k, v in summary.items() if k not in TIMING_KEYS},
                             shards=tuple(ShardEntry(s.name, s.bytes, s.samples, s.sha256) for s in shards))
-        _commit(out, index, rejects, manifest, cfg.keep_work)
+        _commit(out, index, rejects, manifest, cfg.keep_work, job_config(cfg))
     _print(summary)
     return summary
 
@@ -345,7 +346,8 @@ def _pack(out: Output, rows: list[tuple[str, ExampleRow]], shards: ExampleShards
     return [results[p.name] for p in plans]
 
 
-def _commit(out: Output, index: list[ExampleIndexRow], rejects: list[Reject], manifest: Manifest, keep_work: bool) -> None:
+def _commit(out: Output, index: list[ExampleIndexRow], rejects: list[Reject], manifest: Manifest, keep_work: bool,
+            config: dict[str, Any]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -360,6 +362,9 @@ def _commit(out: Output, index: list[ExampleIndexRow], rejects: list[Reject], ma
     reject_rows = sorted((r.to_row() for r in rejects), key=lambda r: (r["uri"], r["stage"], r["reason"], r["detail"]))
     atomic_write(out.join("index.parquet"), parquet([arrow.to_row(r) for r in index], EXAMPLE_INDEX_SCHEMA))
     atomic_write(out.join("rejects.parquet"), parquet(reject_rows, REJECTS_SCHEMA))
+    from pipelines.card import write_card
+
+    write_card(out.url, manifest, config)
     write_manifest(out.url, manifest)
     if not keep_work:
         out.remove_work()

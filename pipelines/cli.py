@@ -3,10 +3,17 @@
     audiomill curate INPUT... OUTPUT_DIR [--config FILE] [--address ADDR] [key=value ...]
     audiomill label SEGMENTS_DIR OUTPUT_DIR [--config FILE] [--address ADDR] [key=value ...]
     audiomill build SEGMENTS_DIR... OUTPUT_DIR [--config FILE] [--address ADDR] [key=value ...]
+    audiomill publish OUTPUT_DIR REGISTRY [--name NAME]
+    audiomill versions REGISTRY [NAME]
+    audiomill verify REGISTRY NAME@VERSION
+    audiomill diff A B [--registry REGISTRY]            (A, B: NAME@VERSION or an output folder)
+    audiomill lineage NAME@VERSION [KEY] --registry REGISTRY
+    audiomill export VERSION_OR_DIR ms-swift|llama-factory|hf OUT [--registry REGISTRY]
+    audiomill gc REGISTRY NAME@VERSION
     audiomill train EXAMPLES_DIR OUTPUT_DIR stage=pretrain|sft|dpo [--config FILE] [key=value ...]
     audiomill train-all EXAMPLES_DIR OUTPUT_DIR [--config FILE] [key=value ...]
 
-Exit codes: 0 done; 2 bad command line, config or OUTPUT_DIR; 3 stopped by the error budget; 4 a file
+Exit codes: 0 done; 1 verify found problems; 2 bad command line, config or OUTPUT_DIR; 3 stopped by the error budget; 4 a file
 system error (disk full, read-only); 5 workers kept dying; 130 interrupted.
 """
 
@@ -209,6 +216,61 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _versions_cmd(args: argparse.Namespace) -> int:
+    """publish, versions, verify, diff, lineage, export, gc: one line of error on failure, exit 2."""
+    import json
+
+    from pipelines.registry import Registry, RegistryError
+
+    if getattr(args, "registry", None) is None and args.command in ("lineage", "diff", "export"):
+        args.registry = os.environ.get("AUDIOMILL_REGISTRY") or None
+    if args.command == "lineage" and not args.registry:
+        return _fail(args.command, "give the registry: --registry REGISTRY or AUDIOMILL_REGISTRY", EXIT_USAGE)
+    try:
+        if args.command == "publish":
+            v, new = Registry(args.registry).publish(args.output, args.name or "")
+            print(f"{'published' if new else 'already published'} {v.ref} ({v.layer}, {len(v.files)} files)")
+            print(f"card: {Registry(args.registry).url_of(v.name, v.data, 'README.md')}")
+        elif args.command == "versions":
+            for v in Registry(args.registry).versions(args.name):
+                print(f"{v.ref:<48}{v.layer:<10}{v.created}  parents: {', '.join(v.parents) or '-'}")
+        elif args.command == "verify":
+            from pipelines.versions import verify
+
+            problems = verify(args.registry, args.ref)
+            for p in problems:
+                print(f"  - {p}")
+            print(f"{args.ref}: {'OK' if not problems else f'{len(problems)} problems'}")
+            return 1 if problems else 0
+        elif args.command == "diff":
+            from pipelines.versions import diff
+
+            d = diff(args.a, args.b, args.registry)
+            print(f"{args.a} → {args.b}: {len(d['added'])} added, {len(d['removed'])} removed, {len(d['changed'])} changed")
+            for what in ("added", "removed", "changed"):
+                for key in d[what][:20]:
+                    print(f"  {what:<8}{key}")
+            for by, rows in d["hours"].items():
+                print(f"hours by {by}:")
+                for k, h in rows.items():
+                    print(f"  {k:<32}{h['a']:>10.4f}{h['b']:>10.4f}{h['change']:>+10.4f}")
+        elif args.command == "lineage":
+            from pipelines.versions import lineage
+
+            print(json.dumps(lineage(args.registry, args.ref, args.key), indent=2, ensure_ascii=False, default=str))
+        elif args.command == "export":
+            from pipelines.export import export
+
+            for line in export(args.source, args.format, args.out, args.registry):
+                print(line)
+        elif args.command == "gc":
+            Registry(args.registry).gc(args.ref)
+            print(f"deleted {args.ref}")
+    except (RegistryError, ValueError, FileNotFoundError) as e:
+        return _fail(args.command, str(e), EXIT_USAGE)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="audiomill", description="Audio-language training data, curated.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -230,6 +292,35 @@ def build_parser() -> argparse.ArgumentParser:
     bld.add_argument("--config", help="YAML config file (see configs/build.yaml)")
     bld.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
     bld.set_defaults(func=_build)
+    reg_help = "registry folder (any fsspec URL); default $AUDIOMILL_REGISTRY"
+    pub = sub.add_parser("publish", help="make a finished output an immutable version NAME@<content hash>")
+    pub.add_argument("output")
+    pub.add_argument("registry")
+    pub.add_argument("--name", help="version name (default: the output's name)")
+    ver = sub.add_parser("versions", help="list the versions in a registry")
+    ver.add_argument("registry")
+    ver.add_argument("name", nargs="?")
+    vfy = sub.add_parser("verify", help="check a version's files, sample counts and index (exit 1 on problems)")
+    vfy.add_argument("registry")
+    vfy.add_argument("ref", metavar="NAME@VERSION")
+    dif = sub.add_parser("diff", help="samples added, removed and changed between two versions or outputs")
+    dif.add_argument("a")
+    dif.add_argument("b")
+    dif.add_argument("--registry", help=reg_help)
+    lin = sub.add_parser("lineage", help="trace a version (and a sample) back to raw files and configs")
+    lin.add_argument("ref", metavar="NAME@VERSION")
+    lin.add_argument("key", nargs="?")
+    lin.add_argument("--registry", help=reg_help)
+    exp = sub.add_parser("export", help="write a version or output as ms-swift, LLaMA-Factory or HF datasets files")
+    exp.add_argument("source", metavar="VERSION_OR_DIR")
+    exp.add_argument("format", choices=["ms-swift", "llama-factory", "hf"])
+    exp.add_argument("out")
+    exp.add_argument("--registry", help=reg_help)
+    gc = sub.add_parser("gc", help="delete a version no other version names as a parent")
+    gc.add_argument("registry")
+    gc.add_argument("ref", metavar="NAME@VERSION")
+    for p in (pub, ver, vfy, dif, lin, exp, gc):
+        p.set_defaults(func=_versions_cmd, words=[])
     for name, help_text in [("train", "train one stage (stage=pretrain|sft|dpo) on example shards"),
                             ("train-all", "pretrain → SFT → DPO on example shards")]:
         tr = sub.add_parser(name, help=help_text,
@@ -244,8 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     unknown = [r for r in rest if r.startswith("-")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown or (rest and args.func is _versions_cmd):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.words = list(args.words) + rest         # key=value words may also follow --config FILE
     return args.func(args)
 

@@ -396,7 +396,7 @@ class _Job:
             config_hash=config_hash(c, exclude=("output", "ray", "keep_work", "lock_stale_s")),
             summary={k: v for k, v in summary.items() if k not in TIMING_KEYS},
             shards=tuple(ShardEntry(s.name, s.bytes, s.samples, s.sha256) for s in shards))
-        self.passes.commit(shards, rejects, manifest, c.keep_work)
+        self.passes.commit(shards, rejects, manifest, c.keep_work, job_config(c))
 
     def _summary(self, units: list[UnitResult], rejects: list[Reject], shards: list[ShardResult],
                  counts: MergeCounts, t_ray: float) -> dict[str, Any]:
@@ -424,6 +424,14 @@ class _Job:
             "audio_seconds_per_wall_second": round(decoded / wall, 2) if wall > 0 else 0.0,
             "job_seconds": round(time.monotonic() - t_ray, 2),
         }
+
+
+def job_config(cfg: Any) -> dict[str, Any]:
+    """The configuration as it made the output (without where it ran or wrote), for config.json: the same
+    for the same inputs and settings, like everything else in the output."""
+    from pipelines.config import to_dict
+
+    return {k: v for k, v in to_dict(cfg).items() if k not in ("output", "ray", "keep_work", "lock_stale_s")}
 
 
 TIMING_KEYS = ("wall_seconds", "audio_seconds_per_wall_second", "job_seconds", "stage_seconds")

@@ -1,7 +1,8 @@
 """``make demo``: build a small corpus with known ground truth from packaged real audio and TTS (no
 downloads), curate and label it on an embedded local Ray, build pretrain / SFT / DPO examples from it, and
 close the loop once: a short SFT run, DPO pairs mined from that policy's sampled replies, and a short DPO
-run on them. Prints the summaries, the examples per stage and task, and one rendered example of each.
+run on them; then publish the segments and the examples as versions in a local registry. Prints the
+summaries, the examples per stage and task, one rendered example of each, and each version with its card.
 
     python -m pipelines.demo OUT_DIR [key=value ...]
 
@@ -173,7 +174,22 @@ def main(argv: list[str] | None = None) -> int:
     examples = _build(root / "examples", out)
     show_examples(examples)
     _loop(root, examples, out)
+    _publish(root, [out, examples])
     return 0
+
+
+def _publish(root: Path, outputs: list[Path]) -> None:
+    """Publish the demo's segments and examples as versions in a local registry."""
+    from pipelines.registry import Registry
+
+    reg = Registry(str(root / "registry"))
+    print(f"\n[audiomill] publish to {reg.url}")
+    for out in outputs:
+        v, new = reg.publish(str(out))
+        card = reg.url_of(v.name, v.data, "README.md")
+        print(f"  {v.ref:<44}{'new' if new else 'already published'}; parents: {', '.join(v.parents) or '-'}")
+        print(f"    card: {card}")
+        print(f"    page: {reg.url_of(v.name, v.data, 'index.html')}")
 
 
 def _build(dest: Path, segments: Path, *overrides: str) -> Path:

@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Any
 
 from pipelines.config import PREFIX_RE, ShardConfig, config_hash, name_problems, positive, show
-from pipelines.curate import TIMING_KEYS
+from pipelines.curate import TIMING_KEYS, job_config
 from pipelines.output import Output, OutputConflict, OutputError
 from pipelines.passes import SegmentPasses
 from pipelines.progress import Progress
@@ -126,7 +126,7 @@ def run(cfg: LabelConfig) -> dict[str, Any]:
                             parent_version=f"{parent.name}@{parent.version}", config_hash=digest,
                             summary={k: v for k, v in summary.items() if k not in TIMING_KEYS},
                             shards=tuple(ShardEntry(x.name, x.bytes, x.samples, x.sha256) for x in shards))
-        passes.commit(shards, carried + rejects, manifest, cfg.keep_work)
+        passes.commit(shards, carried + rejects, manifest, cfg.keep_work, job_config(cfg))
     print("\n".join(f"{k:<24}{v}" for k, v in summary.items()), flush=True)
     return summary
 

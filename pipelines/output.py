@@ -28,7 +28,8 @@ WORK = "_work"
 LOCK = ".audiomill-lock"
 CLAIM = "claim.json"
 WRITER = "audiomill"
-TOP_FILES = ("index.parquet", "rejects.parquet", "manifest.json", "README.md", LOCK)
+TOP_FILES = ("index.parquet", "rejects.parquet", "manifest.json", "README.md", "config.json", "index.html", LOCK)
+PLOTS = "plots"
 WORK_DIRS = {"units": r"[0-9a-f]+\.arrow", "parts": r"[0-9a-f]+\.tar", "labels": r"[0-9a-f]+\.arrow",
              "speakers": r"[0-9a-f]+\.arrow", "examples": r"[0-9a-f]+\.(tar|arrow)"}
 
@@ -100,6 +101,8 @@ class Output:
             full = posixpath.join(self.path, entry)
             if entry == WORK and self.fs.isdir(full):
                 foreign += [f"{WORK}/{e}" for e in self._foreign_work(full)]
+            elif entry == PLOTS and self.fs.isdir(full):
+                foreign += [f"{PLOTS}/{e}" for e in self._names(full) if not re.fullmatch(r"[a-z_]+\.png" + "(" + re.escape(TMP_MARK) + r"[0-9a-f]+)?", e)]
             elif entry in self.stage_dirs and self.fs.isdir(full):
                 foreign += [f"{entry}/{e}" for e in self._foreign_stage(full)]
             elif not (self.shard_re.fullmatch(entry) or self.top_re.fullmatch(entry)) or self.fs.isdir(full):

@@ -172,7 +172,8 @@ class SegmentPasses:
 
     # ---- commit --------------------------------------------------------------------------------------
 
-    def commit(self, shards: list[ShardResult], rejects: list[Reject], manifest: Manifest, keep_work: bool) -> None:
+    def commit(self, shards: list[ShardResult], rejects: list[Reject], manifest: Manifest, keep_work: bool,
+               config: dict[str, Any] | None = None) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -187,6 +188,9 @@ class SegmentPasses:
         reject_rows = sorted((r.to_row() for r in rejects), key=lambda r: (r["uri"], r["stage"], r["reason"], r["detail"]))
         atomic_write(self.out.join("index.parquet"), parquet(index, INDEX_SCHEMA))
         atomic_write(self.out.join("rejects.parquet"), parquet(reject_rows, REJECTS_SCHEMA))
+        from pipelines.card import write_card
+
+        write_card(self.out.url, manifest, config)
         write_manifest(self.out.url, manifest)
         if not keep_work:
             self.out.remove_work()

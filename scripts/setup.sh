@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(ffmpeg libsndfile1 sox flac espeak-ng flite fluidsynth fluid-soundfont-gm
+APT_PACKAGES=(ffmpeg libsndfile1 sox flac espeak-ng flite chromium fluidsynth fluid-soundfont-gm
               alsa-utils sound-theme-freedesktop klettres-data ktuberling-data)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

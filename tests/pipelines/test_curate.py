@@ -268,7 +268,9 @@ def test_an_input_replaced_after_a_kill_is_redone(ray_cluster, resume_corpus, tm
 def _assert_same_tree(a: Path, b: Path, ignore=frozenset()):
     names = sorted(p.name for p in a.iterdir() if p.name not in ignore)
     assert names == sorted(p.name for p in b.iterdir() if p.name not in ignore)
-    _, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
+    for d in [n for n in names if (a / n).is_dir()]:
+        _assert_same_tree(a / d, b / d)
+    _, mismatch, errors = filecmp.cmpfiles(a, b, [n for n in names if not (a / n).is_dir()], shallow=False)
     assert not mismatch and not errors, mismatch
 
 

@@ -1,0 +1,116 @@
+"""Writes what every output directory holds beside its data for people: ``config.json`` (the job's whole
+configuration, for lineage), ``README.md`` (the dataset card), ``plots/*.png`` and ``index.html``. Jobs call
+``write_card`` in their commit, before ``manifest.json``; ``audiomill publish`` copies them with the data."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+
+from processors.builders.pretrain import stable_hash
+from processors.card import browse_html, card_markdown, card_plots
+from schemas.files import atomic_write
+from schemas.manifest import Manifest
+
+BROWSE_SEGMENTS = 16
+BROWSE_PER_TASK = 2
+
+
+def read_table(url: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    with fsspec.open(url, "rb") as f:
+        return pq.read_table(f).to_pylist()
+
+
+def read_at(url: str, offset: int, size: int) -> dict[str, bytes]:
+    from processors.shards import read_sample
+
+    with fsspec.open(url, "rb") as f:
+        return dict(read_sample(f, offset, size)[1])
+
+
+def browse_items(out: str, layer: str, index: list[dict]) -> Iterator[tuple[dict, dict]]:
+    """(browse item, record) for a stable sample: segments by hash of key, examples a few per stage/task."""
+    if layer == "segments":
+        rows = sorted(index, key=lambda r: stable_hash(f"browse/{r['key']}"))[:BROWSE_SEGMENTS]
+    else:
+        seen: dict[tuple, int] = {}
+        rows = []
+        for r in sorted(index, key=lambda r: r["key"]):
+            k = (r["stage"], r["task"])
+            if seen.get(k, 0) < BROWSE_PER_TASK:
+                seen[k] = seen.get(k, 0) + 1
+                rows.append(r)
+    for r in rows:
+        members = read_at(posixpath.join(out, r["shard"]), r["offset"], r["size"])
+        rec = json.loads(members["json"])
+        if layer == "segments":
+            labels = rec.get("labels", {})
+            item = {"key": r["key"], "audios": [("audio/flac", members["flac"])],
+                    "fields": {"kind": rec["kind"], "source": rec["source"]["uri"], "seconds": f"{rec['start_s']}–{rec['end_s']}",
+                               "transcript": labels.get("transcript", {}).get("text", ""),
+                               **{k: v for k, v in labels.items() if k not in ("transcript",)}}}
+            if "speakers" in item["fields"]:
+                item["fields"]["speakers"] = {k: v for k, v in item["fields"]["speakers"].items() if k != "embedding"}
+        else:
+            item = {"key": r["key"], "audios": [("audio/flac", members[a["member"]]) for a in rec["audio"]],
+                    "fields": {"stage": rec["stage"], "task": rec["task"], "template": rec["template"],
+                               "segments": rec["provenance"].get("segments", []),
+                               "labels used": rec["provenance"].get("labels_used", [])},
+                    "turns": _turns(rec)}
+            if rec["stage"] == "dpo":
+                item.update(chosen=rec["chosen"], rejected=rec["rejected"], rejected_kind=rec["rejected_kind"])
+        yield item, rec
+
+
+def _turns(rec: dict) -> list[tuple[str, str]]:
+    if rec["stage"] == "pretrain":
+        return [("prompt", "[audio] " + rec["prompt"]), ("target", rec["target"])]
+    out = []
+    for m in rec["messages"]:
+        text = " ".join("[audio]" if c["type"] == "audio" else c["text"] for c in m["content"])
+        out.append((m["role"], text))
+    return out
+
+
+def _models(rec: dict) -> set[str]:
+    out = set()
+    for v in (rec.get("labels") or {}).values():
+        for label in v if isinstance(v, list) else [v]:
+            if isinstance(label, dict) and label.get("by") and label["by"] != "manifest" and not label["by"].startswith("audiomill"):
+                out.add(label["by"])
+            if isinstance(label, dict) and label.get("dnsmos_by"):
+                out.add(label["dnsmos_by"])
+    return out
+
+
+def write_card(out: str, manifest: Manifest, config: dict[str, Any] | None = None) -> None:
+    """config.json, README.md, plots/ and index.html of the output at ``out`` (index and rejects written)."""
+    if config is not None:
+        atomic_write(posixpath.join(out, "config.json"),
+                     (json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n").encode())
+    index = read_table(posixpath.join(out, "index.parquet"))
+    rejects = read_table(posixpath.join(out, "rejects.parquet"))
+    m = manifest.to_dict()
+    items, models = [], set()
+    for item, rec in browse_items(out, manifest.layer, index):
+        items.append(item)
+        models |= _models(rec)
+    lic = None
+    if manifest.layer == "examples":               # the licenses of the corpora the examples were built from
+        from processors.card import licenses
+
+        rows = [r for url in (config or {}).get("inputs", []) for r in read_table(posixpath.join(url, "index.parquet"))]
+        lic = licenses(rows)
+    plots = card_plots(m, index, rejects)
+    for name, data in plots.items():
+        atomic_write(posixpath.join(out, name), data)
+    text = card_markdown(m, index, rejects, sorted(plots), lic, sorted(models))
+    atomic_write(posixpath.join(out, "README.md"), text.encode())
+    atomic_write(posixpath.join(out, "index.html"),
+                 browse_html(f"{manifest.name} {manifest.version} ({manifest.layer})", items).encode())
