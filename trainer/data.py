@@ -143,24 +143,26 @@ class TooMuchBadData(RuntimeError):
 
 
 def decode_sample(sample: dict[str, Any]) -> tuple[Example, list[np.ndarray]]:
-    """A webdataset sample (``json`` + ``audio{i}.flac`` bytes) → the example and its 16 kHz audios."""
+    """A webdataset sample (``json`` + ``audio{i}.flac`` bytes) → the example and its 16 kHz audios. An error
+    names the shard and the sample."""
+    shard = f"{sample['__url__']}: " if sample.get("__url__") else ""
     try:
         ex = Example.from_json(sample["json"])
     except KeyError:
-        raise DataError(f"{sample.get('__key__', '?')}: no json member") from None
+        raise DataError(f"{shard}{sample.get('__key__', '?')}: no json member") from None
     except (ValueError, TypeError) as e:        # json.JSONDecodeError is a ValueError
-        raise DataError(f"{sample.get('__key__', '?')}: bad example record: {e}") from None
+        raise DataError(f"{shard}{sample.get('__key__', '?')}: bad example record: {e}") from None
     audios = []
     for ref in ex.audio:
         ext = ref.member
         if ext not in sample:
-            raise DataError(f"{ex.id}: member {ext} missing")
+            raise DataError(f"{shard}{ex.id}: member {ext} missing")
         try:
             x, sr = sf.read(io.BytesIO(sample[ext]), dtype="float32")
         except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-            raise DataError(f"{ex.id}: {ext} is not readable audio: {e}") from None
+            raise DataError(f"{shard}{ex.id}: {ext} is not readable audio ({type(e).__name__})") from None
         if sr != 16000 or x.ndim != 1:
-            raise DataError(f"{ex.id}: {ext} is not 16 kHz mono")
+            raise DataError(f"{shard}{ex.id}: {ext} is not 16 kHz mono")
         audios.append(x)
     return ex, audios
 

@@ -65,6 +65,12 @@ def test_verify_and_the_trainer_find_a_corrupted_shard(outputs, tmp_path):
     out = subprocess.run([sys.executable, "-m", "pipelines.cli", "verify", reg.url, e.ref], capture_output=True,
                          text=True, cwd=ROOT)
     assert out.returncode == 1 and "sft/examples-000000.tar: sha256" in out.stdout and "1 problems" in out.stdout
+    from trainer.data import SkipCounter, read_all
+
+    errors = SkipCounter(max_fraction=1.0)
+    read = list(read_all([str(shard)], errors))
+    assert errors.skipped >= 1 and len(read) + errors.skipped >= 1
+    assert str(shard) in errors.errors[0]            # the message names the shard
 
 
 KILLER = textwrap.dedent("""
