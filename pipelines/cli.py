@@ -10,6 +10,7 @@
     audiomill lineage NAME@VERSION [KEY] --registry REGISTRY
     audiomill export VERSION_OR_DIR ms-swift|llama-factory|hf OUT [--registry REGISTRY]
     audiomill gc REGISTRY NAME@VERSION
+    audiomill eval CHECKPOINT EXAMPLES_OR_VERSION [--before CHECKPOINT] [--registry REGISTRY]
     audiomill train EXAMPLES_DIR OUTPUT_DIR stage=pretrain|sft|dpo [--config FILE] [key=value ...]
     audiomill train-all EXAMPLES_DIR OUTPUT_DIR [--config FILE] [key=value ...]
 
@@ -222,7 +223,7 @@ def _versions_cmd(args: argparse.Namespace) -> int:
 
     from pipelines.registry import Registry, RegistryError
 
-    if getattr(args, "registry", None) is None and args.command in ("lineage", "diff", "export"):
+    if getattr(args, "registry", None) is None and args.command in ("lineage", "diff", "export", "eval"):
         args.registry = os.environ.get("AUDIOMILL_REGISTRY") or None
     if args.command == "lineage" and not args.registry:
         return _fail(args.command, "give the registry: --registry REGISTRY or AUDIOMILL_REGISTRY", EXIT_USAGE)
@@ -263,6 +264,18 @@ def _versions_cmd(args: argparse.Namespace) -> int:
 
             for line in export(args.source, args.format, args.out, args.registry):
                 print(line)
+        elif args.command == "eval":
+            import json
+
+            from pipelines.evaluate import evaluate_checkpoint, table
+
+            rows = evaluate_checkpoint(args.checkpoint, args.examples, args.before, args.max_examples, args.registry)
+            if not rows:
+                raise ValueError(f"{args.examples} has no held-out sets (<stage>/eval/) to score on")
+            print(table(rows))
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(rows, f, indent=2)
         elif args.command == "gc":
             Registry(args.registry).gc(args.ref)
             print(f"deleted {args.ref}")
@@ -319,7 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
     gc = sub.add_parser("gc", help="delete a version no other version names as a parent")
     gc.add_argument("registry")
     gc.add_argument("ref", metavar="NAME@VERSION")
-    for p in (pub, ver, vfy, dif, lin, exp, gc):
+    ev = sub.add_parser("eval", help="score a checkpoint on held-out examples per task, beside chance and a 'before'")
+    ev.add_argument("checkpoint")
+    ev.add_argument("examples", metavar="EXAMPLES_OR_VERSION")
+    ev.add_argument("--before", help="the checkpoint before the stage (also the reference for DPO reward accuracy)")
+    ev.add_argument("--max-examples", type=int, default=200)
+    ev.add_argument("--json", help="also write the rows to this file")
+    ev.add_argument("--registry", help=reg_help)
+    for p in (pub, ver, vfy, dif, lin, exp, gc, ev):
         p.set_defaults(func=_versions_cmd, words=[])
     for name, help_text in [("train", "train one stage (stage=pretrain|sft|dpo) on example shards"),
                             ("train-all", "pretrain → SFT → DPO on example shards")]:

@@ -369,3 +369,27 @@ def test_shipped_config_holds_every_default_and_the_cli_reports_problems_with_ex
                          capture_output=True, text=True, cwd=root)
     assert out.returncode == 2 and "not a finished segments output" in out.stderr and "poetry" in out.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_scores_a_checkpoint_per_held_out_task_beside_chance_and_before(labelled, tmp_path):
+    from collections import Counter
+
+    from pipelines.evaluate import evaluate_checkpoint, table
+
+    _, segments = labelled
+    out = tmp_path / "examples"
+    run(_cfg(segments, out, "sft.mixed_scene=0"))
+    policy, _ = tiny_models(tmp_path)
+    rows = evaluate_checkpoint(str(policy), str(out), before=str(policy))
+    held = Counter((r["stage"], r["task"]) for r in pq.read_table(out / "index.parquet").to_pylist()
+                   if r["split"] == "eval")
+    scored = {(r["stage"], r["task"]): r for r in rows}
+    assert {k for k in held if k[0] != "dpo"} == {k for k in scored if k[0] != "dpo"}
+    for (stage, task), r in scored.items():
+        if stage != "dpo":
+            assert r["n"] == held[(stage, task)] and r["before"] == r["value"]      # the same model before and after
+            assert (r["metric"] == "wer") == (task in ("asr", "s2tt")) and (r["chance"] is None or 0 < r["chance"] <= 1)
+    pairs = scored[("dpo", "pairs")]
+    assert pairs["n"] == sum(n for (s, _), n in held.items() if s == "dpo")
+    assert pairs["value"] == 0.0            # against itself as the reference no pair can be preferred
+    assert "Foundation: spoken language identification" in table(rows)

@@ -1,0 +1,87 @@
+"""``audiomill eval CHECKPOINT EXAMPLES_OR_VERSION [--before CHECKPOINT]``: score a checkpoint on the held-out
+examples of every stage with label-grounded metrics (the trainer's own: WER for transcription, exact-match
+accuracy beside its chance level for the rest, reward accuracy on held-out DPO pairs), beside the scores of
+the checkpoint before the stage when one is given. Tasks are named after AIR-Bench's foundation and chat
+categories where they match (the benchmark of the Qwen2-Audio report).
+
+    rows = evaluate_checkpoint("train/dpo/final", "examples/", before="train/sft/final")
+    print(table(rows))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from schemas.example import STAGES
+
+AIR_BENCH = {
+    "lid": "Foundation: spoken language identification",
+    "speaker": "Foundation: speaker number verification (+ gender)",
+    "emotion": "Foundation: emotion recognition",
+    "sound_events": "Foundation: vocal sound / acoustic scene classification",
+    "music": "Foundation: music QA",
+    "asr": "ASR (WER)",
+    "s2tt": "Speech translation",
+    "caption": "Audio captioning",
+    "timestamps": "Foundation: speech / audio grounding",
+    "analysis": "Chat: speech, sound and music",
+    "compare": "Chat: mixed audio (two clips)",
+    "voice_chat": "Chat: speech (spoken instruction)",
+    "mixed_scene": "Chat: mixed audio",
+}
+
+
+def _score(cfg, path: str, ref_path: str | None) -> dict[str, Any]:
+    import torch
+
+    from trainer.model import load_pretrained
+    from trainer.recipe import evaluate
+
+    model, processor = load_pretrained(path)
+    ref = load_pretrained(ref_path)[0].eval() if cfg.stage == "dpo" and ref_path else None
+    if cfg.stage == "dpo" and ref is None:
+        return {"note": "reward accuracy needs the reference (--before)"}
+    return evaluate(cfg, model.to(torch.device("cpu")), ref, processor, torch.device("cpu"))
+
+
+def evaluate_checkpoint(checkpoint: str, examples: str, before: str | None = None,
+                        max_examples: int = 200, registry: str | None = None) -> list[dict[str, Any]]:
+    """One row per (stage, task) with a held-out set: metric, value, chance, and the value before."""
+    from pipelines.versions import resolve
+    from trainer.config import TrainConfig
+    from trainer.recipe import stage_shards
+
+    root, _ = resolve(examples, registry)
+    rows = []
+    for stage in STAGES:
+        if not stage_shards(root, stage, held_out=True):
+            continue
+        cfg = dataclasses.replace(TrainConfig(examples=root, output="", stage=stage), eval_max_examples=max_examples,
+                                  eval_holdout=0.0)
+        after = _score(cfg, checkpoint, before)
+        prior = _score(cfg, before, before) if before and stage != "dpo" else {}
+        if stage == "dpo":
+            if "reward_accuracy" in after:
+                rows.append({"stage": stage, "task": "pairs", "category": "Preference (held-out DPO pairs)",
+                             "metric": "reward accuracy", "value": after["reward_accuracy"], "chance": 0.5,
+                             "before": None, "n": after["examples"]})
+            continue
+        for task, r in sorted(after.get("tasks", {}).items()):
+            metric = "wer" if "wer" in r else "accuracy"
+            b = prior.get("tasks", {}).get(task, {}).get(metric)
+            rows.append({"stage": stage, "task": task, "category": AIR_BENCH.get(task, task), "metric": metric,
+                         "value": r[metric], "chance": r.get("chance"), "before": b, "n": r["n"]})
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    def f(x):
+        return "-" if x is None else f"{x:.3f}"
+
+    head = f"{'stage/task':<24}{'category':<56}{'metric':<17}{'value':>8}{'chance':>8}{'before':>8}{'n':>6}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['stage'] + '/' + r['task']:<24}{r['category'][:55]:<56}{r['metric']:<17}{f(r['value']):>8}"
+                     f"{f(r['chance']):>8}{f(r['before']):>8}{r['n']:>6}")
+    return "\n".join(lines)
