@@ -10,6 +10,7 @@
     audiomill lineage NAME@VERSION [KEY] --registry REGISTRY
     audiomill export VERSION_OR_DIR ms-swift|llama-factory|hf OUT [--registry REGISTRY]
     audiomill gc REGISTRY NAME@VERSION
+    audiomill run CONFIG.yaml [--address ADDR] [key=value ...]
     audiomill eval CHECKPOINT EXAMPLES_OR_VERSION [--before CHECKPOINT] [--registry REGISTRY]
     audiomill train EXAMPLES_DIR OUTPUT_DIR stage=pretrain|sft|dpo [--config FILE] [key=value ...]
     audiomill train-all EXAMPLES_DIR OUTPUT_DIR [--config FILE] [key=value ...]
@@ -181,6 +182,38 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from pipelines.config import load_config
+    from pipelines.curate import ErrorBudgetExceeded
+    from pipelines.output import OutputError
+    from pipelines.registry import RegistryError
+    from pipelines.run import RunConfig, run
+    from pipelines.stage import PassFailed
+
+    paths, overrides = _split_positionals(args.words)
+    if len(paths) != 1:
+        return _fail("run", "give one CONFIG.yaml (see configs/run.yaml)", EXIT_USAGE)
+    extra = {"ray": {"address": args.address}} if args.address else {}
+    try:
+        cfg = load_config(RunConfig, paths[0], overrides, extra)
+        run(cfg)
+    except (ConfigError, OutputError, RegistryError) as e:
+        return _fail("run", str(e), EXIT_USAGE)
+    except ErrorBudgetExceeded as e:
+        return _fail("run", f"stopped: {e}", EXIT_BUDGET)
+    except PassFailed as e:
+        return _fail("run", str(e), EXIT_WORKERS)
+    except KeyboardInterrupt:
+        return _fail("run", "interrupted; rerun the same command to continue (finished phases are skipped)",
+                     EXIT_INTERRUPTED)
+    except Exception as e:
+        cause = io_cause(e)
+        if cause is None:
+            raise
+        return _fail("run", _io_message(cause), EXIT_IO)
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from pipelines.config import load_config
     from trainer.config import TrainConfig
@@ -305,6 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     bld.add_argument("--config", help="YAML config file (see configs/build.yaml)")
     bld.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
     bld.set_defaults(func=_build)
+    rn = sub.add_parser("run", help="raw audio → curate → build → publish → train-all → eval, in one command",
+                        usage="audiomill run CONFIG.yaml [--address ADDR] [key=value ...]")
+    rn.add_argument("words", nargs="*", metavar="CONFIG.yaml [key=value ...]")
+    rn.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else embedded local Ray)")
+    rn.set_defaults(func=_run)
     reg_help = "registry folder (any fsspec URL); default $AUDIOMILL_REGISTRY"
     pub = sub.add_parser("publish", help="make a finished output an immutable version NAME@<content hash>")
     pub.add_argument("output")

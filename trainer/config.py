@@ -24,6 +24,7 @@ class TrainConfig:
     preset: str = "tiny"             # tiny | small | qwen2-audio-7b
     model_dir: str = ""              # start from this checkpoint ("" → a new model of the preset)
     max_steps: int | None = None     # None → the stage's default; 0 → export and evaluate the starting model
+    stage_steps: dict[str, int] = dataclasses.field(default_factory=dict)   # train-all: steps per stage (over max_steps)
     lr: float = 0.0                  # 0 → the stage's default
     warmup_steps: int = 20
     weight_decay: float = 0.0
@@ -79,6 +80,11 @@ class TrainConfig:
             problems.append(f"eval_holdout: must be in [0, 1), got {self.eval_holdout}")
         if not 0 < self.max_bad_fraction <= 1:
             problems.append(f"max_bad_fraction: must be in (0, 1], got {self.max_bad_fraction}")
+        for stage, n in self.stage_steps.items():
+            if stage not in STAGES:
+                problems.append(f"stage_steps: {stage!r} is not one of {', '.join(STAGES)}")
+            elif not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                problems.append(f"stage_steps.{stage}: must be a number of steps ≥ 0, got {n!r}")
         bad_weights = {k: v for k, v in self.task_weights.items() if v < 0}
         if bad_weights:
             problems.append(f"task_weights: must be ≥ 0, got {bad_weights}")

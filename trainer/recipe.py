@@ -747,7 +747,8 @@ def run_all(cfg: TrainConfig) -> dict[str, Any]:
         if not stage_shards(cfg.examples, stage):
             print(f"[audiomill] no {stage} shards in {cfg.examples}: stage skipped", flush=True)
             continue
-        stage_cfg = dataclasses.replace(cfg, stage=stage, model_dir=model_dir)
+        stage_cfg = dataclasses.replace(cfg, stage=stage, model_dir=model_dir,
+                                        max_steps=cfg.stage_steps.get(stage, cfg.max_steps))
         results[stage] = run_stage(stage_cfg)
         model_dir = os.path.join(cfg.output, stage, "final")
     return results

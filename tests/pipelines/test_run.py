@@ -1,0 +1,73 @@
+"""`audiomill run`: one command from a folder of raw audio to versions, a DPO-trained checkpoint and a table
+of held-out results; a rerun skips every phase and gives the same versions; bad settings in any section are
+listed together before any work."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.config import ConfigError, load_config
+from pipelines.run import RunConfig, run
+from tests.factories import chord_music, silence, tts, write
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+WORDS = {"en": ["house", "water", "garden", "window"], "de": ["Haus", "Wasser", "Garten", "Fenster"]}
+
+
+def _raw(d: Path) -> Path:
+    for lang, words in WORDS.items():
+        for i, w in enumerate(words):
+            voice = lang if i % 2 else f"{lang}+f2"
+            write(d / f"{lang}-{w}.wav", np.concatenate([silence(0.3), tts(w, voice), silence(0.3)]))
+            (d / f"{lang}-{w}.json").write_text(json.dumps({"text": w, "language": lang}))
+    write(d / "music.wav", chord_music(5.0, seed=1))
+    return d
+
+
+def _cfg(raw, root, *over):
+    return load_config(RunConfig, None, ["curate.labelers=[events]", "build.split.eval_fraction=0.3",
+                                         "build.sft.voices=[espeak:en-us@160]", "build.sft.mixed_scene=0",
+                                         "train.launcher=local", "train.stage_steps={pretrain: 3, sft: 3, dpo: 2}",
+                                         "ray.progress=false", *over],
+                       {"root": str(root), "inputs": [str(raw)], "name": "tiny"})
+
+
+def test_one_command_from_raw_audio_to_an_evaluated_checkpoint_and_a_rerun_skips_it_all(ray_cluster, tmp_path, capsys):
+    raw = _raw(tmp_path / "raw")
+    root = tmp_path / "run"
+    first = run(_cfg(raw, root))
+    out = capsys.readouterr().out
+    assert (root / "train" / "dpo" / "final" / "config.json").exists()
+    assert first["checkpoint"].endswith("dpo/final") and first["compared_with"].endswith("sft/final")
+    assert first["versions"]["segments"].startswith("tiny@") and first["versions"]["examples"].startswith("tiny-examples@")
+    from pipelines.registry import Registry
+
+    reg = Registry(str(root / "registry"))
+    assert reg.get(first["versions"]["examples"]).parents == (first["versions"]["segments"],)
+    tasks = {(r["stage"], r["task"]) for r in first["results"]}
+    assert ("pretrain", "lid") in tasks and ("dpo", "pairs") in tasks
+    assert "held-out results of" in out and "Foundation: spoken language identification" in out
+    assert json.loads((root / "eval.json").read_text())["versions"] == first["versions"]
+    stamps = {p: p.stat().st_mtime_ns for p in (root / "train").glob("*/done.json")}
+    again = run(_cfg(raw, root))
+    assert again["versions"] == first["versions"]
+    assert {p: p.stat().st_mtime_ns for p in (root / "train").glob("*/done.json")} == stamps     # not retrained
+    assert "already trained" in capsys.readouterr().out
+
+
+def test_bad_settings_in_any_section_are_listed_together(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(RunConfig, None, ["curate.vad.threshold=7", "build.tasks=[poetry]", "train.preset=huge",
+                                      "train.stage_steps={sft: -1}", "curate.output=x"],
+                    {"root": str(tmp_path / "r"), "inputs": [str(tmp_path)]})
+    text = str(e.value)
+    for part in ["curate: vad", "poetry", "preset", "stage_steps.sft", "curate.output: set by the run"]:
+        assert part in text, part
+    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", str(ROOT / "configs" / "run.yaml")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and "inputs or sources" in out.stderr
