@@ -34,6 +34,7 @@ class TrainConfig:
     train_modules: list[str] = dataclasses.field(default_factory=list)   # [] → the stage's default
     task_weights: dict[str, float] = dataclasses.field(default_factory=dict)  # sampling weight per task
     beta: float = 0.1                # DPO
+    rpo_alpha: float = 0.0           # DPO: weight of the chosen reply's per-token NLL (RPO); 0 → plain DPO
     seed: int = 0
     shuffle_buffer: int = 64
     loader_workers: int = 0          # DataLoader worker processes that decode, encode and collate (0 → in-process)
@@ -74,6 +75,8 @@ class TrainConfig:
                 problems.append(f"{name}: must be > 0")
         if self.loader_workers < 0:
             problems.append("loader_workers: must be ≥ 0")
+        if self.rpo_alpha < 0:
+            problems.append(f"rpo_alpha: must be ≥ 0, got {self.rpo_alpha}")
         if (self.max_steps is not None and self.max_steps < 0) or self.lr < 0:
             problems.append("max_steps and lr: must be ≥ 0")
         if not 0 <= self.eval_holdout < 1:

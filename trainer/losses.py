@@ -47,17 +47,28 @@ class DPOLoss(torch.nn.Module):
 
         L = -log σ(β [(log π(y_w|x) - log π_ref(y_w|x)) - (log π(y_l|x) - log π_ref(y_l|x))])
 
-    Inputs are summed log-probs of the chosen (y_w) and rejected (y_l) replies, each of shape (B,).
-    Returns the per-pair loss (B,), and the implicit rewards β (log π - log π_ref) of both replies (B,).
+    With ``rpo_alpha`` > 0 it is SFT-regularised (RPO, Pang et al. 2024): each pair adds ``rpo_alpha`` times
+    the chosen reply's NLL per token, ``-log π(y_w|x) / |y_w|``, so DPO cannot push the chosen reply's
+    likelihood down while it widens the margin (the over-optimisation that costs what SFT learned).
+
+    Inputs are summed log-probs of the chosen (y_w) and rejected (y_l) replies, each of shape (B,), and for
+    RPO the chosen replies' target token counts (B,). Returns the per-pair loss (B,), and the implicit
+    rewards β (log π - log π_ref) of both replies (B,).
     """
 
-    def __init__(self, beta: float = 0.1):
+    def __init__(self, beta: float = 0.1, rpo_alpha: float = 0.0):
         super().__init__()
         self.beta = beta
+        self.rpo_alpha = rpo_alpha
 
     def forward(self, policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-                ref_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                ref_rejected: torch.Tensor, chosen_tokens: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         chosen_reward = self.beta * (policy_chosen - ref_chosen)
         rejected_reward = self.beta * (policy_rejected - ref_rejected)
         losses = -F.logsigmoid(chosen_reward - rejected_reward)
+        if self.rpo_alpha:
+            if chosen_tokens is None:
+                raise ValueError("RPO needs the chosen replies' token counts")
+            losses = losses + self.rpo_alpha * (-policy_chosen / chosen_tokens.clamp(min=1))
         return losses, chosen_reward.detach(), rejected_reward.detach()

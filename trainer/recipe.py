@@ -32,7 +32,7 @@ from trainer.data import (DataError, Encoder, PairEncoded, SkipCounter, collate,
                           reference_answer, sample_stream, token_batches)
 from trainer import parallel
 from trainer.features import LogMel
-from trainer.losses import DPOLoss, count_targets, nll_sum, sequence_logprob
+from trainer.losses import IGNORE, DPOLoss, count_targets, nll_sum, sequence_logprob
 from trainer.model import PRESETS, build_model, build_processor, chunk_seconds, load_pretrained, train_tokenizer
 
 log = logging.getLogger("audiomill.train")
@@ -219,7 +219,8 @@ def dpo_step(model, ref, micro: list[list[PairEncoded]], pad_id: int, fe, dist: 
         logps = sequence_logprob(_logits(model, b, amp), b["labels"])
         with torch.no_grad():
             ref_logps = sequence_logprob(_logits(ref, b, amp), b["labels"])
-        losses, rc, rr = loss_fn(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:])
+        chosen_tokens = (b["labels"][:n, 1:] != IGNORE).sum(dim=-1)
+        losses, rc, rr = loss_fn(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:], chosen_tokens)
         loss = losses.sum() * dist.world / pairs
         loss.backward()
         total += loss.item() / dist.world
@@ -574,7 +575,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     pad, fe = processor.tokenizer.pad_token_id, LogMel(processor.feature_extractor)
     batches = micro_batches(cfg, encoder, dist, consumed["positions"], consumed["batches"], pad, fe, errors)
     writer = _writer(stage_dir) if dist.rank == 0 else None
-    loss_fn = DPOLoss(cfg.beta)
+    loss_fn = DPOLoss(cfg.beta, cfg.rpo_alpha)
     _say(dist, f"{cfg.stage}: training {', '.join(modules)} ({n_trainable:,} parameters) for {cfg.steps()} steps "
                f"on {dist.world} worker(s) ({mode}), device {dist.device}{', bf16' if cfg.bf16 else ''}")
     history = []

@@ -18,6 +18,19 @@ def test_dpo_loss_on_hand_computed_numbers():
     assert torch.allclose(same, torch.full((3,), math.log(2)))
 
 
+def test_rpo_adds_the_chosen_replys_per_token_nll_and_pulls_its_likelihood_up():
+    pc, pr, rc_, rr_ = torch.tensor([-10.0], requires_grad=True), torch.tensor([-9.0]), torch.tensor([-12.0]), torch.tensor([-8.0])
+    tokens = torch.tensor([5])
+    plain = DPOLoss(0.5)(pc, pr, rc_, rr_)[0]
+    rpo = DPOLoss(0.5, rpo_alpha=2.0)(pc, pr, rc_, rr_, tokens)[0]
+    assert rpo.item() == pytest.approx(math.log1p(math.exp(-1.5)) + 2.0 * 10.0 / 5, abs=1e-6)
+    g_plain = torch.autograd.grad(plain.sum(), pc)[0]
+    g_rpo = torch.autograd.grad(rpo.sum(), pc)[0]
+    assert g_rpo.item() == pytest.approx(g_plain.item() - 2.0 / 5, abs=1e-6)   # a stronger push on log π(y_w)
+    with pytest.raises(ValueError, match="token counts"):
+        DPOLoss(0.5, rpo_alpha=1.0)(pc, pr, rc_, rr_)
+
+
 def test_token_logprobs_pick_the_next_token_and_respect_the_mask():
     logits = torch.log(torch.tensor([[[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]]]))
     labels = torch.tensor([[IGNORE, 1, 2]])      # position 0 predicts label 1, position 1 predicts label 2
