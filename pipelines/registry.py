@@ -197,9 +197,9 @@ class Registry:
         token = uuid.uuid4().hex[:12]
         step("stage")
         marker = self._p(name, "staging", f"{token}.json")
-        self.fs.makedirs(self._p(name, "staging"), exist_ok=True)
-        self.fs.pipe(marker, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
-                                         "version": version}).encode())
+        atomic_write(self.url_of(name, "staging", f"{token}.json"),       # never seen half-written by a cleaner
+                     json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+                                 "version": version}).encode())
         data = f"data/{version}-{token}"
         try:
             return self._publish(out, name, manifest, files, digest, data, marker, step)
@@ -207,8 +207,7 @@ class Registry:
             record = self._p(name, "versions", f"{version}.json")
             if not (self.fs.exists(record) and self.get(f"{name}@{version}").data == data):
                 self._remove(self._p(name, data))    # a crash that runs no code is cleaned by the next publish
-            if self.fs.exists(marker):
-                self.fs.rm(marker)
+            self._rm(marker)
             raise
 
     def _publish(self, out: str, name: str, manifest: Manifest, files: list[FileEntry], digest: str, data: str,
@@ -236,14 +235,14 @@ class Registry:
         step("record")
         if self.fs.exists(record):                   # the same content, published meanwhile by another run
             self._remove(self._p(name, data))
-            self.fs.rm(marker)
+            self._rm(marker)
             return self.get(f"{name}@{version}"), False
         atomic_write(self.url_of(name, "versions", f"{version}.json"),
                      (json.dumps(v.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
         step("cleanup")
         if self.get(v.ref).data != data:             # another run's record won the race: its copy is the version
             self._remove(self._p(name, data))
-        self.fs.rm(marker)
+        self._rm(marker)
         return self.get(v.ref), True
 
     def _parents(self, out: str, manifest: Manifest) -> tuple[str, ...]:
@@ -306,7 +305,7 @@ class Registry:
             if _alive(held, stale_s):
                 live.add(token)
             else:
-                self.fs.rm(p)
+                self._rm(p)
         removed = []
         for p in folders:
             rel = f"data/{posixpath.basename(p.rstrip('/'))}"
@@ -317,8 +316,16 @@ class Registry:
         return removed
 
     def _remove(self, path: str) -> None:
-        if self.fs.exists(path):
+        try:
             self.fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            pass              # removed meanwhile by another publisher's clean-up
+
+    def _rm(self, path: str) -> None:
+        try:
+            self.fs.rm(path)
+        except FileNotFoundError:
+            pass
 
     def gc(self, ref: str) -> None:
         """Delete a version, refused while another version names it as a parent."""
