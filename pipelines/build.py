@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import posixpath
 import time
@@ -29,8 +28,8 @@ import numpy as np
 from pipelines.config import PREFIX_RE, config_hash, name_problems, positive, show
 from pipelines.curate import job_config
 from pipelines.label import input_units
-from pipelines.output import Output, OutputConflict, OutputError
-from pipelines.passes import _exists, read_rows, write_rows
+from pipelines.output import Output, OutputError
+from pipelines.passes import _exists, commit_layer, read_rows, write_rows
 from pipelines.progress import Progress
 from pipelines.runtime import RayConfig, cluster_cpus, init_ray, say
 from pipelines.stage import Resources, Stage, apply, dataset, run_pass
@@ -41,11 +40,12 @@ from processors.builders.examples import (BuildParams, CaptionParams, Decontamin
 from processors.builders.mix import diversity, select_hours
 from processors.builders.split import held_out, voice_groups
 from processors.decontaminate import EvalSet, eval_set
+from schemas import arrow
 from schemas.build import (EXAMPLE_INDEX_SCHEMA, BuildUnit, BuiltUnit, ExampleIndexRow, ExampleRow, ExampleShardPlan,
                            ExampleShardResult, ScanRow)
 from schemas.example import STAGES
-from schemas.manifest import Manifest, ShardEntry, read_manifest, write_manifest
-from schemas.reject import REJECTS_SCHEMA, Reject
+from schemas.manifest import Manifest, ShardEntry, read_manifest
+from schemas.reject import Reject
 from schemas.shard import Patch, PlannedSample
 from schemas.unit import PartRef, UnitResult
 
@@ -206,16 +206,9 @@ def run(cfg: BuildConfig) -> dict[str, Any]:
     out = Output(cfg.output, cfg.shards.prefix, STAGES)
     digest = config_hash(cfg, exclude=("output", "ray", "keep_work", "lock_stale_s"))
     parents = [read_manifest(u) for u in cfg.inputs]
-    done = read_manifest(cfg.output)
-    if done is not None:
-        if done.config_hash != digest:
-            raise OutputConflict(f"{cfg.output} already holds a dataset made with another configuration")
-        say(f"{cfg.output} is already complete")
-        return done.summary
-    foreign = out.foreign_entries()
-    if foreign:
-        raise OutputConflict(f"{cfg.output} holds files audiomill did not write ({', '.join(foreign[:5])}); "
-                             "build into a new or empty folder")
+    finished = out.finished_or_free(digest, "build")
+    if finished is not None:
+        return finished
     with out.lock(cfg.lock_stale_s):
         out.claim(digest)
         init_ray(cfg.ray)
@@ -255,7 +248,8 @@ def run(cfg: BuildConfig) -> dict[str, Any]:
                             parent_version=",".join(f"{m.name}@{m.version}" for m in parents), config_hash=digest,
                             summary={k: v for k, v in summary.items() if k not in TIMING_KEYS},
                             shards=tuple(ShardEntry(s.name, s.bytes, s.samples, s.sha256) for s in shards))
-        _commit(out, index, rejects, manifest, cfg.keep_work, job_config(cfg))
+        commit_layer(out, [arrow.to_row(r) for r in index], EXAMPLE_INDEX_SCHEMA, rejects, manifest, cfg.keep_work,
+                     job_config(cfg))
     _print(summary)
     return summary
 
@@ -344,30 +338,6 @@ def _pack(out: Output, rows: list[tuple[str, ExampleRow]], shards: ExampleShards
                  ExampleShardResult, on_shard, retries, say)
     bar.close()
     return [results[p.name] for p in plans]
-
-
-def _commit(out: Output, index: list[ExampleIndexRow], rejects: list[Reject], manifest: Manifest, keep_work: bool,
-            config: dict[str, Any]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from schemas import arrow
-    from schemas.files import atomic_write
-
-    def parquet(rows: list[dict], schema) -> bytes:
-        buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)
-        return buf.getvalue()
-
-    reject_rows = sorted((r.to_row() for r in rejects), key=lambda r: (r["uri"], r["stage"], r["reason"], r["detail"]))
-    atomic_write(out.join("index.parquet"), parquet([arrow.to_row(r) for r in index], EXAMPLE_INDEX_SCHEMA))
-    atomic_write(out.join("rejects.parquet"), parquet(reject_rows, REJECTS_SCHEMA))
-    from pipelines.card import write_card
-
-    write_card(out.url, manifest, config)
-    write_manifest(out.url, manifest)
-    if not keep_work:
-        out.remove_work()
 
 
 def _summary(cfg: BuildConfig, parents: list[Manifest], scan: list[ScanRow], p: Plan, index: list[ExampleIndexRow],

@@ -81,12 +81,33 @@ def _io_message(e: OSError) -> str:
     return f"file system error{where}: {e.strerror}"
 
 
-def _curate(args: argparse.Namespace) -> int:
-    from pipelines.config import load_config
-    from pipelines.curate import CurateConfig, ErrorBudgetExceeded, run
+def _job(command: str, go, interrupted: str = "finished work is kept") -> int:
+    """Run a data job (``go()`` loads its config and runs it) and turn its failures into exit codes."""
+    from pipelines.curate import ErrorBudgetExceeded
     from pipelines.output import OutputError
+    from pipelines.registry import RegistryError
     from pipelines.stage import PassFailed
 
+    try:
+        go()
+    except (ConfigError, OutputError, RegistryError) as e:
+        return _fail(command, str(e), EXIT_USAGE)
+    except ErrorBudgetExceeded as e:
+        return _fail(command, f"stopped: {e}", EXIT_BUDGET)
+    except PassFailed as e:
+        return _fail(command, str(e), EXIT_WORKERS)
+    except KeyboardInterrupt:
+        return _fail(command, f"interrupted; rerun the same command to continue ({interrupted})", EXIT_INTERRUPTED)
+    except Exception as e:  # a file-system error may arrive wrapped by Ray; anything else is a bug
+        cause = io_cause(e)
+        if cause is None:
+            raise
+        return _fail(command, _io_message(cause), EXIT_IO)
+    return 0
+
+
+def _inputs_and_output(args: argparse.Namespace) -> tuple[dict, list[str]]:
+    """``INPUT... OUTPUT_DIR [key=value ...]`` → (config values, overrides)."""
     paths, overrides = _split_positionals(args.words)
     extra: dict = {}
     if paths:
@@ -95,31 +116,20 @@ def _curate(args: argparse.Namespace) -> int:
             extra["inputs"] = paths[:-1]
     if args.address:
         extra["ray"] = {"address": args.address}
-    try:
-        cfg = load_config(CurateConfig, args.config, overrides, extra)
-        run(cfg)
-    except (ConfigError, OutputError) as e:
-        return _fail("curate", str(e), EXIT_USAGE)
-    except ErrorBudgetExceeded as e:
-        return _fail("curate", f"stopped: {e}", EXIT_BUDGET)
-    except PassFailed as e:
-        return _fail("curate", str(e), EXIT_WORKERS)
-    except KeyboardInterrupt:
-        return _fail("curate", "interrupted; rerun the same command to continue (finished work is kept)",
-                     EXIT_INTERRUPTED)
-    except Exception as e:  # a file-system error may arrive wrapped by Ray; anything else is a bug
-        cause = io_cause(e)
-        if cause is None:
-            raise
-        return _fail("curate", _io_message(cause), EXIT_IO)
-    return 0
+    return extra, overrides
+
+
+def _curate(args: argparse.Namespace) -> int:
+    from pipelines.config import load_config
+    from pipelines.curate import CurateConfig, run
+
+    extra, overrides = _inputs_and_output(args)
+    return _job("curate", lambda: run(load_config(CurateConfig, args.config, overrides, extra)))
 
 
 def _label(args: argparse.Namespace) -> int:
     from pipelines.config import load_config
     from pipelines.label import LabelConfig, run
-    from pipelines.output import OutputError
-    from pipelines.stage import PassFailed
 
     paths, overrides = _split_positionals(args.words)
     extra: dict = {}
@@ -130,88 +140,33 @@ def _label(args: argparse.Namespace) -> int:
     if args.address:
         extra["ray"] = {"address": args.address}
     problems = [f"unexpected argument {p!r}" for p in paths[2:]]
-    try:
+
+    def go() -> None:
         cfg = load_config(LabelConfig, args.config, overrides, extra)
         if problems:
             raise ConfigError(problems)
         run(cfg)
-    except (ConfigError, OutputError) as e:
-        return _fail("label", str(e), EXIT_USAGE)
-    except PassFailed as e:
-        return _fail("label", str(e), EXIT_WORKERS)
-    except KeyboardInterrupt:
-        return _fail("label", "interrupted; rerun the same command to continue (finished work is kept)",
-                     EXIT_INTERRUPTED)
-    except Exception as e:
-        cause = io_cause(e)
-        if cause is None:
-            raise
-        return _fail("label", _io_message(cause), EXIT_IO)
-    return 0
+
+    return _job("label", go)
 
 
 def _build(args: argparse.Namespace) -> int:
     from pipelines.build import BuildConfig, run
     from pipelines.config import load_config
-    from pipelines.output import OutputError
-    from pipelines.stage import PassFailed
 
-    paths, overrides = _split_positionals(args.words)
-    extra: dict = {}
-    if paths:
-        extra["output"] = paths[-1]
-        if paths[:-1]:
-            extra["inputs"] = paths[:-1]
-    if args.address:
-        extra["ray"] = {"address": args.address}
-    try:
-        cfg = load_config(BuildConfig, args.config, overrides, extra)
-        run(cfg)
-    except (ConfigError, OutputError) as e:
-        return _fail("build", str(e), EXIT_USAGE)
-    except PassFailed as e:
-        return _fail("build", str(e), EXIT_WORKERS)
-    except KeyboardInterrupt:
-        return _fail("build", "interrupted; rerun the same command to continue (finished work is kept)",
-                     EXIT_INTERRUPTED)
-    except Exception as e:
-        cause = io_cause(e)
-        if cause is None:
-            raise
-        return _fail("build", _io_message(cause), EXIT_IO)
-    return 0
+    extra, overrides = _inputs_and_output(args)
+    return _job("build", lambda: run(load_config(BuildConfig, args.config, overrides, extra)))
 
 
 def _run(args: argparse.Namespace) -> int:
     from pipelines.config import load_config
-    from pipelines.curate import ErrorBudgetExceeded
-    from pipelines.output import OutputError
-    from pipelines.registry import RegistryError
     from pipelines.run import RunConfig, run
-    from pipelines.stage import PassFailed
 
     paths, overrides = _split_positionals(args.words)
     if len(paths) != 1:
         return _fail("run", "give one CONFIG.yaml (see configs/run.yaml)", EXIT_USAGE)
     extra = {"ray": {"address": args.address}} if args.address else {}
-    try:
-        cfg = load_config(RunConfig, paths[0], overrides, extra)
-        run(cfg)
-    except (ConfigError, OutputError, RegistryError) as e:
-        return _fail("run", str(e), EXIT_USAGE)
-    except ErrorBudgetExceeded as e:
-        return _fail("run", f"stopped: {e}", EXIT_BUDGET)
-    except PassFailed as e:
-        return _fail("run", str(e), EXIT_WORKERS)
-    except KeyboardInterrupt:
-        return _fail("run", "interrupted; rerun the same command to continue (finished phases are skipped)",
-                     EXIT_INTERRUPTED)
-    except Exception as e:
-        cause = io_cause(e)
-        if cause is None:
-            raise
-        return _fail("run", _io_message(cause), EXIT_IO)
-    return 0
+    return _job("run", lambda: run(load_config(RunConfig, paths[0], overrides, extra)), "finished phases are skipped")
 
 
 def _train(args: argparse.Namespace) -> int:

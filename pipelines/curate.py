@@ -23,7 +23,7 @@ import fsspec
 import numpy as np
 
 from pipelines.config import PREFIX_RE, ConfigError, ShardConfig, config_hash, name_problems, positive, show
-from pipelines.output import Output, OutputConflict, OutputError
+from pipelines.output import Output, OutputError
 from pipelines.passes import SegmentPasses
 from pipelines.progress import Progress
 from pipelines.runtime import RayConfig, cluster_cpus, cluster_gpus, init_ray, say
@@ -41,7 +41,7 @@ from processors.segment import SegmentParams
 from processors.sources import FORMATS, ListingParams, SourceError, SourceSpec, check_source, list_inputs
 from processors.vad import VadParams
 from schemas.input import InputItem
-from schemas.manifest import Manifest, ShardEntry, read_manifest
+from schemas.manifest import Manifest, ShardEntry
 from schemas.reject import Reject
 from schemas.segment import IndexRow, SegmentAudio, SegmentLabels
 from schemas.shard import ShardPlan, ShardResult
@@ -201,14 +201,9 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
     t0 = time.monotonic()
     out = Output(cfg.output, cfg.shards.prefix)
     digest = config_hash(cfg, exclude=("output", "ray", "keep_work", "lock_stale_s"))
-    finished = _finished(out, digest)
+    finished = out.finished_or_free(digest, "curate")
     if finished is not None:
         return finished
-    foreign = out.foreign_entries()
-    if foreign:
-        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
-        raise OutputConflict(f"{cfg.output} holds files audiomill did not write ({', '.join(foreign[:5])}{more}); "
-                             "curate into a new or empty folder")
     listing = list_all(cfg)
     with out.lock(cfg.lock_stale_s):
         if out.claim(digest):
@@ -218,20 +213,6 @@ def run(cfg: CurateConfig) -> dict[str, Any]:
         summary = job.run()
     print(format_summary(summary), flush=True)
     return summary
-
-
-def _finished(out: Output, digest: str) -> dict[str, Any] | None:
-    try:
-        manifest = read_manifest(out.url)
-    except (ValueError, KeyError, OSError) as e:
-        raise OutputError(f"{out.url} holds a manifest.json audiomill cannot read ({e}); "
-                          "curate into a new or empty folder") from None
-    if manifest is None:
-        return None
-    if manifest.config_hash != digest:
-        raise OutputConflict(f"{out.url} already holds a dataset made with another configuration")
-    say(f"{out.url} is already complete")
-    return manifest.summary
 
 
 @dataclasses.dataclass

@@ -32,44 +32,41 @@ AIR_BENCH = {
 }
 
 
-def _score(cfg, path: str, ref_path: str | None) -> dict[str, Any]:
-    import torch
-
-    from trainer.model import load_pretrained
-    from trainer.recipe import evaluate
-
-    model, processor = load_pretrained(path)
-    ref = load_pretrained(ref_path)[0].eval() if cfg.stage == "dpo" and ref_path else None
-    if cfg.stage == "dpo" and ref is None:
-        return {"note": "reward accuracy needs the reference (--before)"}
-    return evaluate(cfg, model.to(torch.device("cpu")), ref, processor, torch.device("cpu"))
-
-
 def evaluate_checkpoint(checkpoint: str, examples: str, before: str | None = None,
                         max_examples: int = 200, registry: str | None = None) -> list[dict[str, Any]]:
-    """One row per (stage, task) with a held-out set: metric, value, chance, and the value before."""
+    """One row per (stage, task) with a held-out set: metric, value, chance, and the value before. Each
+    checkpoint is loaded once."""
+    import torch
+
     from pipelines.versions import resolve
     from trainer.config import TrainConfig
-    from trainer.recipe import stage_shards
+    from trainer.model import load_pretrained
+    from trainer.recipe import evaluate, stage_shards
 
     root, _ = resolve(examples, registry)
+    stages = [s for s in STAGES if stage_shards(root, s, held_out=True)]
+    if not stages:
+        return []
+    cpu = torch.device("cpu")
+    model, processor = load_pretrained(checkpoint)
+    prior, prior_processor = load_pretrained(before) if before else (None, None)
     rows = []
-    for stage in STAGES:
-        if not stage_shards(root, stage, held_out=True):
-            continue
+    for stage in stages:
         cfg = dataclasses.replace(TrainConfig(examples=root, output="", stage=stage), eval_max_examples=max_examples,
                                   eval_holdout=0.0)
-        after = _score(cfg, checkpoint, before)
-        prior = _score(cfg, before, before) if before and stage != "dpo" else {}
         if stage == "dpo":
-            if "reward_accuracy" in after:
-                rows.append({"stage": stage, "task": "pairs", "category": "Preference (held-out DPO pairs)",
-                             "metric": "reward accuracy", "value": after["reward_accuracy"], "chance": 0.5,
-                             "before": None, "n": after["examples"]})
+            if prior is None:
+                continue                     # reward accuracy needs the reference (--before)
+            after = evaluate(cfg, model, prior.eval(), processor, cpu)
+            rows.append({"stage": stage, "task": "pairs", "category": "Preference (held-out DPO pairs)",
+                         "metric": "reward accuracy", "value": after["reward_accuracy"], "chance": 0.5,
+                         "before": None, "n": after["examples"]})
             continue
+        after = evaluate(cfg, model, None, processor, cpu)
+        earlier = evaluate(cfg, prior, None, prior_processor, cpu) if prior is not None else {}
         for task, r in sorted(after.get("tasks", {}).items()):
             metric = "wer" if "wer" in r else "accuracy"
-            b = prior.get("tasks", {}).get(task, {}).get(metric)
+            b = earlier.get("tasks", {}).get(task, {}).get(metric)
             rows.append({"stage": stage, "task": task, "category": AIR_BENCH.get(task, task), "metric": metric,
                          "value": r[metric], "chance": r.get("chance"), "before": b, "n": r["n"]})
     return rows

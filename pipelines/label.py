@@ -18,7 +18,7 @@ from typing import Any
 
 from pipelines.config import PREFIX_RE, ShardConfig, config_hash, name_problems, positive, show
 from pipelines.curate import TIMING_KEYS, job_config
-from pipelines.output import Output, OutputConflict, OutputError
+from pipelines.output import Output, OutputError
 from pipelines.passes import SegmentPasses
 from pipelines.progress import Progress
 from pipelines.runtime import RayConfig, cluster_cpus, cluster_gpus, init_ray, say
@@ -92,16 +92,9 @@ def run(cfg: LabelConfig) -> dict[str, Any]:
     out = Output(cfg.output, cfg.shards.prefix)
     digest = config_hash(cfg, exclude=("output", "ray", "keep_work", "lock_stale_s"))
     parent = read_manifest(cfg.input)
-    done = read_manifest(cfg.output)
-    if done is not None:
-        if done.config_hash != digest:
-            raise OutputConflict(f"{cfg.output} already holds a dataset made with another configuration")
-        say(f"{cfg.output} is already complete")
-        return done.summary
-    foreign = out.foreign_entries()
-    if foreign:
-        raise OutputConflict(f"{cfg.output} holds files audiomill did not write ({', '.join(foreign[:5])}); "
-                             "label into a new or empty folder")
+    finished = out.finished_or_free(digest, "label")
+    if finished is not None:
+        return finished
     units = input_units(cfg.input, parent)
     with out.lock(cfg.lock_stale_s):
         out.claim(digest)

@@ -90,6 +90,30 @@ class Output:
             if out == root or out.startswith(root.rstrip("/") + "/"):
                 raise OutputError(f"OUTPUT_DIR {self.url} is inside the input {i}; choose a folder outside it")
 
+    def finished_or_free(self, digest: str, verb: str) -> dict | None:
+        """Before a job starts: the summary of this configuration's finished output (the job is done), or
+        None when OUTPUT_DIR may be written; OutputError when it holds another configuration's dataset, a
+        manifest that cannot be read, or files audiomill did not write."""
+        from pipelines.runtime import say
+        from schemas.manifest import read_manifest
+
+        try:
+            manifest = read_manifest(self.url)
+        except (ValueError, KeyError, OSError) as e:
+            raise OutputError(f"{self.url} holds a manifest.json audiomill cannot read ({e}); "
+                              f"{verb} into a new or empty folder") from None
+        if manifest is not None:
+            if manifest.config_hash != digest:
+                raise OutputConflict(f"{self.url} already holds a dataset made with another configuration")
+            say(f"{self.url} is already complete")
+            return manifest.summary
+        foreign = self.foreign_entries()
+        if foreign:
+            more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+            raise OutputConflict(f"{self.url} holds files audiomill did not write ({', '.join(foreign[:5])}{more}); "
+                                 f"{verb} into a new or empty folder")
+        return None
+
     def foreign_entries(self) -> list[str]:
         """Entries of OUTPUT_DIR that audiomill did not write (empty for a new or empty folder)."""
         if not self.fs.exists(self.path):

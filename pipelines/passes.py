@@ -174,26 +174,32 @@ class SegmentPasses:
 
     def commit(self, shards: list[ShardResult], rejects: list[Reject], manifest: Manifest, keep_work: bool,
                config: dict[str, Any] | None = None) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        from schemas.files import atomic_write
-
-        def parquet(rows: list[dict], schema) -> bytes:
-            buf = io.BytesIO()
-            pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)
-            return buf.getvalue()
-
         index = [row.to_row() for shard in shards for row in shard.index]
-        reject_rows = sorted((r.to_row() for r in rejects), key=lambda r: (r["uri"], r["stage"], r["reason"], r["detail"]))
-        atomic_write(self.out.join("index.parquet"), parquet(index, INDEX_SCHEMA))
-        atomic_write(self.out.join("rejects.parquet"), parquet(reject_rows, REJECTS_SCHEMA))
-        from pipelines.card import write_card
+        commit_layer(self.out, index, INDEX_SCHEMA, rejects, manifest, keep_work, config)
 
-        write_card(self.out.url, manifest, config)
-        write_manifest(self.out.url, manifest)
-        if not keep_work:
-            self.out.remove_work()
+
+def commit_layer(out: Output, index: list[dict], index_schema, rejects: list[Reject], manifest: Manifest,
+                 keep_work: bool, config: dict[str, Any] | None = None) -> None:
+    """The commit of any layer: index and rejects (sorted), the card, then the manifest last; ``_work`` goes
+    unless kept."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.card import write_card
+    from schemas.files import atomic_write
+
+    def parquet(rows: list[dict], schema) -> bytes:
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)
+        return buf.getvalue()
+
+    reject_rows = sorted((r.to_row() for r in rejects), key=lambda r: (r["uri"], r["stage"], r["reason"], r["detail"]))
+    atomic_write(out.join("index.parquet"), parquet(index, index_schema))
+    atomic_write(out.join("rejects.parquet"), parquet(reject_rows, REJECTS_SCHEMA))
+    write_card(out.url, manifest, config)
+    write_manifest(out.url, manifest)
+    if not keep_work:
+        out.remove_work()
 
 
 def _part(u: UnitResult, patches: dict[str, Patch]) -> PartRef:

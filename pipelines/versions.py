@@ -22,7 +22,7 @@ import fsspec
 
 from pipelines.card import read_table
 from pipelines.registry import Registry, RegistryError, Version, sha256_of
-from processors.shards import read_sample
+from processors.shards import iter_tar, read_sample
 
 POSITION = ("shard", "offset", "size")
 
@@ -83,7 +83,7 @@ def check_output(root: str) -> list[str]:
         url = posixpath.join(root, s["name"])
         try:
             with fsspec.open(url, "rb") as f:
-                keys = [k for k, _ in _iter_keys(f)]
+                keys = [k for k, _ in iter_tar(f)]
         except (tarfile.TarError, OSError, ValueError) as e:
             problems.append(f"{s['name']}: unreadable tar ({e})")
             continue
@@ -104,12 +104,6 @@ def check_output(root: str) -> list[str]:
                     problems.append(f"{s['name']}: index row {r['key']} points at {key}")
     problems += [f"index.parquet: rows for {name}, which the manifest does not list" for name in by_shard]
     return problems
-
-
-def _iter_keys(f):
-    from processors.shards import iter_tar
-
-    return iter_tar(f)
 
 
 # ---- diff ------------------------------------------------------------------------------------------------

@@ -19,33 +19,24 @@ from pipelines.label import LabelConfig  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 
 
+# (job, config class, fields the command line fills, its usage)
+JOBS = [("curate", CurateConfig, ("inputs", "output"), "audiomill curate INPUT... OUTPUT_DIR"),
+        ("label", LabelConfig, ("input", "output"), "audiomill label SEGMENTS_DIR OUTPUT_DIR"),
+        ("build", BuildConfig, ("inputs", "output"), "audiomill build SEGMENTS_DIR... OUTPUT_DIR"),
+        ("train", TrainConfig, ("examples", "output"), "audiomill train EXAMPLES_DIR OUTPUT_DIR")]
+
+
 def main() -> None:
-    curate = dataclasses.asdict(CurateConfig())
-    del curate["inputs"], curate["output"]
-    curate["sources"] = [{"path": "/data/my-corpus", "format": "auto", "corpus": "my-corpus", "license": "CC-BY-4.0",
-                          "split": "train", "kind": "", "columns": {}, "audio_root": ""}]
-    (ROOT / "configs" / "curate.yaml").write_text(
-        "# Every curate setting with its default. Override any with key=value on the command line.\n"
-        "# inputs and output come from the command line: audiomill curate INPUT... OUTPUT_DIR --config this.yaml\n"
-        + yaml.safe_dump(curate, sort_keys=False))
-    label = dataclasses.asdict(LabelConfig())
-    del label["input"], label["output"]
-    (ROOT / "configs" / "label.yaml").write_text(
-        "# Every label setting with its default. Override any with key=value on the command line.\n"
-        "# input and output come from the command line: audiomill label SEGMENTS_DIR OUTPUT_DIR --config this.yaml\n"
-        + yaml.safe_dump(label, sort_keys=False))
-    build = dataclasses.asdict(BuildConfig())
-    del build["inputs"], build["output"]
-    (ROOT / "configs" / "build.yaml").write_text(
-        "# Every build setting with its default. Override any with key=value on the command line.\n"
-        "# inputs and output come from the command line: audiomill build SEGMENTS_DIR... OUTPUT_DIR --config this.yaml\n"
-        + yaml.safe_dump(build, sort_keys=False))
-    train = dataclasses.asdict(TrainConfig())
-    del train["examples"], train["output"]
-    (ROOT / "configs" / "train.yaml").write_text(
-        "# Every train setting with its default. Override any with key=value on the command line.\n"
-        "# examples and output come from the command line: audiomill train EXAMPLES_DIR OUTPUT_DIR --config this.yaml\n"
-        + yaml.safe_dump(train, sort_keys=False))
+    for job, cls, positional, usage in JOBS:
+        values = {k: v for k, v in dataclasses.asdict(cls()).items() if k not in positional}
+        if job == "curate":
+            values["sources"] = [{"path": "/data/my-corpus", "format": "auto", "corpus": "my-corpus",
+                                  "license": "CC-BY-4.0", "split": "train", "kind": "", "columns": {},
+                                  "audio_root": ""}]
+        (ROOT / "configs" / f"{job}.yaml").write_text(
+            f"# Every {job} setting with its default. Override any with key=value on the command line.\n"
+            f"# {' and '.join(positional)} come from the command line: {usage} --config this.yaml\n"
+            + yaml.safe_dump(values, sort_keys=False))
 
 
 if __name__ == "__main__":

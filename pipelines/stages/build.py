@@ -4,18 +4,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import posixpath
-
-import fsspec
+from itertools import accumulate
 
 from pipelines.stage import Resources, StageFn
 from pipelines.stages.label import read_part
+from pipelines.stages.pack import planned_blobs
 from processors.builders.examples import Builder, BuildParams
 from processors.decontaminate import EvalSet
-from processors.shards import join_samples, parse_blob, read_blob, sha256_bytes, tar_bytes
+from processors.shards import join_samples, sha256_bytes, tar_bytes
 from schemas.build import BuildUnit, BuiltUnit, Count, ExampleRow, ExampleShardPlan, ExampleShardResult, ScanRow
 from schemas.files import atomic_write
 from schemas.shard import Patch
@@ -96,19 +95,8 @@ class PackExamples(StageFn):
         return [self.one(p) for p in plans]
 
     def one(self, plan: ExampleShardPlan) -> ExampleShardResult:
-        blobs, offsets, offset = [], [], 0
-        with contextlib.ExitStack() as files:
-            opened: dict[str, object] = {}
-            for s in plan.samples:
-                if s.part not in opened:
-                    opened[s.part] = files.enter_context(fsspec.open(s.part, "rb"))
-                blob = read_blob(opened[s.part], s.offset, s.size)
-                key, _ = parse_blob(blob)
-                if key != s.key:
-                    raise ValueError(f"{s.part} holds {key} at offset {s.offset}, not {s.key}")
-                blobs.append(blob)
-                offsets.append(offset)
-                offset += len(blob)
+        blobs = [blob for _, blob, _ in planned_blobs(plan.samples)]
+        offsets = [0, *accumulate(len(b) for b in blobs)][:-1]
         data = join_samples(blobs)
         atomic_write(posixpath.join(self.params.output, plan.name), data)
         return ExampleShardResult(plan.name, sha256_bytes(data), len(data), len(blobs),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import posixpath
+from collections.abc import Iterator
 
 import fsspec
 
@@ -14,7 +15,22 @@ from processors.merge import apply_patch
 from processors.shards import join_samples, parse_blob, read_blob, sample_blob, sha256_bytes
 from schemas.files import atomic_write
 from schemas.segment import IndexRow, Segment
-from schemas.shard import ShardPlan, ShardResult
+from schemas.shard import PlannedSample, ShardPlan, ShardResult
+
+
+def planned_blobs(samples) -> Iterator[tuple[PlannedSample, bytes, dict[str, bytes]]]:
+    """Each planned sample's raw tar bytes and members, read from its unit's tar (each tar opened once),
+    checked to be the sample the plan names."""
+    with contextlib.ExitStack() as files:
+        opened: dict[str, object] = {}
+        for s in samples:
+            if s.part not in opened:
+                opened[s.part] = files.enter_context(fsspec.open(s.part, "rb"))
+            blob = read_blob(opened[s.part], s.offset, s.size)
+            key, members = parse_blob(blob)
+            if key != s.key:
+                raise ValueError(f"{s.part} holds {key} at offset {s.offset}, not {s.key}")
+            yield s, blob, dict(members)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,23 +47,14 @@ class PackStage(StageFn):
     def one(self, plan: ShardPlan) -> ShardResult:
         """An unpatched sample is copied as the bytes it has in its part tar; a patched one is rewritten."""
         blobs, index, offset = [], [], 0
-        with contextlib.ExitStack() as files:
-            opened: dict[str, object] = {}
-            for s in plan.samples:
-                if s.part not in opened:
-                    opened[s.part] = files.enter_context(fsspec.open(s.part, "rb"))
-                blob = read_blob(opened[s.part], s.offset, s.size)
-                key, members = parse_blob(blob)
-                if key != s.key:
-                    raise ValueError(f"{s.part} holds {key} at offset {s.offset}, not {s.key}")
-                members = dict(members)
-                seg = Segment.from_json(members["json"])
-                if not s.patch.is_empty():
-                    seg = apply_patch(seg, s.patch)
-                    blob = sample_blob(key, [("json", seg.to_json().encode()), ("flac", members["flac"])])
-                blobs.append(blob)
-                index.append(IndexRow.of(seg, plan.name, offset, len(blob)))
-                offset += len(blob)
+        for s, blob, members in planned_blobs(plan.samples):
+            seg = Segment.from_json(members["json"])
+            if not s.patch.is_empty():
+                seg = apply_patch(seg, s.patch)
+                blob = sample_blob(s.key, [("json", seg.to_json().encode()), ("flac", members["flac"])])
+            blobs.append(blob)
+            index.append(IndexRow.of(seg, plan.name, offset, len(blob)))
+            offset += len(blob)
         data = join_samples(blobs)
         atomic_write(posixpath.join(self.params.output, plan.name), data)
         return ShardResult(name=plan.name, sha256=sha256_bytes(data), bytes=len(data), samples=len(blobs),

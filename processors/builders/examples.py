@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -210,9 +211,17 @@ class Builder:
 
     def segments(self, items: list[tuple[Segment, bytes, bool]]) -> UnitOutput:
         out = UnitOutput()
-        decoded = {seg.id: decode_flac(flac)[0] for seg, flac, _ in items}
-        dirty = contaminated([(seg.id, decoded[seg.id], seg.labels.transcript.text if seg.labels.transcript else "")
-                              for seg, _, _ in items], self.eval_sets, ngram=self.p.decontaminate.ngram)
+        flacs, decoded = {seg.id: flac for seg, flac, _ in items}, {}
+
+        def pcm(key: str) -> np.ndarray:
+            """A segment's samples, decoded once and only when an eval set, a scene or the policy needs them."""
+            if key not in decoded:
+                decoded[key] = decode_flac(flacs[key])[0]
+            return decoded[key]
+
+        dirty = contaminated([(seg.id, pcm(seg.id), seg.labels.transcript.text if seg.labels.transcript else "")
+                              for seg, _, _ in items], self.eval_sets, ngram=self.p.decontaminate.ngram
+                             ) if self.eval_sets else {}
         usable = []
         for seg, flac, held in items:
             if seg.id in dirty:
@@ -227,11 +236,12 @@ class Builder:
                                           f"DNSMOS {q.dnsmos_ovrl:.2f} < {self.p.min_dnsmos}"))
                 continue
             usable.append((seg, flac, held))
-            self._one_segment(out, seg, flac, decoded[seg.id], held)
-        self._pairs(out, usable, decoded)
+            self._one_segment(out, seg, flac, pcm, held)
+        self._pairs(out, usable, pcm)
         return out
 
-    def _one_segment(self, out: UnitOutput, seg: Segment, flac: bytes, audio: np.ndarray, held: bool) -> None:
+    def _one_segment(self, out: UnitOutput, seg: Segment, flac: bytes, pcm: Callable[[str], np.ndarray],
+                     held: bool) -> None:
         d = [seg.duration_s]
         examples, missing = pretrain.pretrain_examples(seg, self.templates, tuple(self.p.tasks))
         for task, reason in missing:
@@ -255,10 +265,10 @@ class Builder:
         for ex in pairs:
             self._add(out, ex, [flac], d, held)
         if self.policy is not None:
-            self._sampled(out, seg, flac, audio, held)
-        self._scene(out, seg, audio, held)
+            self._sampled(out, seg, flac, pcm(seg.id), held)
+        self._scene(out, seg, pcm, held)
 
-    def _scene(self, out: UnitOutput, seg: Segment, audio: np.ndarray, held: bool) -> None:
+    def _scene(self, out: UnitOutput, seg: Segment, pcm: Callable[[str], np.ndarray], held: bool) -> None:
         several = seg.labels.speakers is not None and seg.labels.speakers.count > 1
         if not (seg.kind in SCENE_KINDS or several) or not self.p.sft.mixed_scene:
             return
@@ -266,14 +276,15 @@ class Builder:
             return
         voice = chat.voice_for({"id": seg.id, "language": "en"}, self.voices)
         snr = pretrain.choose(self.p.sft.snr_db, f"snr/{seg.id}")
-        made = chat.mixed_scene(seg, audio, voice, snr)
+        made = chat.mixed_scene(seg, pcm(seg.id), voice, snr)
         if made is None:
             out.rejects.append(Reject(seg.id, "sft", "no_labels", "mixed_scene: no scene topic its labels answer"))
             return
         ex, (mixed,) = made
         self._add(out, ex, [encode_flac(mixed)], [len(mixed) / SR], held)
 
-    def _pairs(self, out: UnitOutput, usable: list[tuple[Segment, bytes, bool]], decoded: dict) -> None:
+    def _pairs(self, out: UnitOutput, usable: list[tuple[Segment, bytes, bool]], pcm: Callable[[str], np.ndarray]
+               ) -> None:
         """Over segments on the same side of the split: compare conversations and wrong-clip pairs of
         neighbours, and layered scenes of a sound-event segment with a multi-speaker one."""
         for held in (False, True):
@@ -291,7 +302,7 @@ class Builder:
                     continue
                 voice = chat.voice_for({"id": f"{sound.id}+{talk.id}", "language": "en"}, self.voices)
                 snr = pretrain.choose(self.p.sft.snr_db, f"snr/{sound.id}/{talk.id}")
-                made = chat.layered_scene(sound, decoded[sound.id], talk, decoded[talk.id], voice, snr)
+                made = chat.layered_scene(sound, pcm(sound.id), talk, pcm(talk.id), voice, snr)
                 if made is not None:
                     ex, (mixed,) = made
                     self._add(out, ex, [encode_flac(mixed)], [len(mixed) / SR], held)

@@ -275,7 +275,7 @@ def _assert_same_tree(a: Path, b: Path, ignore=frozenset()):
 
 
 def test_finished_output_is_not_redone_and_other_config_is_refused(ray_cluster, resume_corpus, tmp_path):
-    from pipelines.curate import OutputConflict
+    from pipelines.output import OutputConflict
 
     out = tmp_path / "o"
     first = run(_cfg([resume_corpus], out))
