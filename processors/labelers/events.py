@@ -98,6 +98,11 @@ class YamNet:
         self.out_scale, self.out_zero = q["class_scores_scale"], q["class_scores_zero_point"]
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = opts.inter_op_num_threads = p.threads
+        # The model is in QDQ form. onnxruntime would fuse it into int8 kernels picked by the CPU's
+        # instruction set (AVX2 saturates where VNNI does not), so scores would differ by up to 9 quantisation
+        # steps between the machines of one cluster. Unfused, each Conv runs in float on the dequantised
+        # weights: the model's reference arithmetic, 2.5x slower and still ~200x real time on one thread.
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
         self.session = ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         import librosa

@@ -46,3 +46,24 @@ def test_an_event_spans_the_patches_where_it_sounds(yamnet):
 def test_patches_cover_the_clip_at_yamnets_hop(yamnet):
     assert yamnet.patches(tone(0.3)).shape == (1, 96, 64)                 # padded to one patch
     assert yamnet.patches(tone(5.0)).shape[0] == 1 + (498 - 96) // 48      # 10 ms frames, 48-frame hop
+
+
+def test_scores_follow_the_models_reference_arithmetic_whatever_the_cpu(yamnet):
+    """Every Conv in float on dequantised weights (no graph optimisation at all) is the QDQ model's reference;
+    onnxruntime's fused int8 kernels differ from it by up to 9 quantisation steps on AVX2, not on VNNI."""
+    import onnxruntime as ort
+
+    from processors.labelers.events import yamnet_model
+    from tests.factories import chord_music
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    reference = ort.InferenceSession(str(yamnet_model()), sess_options=opts, providers=["CPUExecutionProvider"])
+    x = np.concatenate([chord_music(6.0, seed=3), espeak("The river was calm this morning.", "en-us"),
+                        load_standardised(SOUNDS + "phone-incoming-call.oga")])
+    for patch in yamnet.patches(x):
+        q = np.clip(np.round(patch / yamnet.in_scale + yamnet.in_zero), 0, 255).astype(np.uint8)[None, None]
+        ours = yamnet.session.run(None, {yamnet.input: q})[0].astype(np.int32)
+        ref = reference.run(None, {yamnet.input: q})[0].astype(np.int32)
+        assert np.abs(ours - ref).max() <= 2          # float summation order only
