@@ -65,10 +65,11 @@ def evaluate_checkpoint(checkpoint: str, examples: str, before: str | None = Non
         after = evaluate(cfg, model, None, processor, cpu)
         earlier = evaluate(cfg, prior, None, prior_processor, cpu) if prior is not None else {}
         for task, r in sorted(after.get("tasks", {}).items()):
-            metric = "wer" if "wer" in r else "accuracy"
+            metric = "wer" if "wer" in r else "f1" if "f1" in r else "accuracy"
             b = earlier.get("tasks", {}).get(task, {}).get(metric)
             rows.append({"stage": stage, "task": task, "category": AIR_BENCH.get(task, task), "metric": metric,
-                         "value": r[metric], "chance": r.get("chance"), "before": b, "n": r["n"]})
+                         "value": r[metric], "chance": r.get("chance_f1" if metric == "f1" else "chance"),
+                         "before": b, "n": r["n"]})
     return rows
 
 

@@ -39,6 +39,7 @@ class TrainConfig:
     shuffle_buffer: int = 64
     loader_workers: int = 0          # DataLoader worker processes that decode, encode and collate (0 → in-process)
     checkpoint_every: int = 200
+    keep_best: bool = True           # score each checkpoint's export on the held-out set; keep the best in best/
     eval_max_examples: int = 200
     eval_holdout: float = 0.05       # without a <stage>/eval/ set: this seeded share of sources is held out
     max_bad_fraction: float = 0.5    # stop when more of the data than this cannot be read

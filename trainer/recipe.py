@@ -418,27 +418,48 @@ def _gather(dist: Dist, obj: Any) -> list[Any]:
 
 # ---- evaluation ----------------------------------------------------------------------------------------
 
-def evaluate_export(cfg: TrainConfig, final: str, ref_dir: str, device) -> dict[str, Any]:
-    """``evaluate`` on the model saved in ``final`` (and, for DPO, the reference saved in ``ref_dir``)."""
+def evaluate_export(cfg: TrainConfig, final: str, ref_dir: str, device, before: bool = True) -> dict[str, Any]:
+    """``evaluate`` on the model saved in ``final``; for DPO with the reference saved in ``ref_dir`` (and,
+    with ``before``, the reference's own generation scores beside)."""
     dtype = torch.bfloat16 if cfg.bf16 else None
     model, processor = load_pretrained(final, dtype=dtype)
     ref = load_pretrained(ref_dir, dtype=dtype)[0].to(device).eval() if cfg.stage == "dpo" else None
-    return evaluate(cfg, model.to(device), ref, processor, device)
+    return evaluate(cfg, model.to(device), ref, processor, device, before=before)
 
 
 @torch.no_grad()
-def evaluate(cfg: TrainConfig, model, ref, processor, device) -> dict[str, Any]:
-    """Greedy generation on held-out examples: accuracy per classification task, WER on transcription;
-    after DPO, held-out reward accuracy and the chosen-vs-rejected likelihood shift."""
+def evaluate(cfg: TrainConfig, model, ref, processor, device, before: bool = False) -> dict[str, Any]:
+    """Greedy generation on held-out examples: accuracy per classification task, WER on transcription.
+    After DPO: held-out reward accuracy and the chosen-vs-rejected likelihood shift, and generation on the
+    SFT held-out set (``tasks``; with ``before``, the reference's beside it as ``tasks_before``), so a DPO
+    run that costs what SFT taught shows it."""
+    model.eval()
+    if cfg.stage == "dpo":
+        pairs, note = held_out_examples(cfg)
+        if not pairs:
+            return {"examples": 0, "note": note}
+        encoder = Encoder(processor.tokenizer, chunk_seconds(processor))
+        out = {**_eval_dpo(cfg, model, ref, processor.tokenizer.pad_token_id, LogMel(processor.feature_extractor),
+                           encoder, pairs, device), "held_out": note}
+        sft = dataclasses.replace(cfg, stage="sft")
+        tasks = generation_scores(sft, model, processor, device)
+        if tasks.get("tasks"):
+            out["tasks"], out["tasks_held_out"] = tasks["tasks"], tasks["held_out"]
+            if before:
+                out["tasks_before"] = generation_scores(sft, ref, processor, device)["tasks"]
+        return out
+    return generation_scores(cfg, model, processor, device)
+
+
+@torch.no_grad()
+def generation_scores(cfg: TrainConfig, model, processor, device) -> dict[str, Any]:
+    """Greedy replies to the held-out examples of ``cfg.stage``, scored per task against their references."""
     model.eval()
     encoder = Encoder(processor.tokenizer, chunk_seconds(processor))
     logmel = LogMel(processor.feature_extractor)
     examples, note = held_out_examples(cfg)
     if not examples:
         return {"examples": 0, "note": note}
-    if cfg.stage == "dpo":
-        return {**_eval_dpo(cfg, model, ref, processor.tokenizer.pad_token_id, logmel, encoder, examples, device),
-                "held_out": note}
     per_task: dict[str, dict[str, list]] = {}
     eos = [processor.tokenizer.eos_token_id, processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
     for ex, audios in examples:
@@ -479,7 +500,8 @@ def held_out_examples(cfg: TrainConfig) -> tuple[list, str]:
 
 def score_task(task: str, refs: list[str], hyps: list[str]) -> dict[str, Any]:
     """WER (jiwer) for transcription tasks; exact-match accuracy (case and full stops ignored) with the
-    majority-answer chance level for the rest; plus a few (reference, hypothesis) samples."""
+    majority-answer chance level for the rest, and for sound events also F1 over the named events beside
+    the best constant answer's; plus a few (reference, hypothesis) samples."""
     if task in TRANSCRIPTION_TASKS:
         import jiwer
 
@@ -487,8 +509,22 @@ def score_task(task: str, refs: list[str], hyps: list[str]) -> dict[str, Any]:
     else:
         acc = sum(_norm(h) == _norm(r) for h, r in zip(hyps, refs)) / len(refs)
         out = {"accuracy": acc, "n": len(refs), "chance": _chance(refs)}
+        if task in SET_TASKS:      # a set of names ("; " between them): F1 per example, averaged
+            out["f1"] = sum(_f1(r, h) for r, h in zip(refs, hyps)) / len(refs)
+            out["chance_f1"] = max(sum(_f1(r, c) for r in refs) / len(refs) for c in set(refs))
     out["samples"] = list(zip(refs, hyps))[:5]
     return out
+
+
+SET_TASKS = ("sound_events",)
+
+
+def _f1(ref: str, hyp: str) -> float:
+    r, h = ({_norm(x) for x in s.split(";") if x.strip()} for s in (ref, hyp))
+    if not r and not h:
+        return 1.0
+    tp = len(r & h)
+    return 2 * tp / (len(r) + len(h)) if tp else 0.0
 
 
 def _norm(s: str) -> str:
@@ -518,17 +554,34 @@ def _eval_dpo(cfg, model, ref, pad_id, logmel, encoder, examples, device) -> dic
             "chosen_minus_rejected_logp_shift": shift / len(pairs)}
 
 
-# ---- the loop ------------------------------------------------------------------------------------------
+# ---- the loop: set-up, train step, checkpoint, finish --------------------------------------------------
 
-def train_loop(config: dict[str, Any]) -> dict[str, Any]:
-    """The per-worker loop (Ray Train calls it on every worker; ``launcher=local`` calls it here)."""
-    cfg = TrainConfig(**{k: v for k, v in config.items() if not k.startswith("_")})
-    from transformers.utils import logging as hf_logging
+@dataclasses.dataclass
+class Session:
+    """One worker's stage: the model, what trains it and how far it has got."""
+    cfg: TrainConfig
+    dist: Dist
+    stage_dir: str
+    model: Any
+    processor: Any
+    ref: Any                   # DPO's frozen reference (None in other stages)
+    ref_dir: str               # where the reference is saved, for the held-out eval of an export
+    mode: str                  # ddp | fsdp | single
+    modules: list[str]
+    n_trainable: int
+    params: list
+    opt: Any
+    sched: Any
+    amp: Any
+    loss_fn: DPOLoss
+    step: int = 0
+    consumed: dict[str, Any] = dataclasses.field(default_factory=dict)
+    best: dict[str, Any] | None = None      # {"step", "score"} of the export in ``best/``
 
-    hf_logging.disable_progress_bar()   # the loop reports its own progress
-    dist = _dist(config.get("_ray", False))
-    if not dist.ray and cfg.use_gpu and torch.cuda.is_available():
-        dist.device = torch.device("cuda")
+
+def setup(cfg: TrainConfig, dist: Dist) -> Session:
+    """Seeds, the model (with DPO's reference) wrapped for DDP or FSDP, optimiser and schedule, and the
+    newest readable checkpoint of the stage restored."""
     torch.manual_seed(cfg.seed + dist.rank)
     random.seed(cfg.seed + dist.rank)
     stage_dir = os.path.join(cfg.output, cfg.stage)
@@ -539,8 +592,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     n_trainable = set_trainable(model, modules)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    ref_dir = cfg.model_dir
-    ref = None
+    ref, ref_dir = None, cfg.model_dir
     if cfg.stage == "dpo":
         if not ref_dir:   # a DPO run from a new model: keep its starting point for the held-out eval
             ref_dir = os.path.join(stage_dir, "reference")
@@ -554,88 +606,221 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     model.float()   # fp32 master weights (sharded first under FSDP, so a bf16 checkpoint never lands whole in fp32)
     if ref is not None and mode == "fsdp":
         ref.float()
-    amp = functools.partial(parallel.autocast, mode, dist.device, cfg.bf16)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay)
     from transformers import get_cosine_schedule_with_warmup
 
     sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.steps() // 10 + 1), max(1, cfg.steps()))
-    step, consumed = 0, {"positions": [0] * max(1, cfg.loader_workers), "batches": 0}
+    s = Session(cfg, dist, stage_dir, model, processor, ref, ref_dir, mode, modules, n_trainable, params, opt, sched,
+                functools.partial(parallel.autocast, mode, dist.device, cfg.bf16), DPOLoss(cfg.beta, cfg.rpo_alpha),
+                consumed={"positions": [0] * max(1, cfg.loader_workers), "batches": 0}, best=_best_so_far(stage_dir))
     if dist.rank == 0:
         remove_unfinished(stage_dir)
-    resume, resumed_step, resumed = resume_latest(stage_dir, model, opt, sched, dist)
+    resume, step, consumed = resume_latest(stage_dir, model, opt, sched, dist)
     if resume:
-        step, consumed = resumed_step, resumed
         if len(consumed["positions"]) != max(1, cfg.loader_workers):
             raise ValueError(f"{resume} was written with {len(consumed['positions'])} loader workers; "
                              f"resume with loader_workers={len(consumed['positions'])}")
+        s.step, s.consumed = step, consumed
         _say(dist, f"resuming {cfg.stage} from {resume} (step {step}, stream positions {consumed['positions']})")
-    encoder = Encoder(processor.tokenizer, chunk_seconds(processor))
-    errors = SkipCounter(cfg.max_bad_fraction)
-    pad, fe = processor.tokenizer.pad_token_id, LogMel(processor.feature_extractor)
-    batches = micro_batches(cfg, encoder, dist, consumed["positions"], consumed["batches"], pad, fe, errors)
-    writer = _writer(stage_dir) if dist.rank == 0 else None
-    loss_fn = DPOLoss(cfg.beta, cfg.rpo_alpha)
-    _say(dist, f"{cfg.stage}: training {', '.join(modules)} ({n_trainable:,} parameters) for {cfg.steps()} steps "
-               f"on {dist.world} worker(s) ({mode}), device {dist.device}{', bf16' if cfg.bf16 else ''}")
-    history = []
-    t_last, tokens_since = time.monotonic(), 0
-    model.train()
-    with _Interrupt(enabled=not dist.ray) as interrupt:
-        while step < cfg.steps():
-            if interrupt.requested:
-                folder, _ = save_checkpoint(stage_dir, step, model, opt, sched, consumed, processor, dist)
-                raise KeyboardInterrupt(f"{cfg.stage} interrupted at step {step}; checkpoint {folder} saved")
-            micro = [next(batches) for _ in range(cfg.grad_accum)]
-            for m in micro:
-                consumed["positions"][m.worker] = m[-1].position + 1
-            consumed["batches"] += len(micro)
-            tokens_since += sum(len(e) for m in micro for e in m)
-            if cfg.stage == "dpo":
-                metrics = dpo_step(model, ref, micro, pad, fe, dist, loss_fn, amp)
-            else:
-                metrics = lm_step(model, micro, pad, fe, dist, amp)
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            metrics["lr"] = sched.get_last_lr()[0]
-            history.append({"step": step, **metrics})
-            if dist.rank == 0:
-                with open(os.path.join(stage_dir, "train_log.jsonl"), "a") as f:
-                    f.write(json.dumps({"step": step, **metrics}) + "\n")
-            if step % 10 == 0 or step == cfg.steps():
-                elapsed = time.monotonic() - t_last
-                metrics["tokens_per_s"] = tokens_since * dist.world / max(elapsed, 1e-9)
-                t_last, tokens_since = time.monotonic(), 0
-                _log(writer, dist, cfg.stage, step, metrics)
-            if step % cfg.checkpoint_every == 0 and step < cfg.steps():
-                folder, _ = save_checkpoint(stage_dir, step, model, opt, sched, consumed, processor, dist)
-                _report(dist, {"step": step, **metrics}, folder)
-    result: dict[str, Any] = {"steps": step, "workers": dist.world, "parallel": mode, "bf16": cfg.bf16,
+    return s
+
+
+def train_step(s: Session, micro: list[Batch]) -> dict[str, float]:
+    """One optimiser step over the micro-batches of one global batch; records how far the data has been read."""
+    for m in micro:
+        s.consumed["positions"][m.worker] = m[-1].position + 1
+    s.consumed["batches"] += len(micro)
+    pad, fe = s.processor.tokenizer.pad_token_id, LogMel(s.processor.feature_extractor)
+    if s.cfg.stage == "dpo":
+        metrics = dpo_step(s.model, s.ref, micro, pad, fe, s.dist, s.loss_fn, s.amp)
+    else:
+        metrics = lm_step(s.model, micro, pad, fe, s.dist, s.amp)
+    torch.nn.utils.clip_grad_norm_(s.params, 1.0)
+    s.opt.step()
+    s.sched.step()
+    s.opt.zero_grad(set_to_none=True)
+    s.step += 1
+    metrics["lr"] = s.sched.get_last_lr()[0]
+    return metrics
+
+
+def checkpoint(s: Session, metrics: dict[str, Any]) -> str | None:
+    """Collective: a resumable checkpoint of the step; with ``keep_best``, rank 0 also scores its export on
+    the held-out set and keeps it in ``best/`` when it beats the best so far."""
+    folder, model_state = save_checkpoint(s.stage_dir, s.step, s.model, s.opt, s.sched, s.consumed, s.processor, s.dist)
+    if s.dist.rank == 0 and s.cfg.keep_best:
+        candidate = os.path.join(s.stage_dir, "candidate")
+        export(s, model_state, candidate)
+        consider_best(s, candidate, evaluate_export(s.cfg, candidate, s.ref_dir, s.dist.device, before=False))
+    _report(s.dist, {"step": s.step, **metrics}, folder)
+    return folder
+
+
+def export(s: Session, model_state: dict[str, Any], folder: str, last: bool = False) -> None:
+    """Rank 0: the model (``save_pretrained``, in bf16 when training in bf16) and processor into ``folder``.
+    Mid-run the live model keeps its fp32 master weights: a copy is converted (under FSDP, whose live
+    model is sharded, only the saved tensors are)."""
+    import shutil
+
+    dtype = torch.bfloat16 if s.cfg.bf16 else torch.float32
+    core = _core(s.model)
+    if dtype != torch.float32 and (last or s.mode != "fsdp"):
+        core = (core if last else copy.deepcopy(core)).to(dtype)   # save_pretrained records the parameters' dtype
+    tmp = folder + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    core.save_pretrained(tmp, state_dict={k: v.to(dtype) for k, v in model_state.items()})
+    s.processor.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def consider_best(s: Session, folder: str, result: dict[str, Any]) -> None:
+    """Keep ``folder``'s export as ``best/`` when its held-out score beats the best so far (ties go to the
+    later step: it has seen more data)."""
+    import shutil
+
+    score = held_out_score(result)
+    if score is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    if s.best is not None and score < s.best["score"]:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    best = os.path.join(s.stage_dir, "best")
+    shutil.rmtree(best, ignore_errors=True)
+    os.replace(folder, best)
+    s.best = {"step": s.step, "score": score}
+    with open(os.path.join(best, "best.json"), "w") as f:
+        json.dump({**s.best, "eval": result}, f, indent=2)
+    _say(s.dist, f"{s.cfg.stage} step {s.step}: held-out score {score:.3f} is the best so far, exported to {best}")
+
+
+def held_out_score(result: dict[str, Any]) -> float | None:
+    """One number per held-out eval, higher is better: the mean over tasks of accuracy (F1 for sound
+    events), and of 1 − WER (capped at 0) for transcription; after DPO the generation tasks come first (what SFT taught must stay),
+    reward accuracy only where there are none. None without held-out examples."""
+    tasks = result.get("tasks") or {}
+    if tasks:
+        vals = [r["f1"] if "f1" in r else r["accuracy"] if "accuracy" in r else max(0.0, 1.0 - r["wer"])
+                for r in tasks.values()]
+        return sum(vals) / len(vals)
+    if "reward_accuracy" in result:
+        return float(result["reward_accuracy"])
+    return None
+
+
+def _best_so_far(stage_dir: str) -> dict[str, Any] | None:
+    try:
+        with open(os.path.join(stage_dir, "best", "best.json")) as f:
+            found = json.load(f)
+        return {"step": int(found["step"]), "score": float(found["score"])}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def finish(s: Session, history: list[dict[str, Any]], errors: SkipCounter) -> tuple[dict[str, Any], str | None]:
+    """Collective: the last checkpoint, then on rank 0 its export to ``final/`` scored on the held-out set
+    (beside the reference after DPO), ``best/`` updated and ``eval.json`` written."""
+    import shutil
+
+    result: dict[str, Any] = {"steps": s.step, "workers": s.dist.world, "parallel": s.mode, "bf16": s.cfg.bf16,
                               "skipped_data": errors.errors[:20]}
-    # The last checkpoint's gathered model state is also what the export saves.
-    final_ckpt, model_state = save_checkpoint(stage_dir, step, model, opt, sched, consumed, processor, dist)
-    del opt, ref
-    if dist.rank == 0:
-        final = os.path.join(stage_dir, "final")
-        export_dtype = torch.bfloat16 if cfg.bf16 else torch.float32
-        core = _core(model).to(export_dtype)   # training is over; save_pretrained records the parameters' dtype
-        core.save_pretrained(final, state_dict={k: v.to(export_dtype) for k, v in model_state.items()})
-        processor.save_pretrained(final)
-        del model_state
-        # The held-out eval runs on the export itself (whole, on rank 0), so it also checks the export.
-        result["eval"] = evaluate_export(cfg, final, ref_dir, dist.device)
-        result["train"] = {"final_loss": history[-1]["loss"] if history else None,
-                           "first_loss": history[0]["loss"] if history else None}
-        with open(os.path.join(stage_dir, "eval.json"), "w") as f:
-            json.dump(result, f, indent=2)
-        if writer:
-            writer.close()
-        _say(dist, f"{cfg.stage}: done; eval {json.dumps(result['eval'])[:400]}")
-    _report(dist, {"step": step, "done": True}, final_ckpt)
+    final_ckpt, model_state = save_checkpoint(s.stage_dir, s.step, s.model, s.opt, s.sched, s.consumed, s.processor,
+                                              s.dist)
+    s.opt = s.ref = None
+    if s.dist.rank != 0:
+        return result, final_ckpt
+    final = os.path.join(s.stage_dir, "final")
+    export(s, model_state, final, last=True)
+    del model_state
+    # The held-out eval runs on the export itself (whole, on rank 0), so it also checks the export.
+    result["eval"] = evaluate_export(s.cfg, final, s.ref_dir, s.dist.device)
+    if s.cfg.keep_best:
+        candidate = os.path.join(s.stage_dir, "candidate")
+        shutil.copytree(final, candidate, dirs_exist_ok=True)
+        consider_best(s, candidate, result["eval"])
+        result["best"] = s.best
+    result["train"] = {"final_loss": history[-1]["loss"] if history else None,
+                       "first_loss": history[0]["loss"] if history else None}
+    with open(os.path.join(s.stage_dir, "eval.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    _say(s.dist, f"{s.cfg.stage}: done; eval {json.dumps(result['eval'])[:400]}")
+    return result, final_ckpt
+
+
+def train_loop(cfg: TrainConfig, dist: Dist | None = None) -> dict[str, Any]:
+    """One worker's stage: set-up, steps until ``cfg.steps()``, a checkpoint every ``checkpoint_every``, the
+    export and its held-out eval. ``dist`` is this worker's place in the group (one rank without it)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()   # the loop reports its own progress
+    dist = dist or Dist()
+    if not dist.ray and cfg.use_gpu and torch.cuda.is_available():
+        dist.device = torch.device("cuda")
+    s = setup(cfg, dist)
+    encoder = Encoder(s.processor.tokenizer, chunk_seconds(s.processor))
+    errors = SkipCounter(cfg.max_bad_fraction)
+    batches = micro_batches(cfg, encoder, dist, s.consumed["positions"], s.consumed["batches"],
+                            s.processor.tokenizer.pad_token_id, LogMel(s.processor.feature_extractor), errors)
+    writer = _writer(s.stage_dir) if dist.rank == 0 else None
+    _say(dist, f"{cfg.stage}: training {', '.join(s.modules)} ({s.n_trainable:,} parameters) for {cfg.steps()} steps "
+               f"on {dist.world} worker(s) ({s.mode}), device {dist.device}{', bf16' if cfg.bf16 else ''}")
+    history: list[dict[str, Any]] = []
+    progress = _Progress(cfg.stage, s.step, cfg.steps(), dist)
+    s.model.train()
+    with _Interrupt(enabled=not dist.ray) as interrupt:
+        while s.step < cfg.steps():
+            if interrupt.requested:
+                folder, _ = save_checkpoint(s.stage_dir, s.step, s.model, s.opt, s.sched, s.consumed, s.processor, dist)
+                raise KeyboardInterrupt(f"{cfg.stage} interrupted at step {s.step}; checkpoint {folder} saved")
+            micro = [next(batches) for _ in range(cfg.grad_accum)]
+            metrics = train_step(s, micro)
+            history.append({"step": s.step, **metrics})
+            if dist.rank == 0:
+                with open(os.path.join(s.stage_dir, "train_log.jsonl"), "a") as f:
+                    f.write(json.dumps({"step": s.step, **metrics}) + "\n")
+            progress.tokens += sum(len(e) for m in micro for e in m)
+            if s.step % 10 == 0 or s.step == cfg.steps():
+                progress.log(writer, s.step, metrics)
+            if s.step % cfg.checkpoint_every == 0 and s.step < cfg.steps():
+                checkpoint(s, metrics)
+    result, final_ckpt = finish(s, history, errors)
+    if writer:
+        writer.close()
+    _report(dist, {"step": s.step, "done": True}, final_ckpt)
     return result
+
+
+def ray_train_loop(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train's per-worker entry: the worker's rank, group size and device come from Ray Train."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    dist = Dist(rank=ctx.get_world_rank(), world=ctx.get_world_size(), device=ray.train.torch.get_device(), ray=True)
+    return train_loop(TrainConfig(**config), dist)
+
+
+class _Progress:
+    """The progress line every 10 steps: step of steps, metrics, tokens/s over all workers and the ETA."""
+
+    def __init__(self, stage: str, start: int, total: int, dist: Dist):
+        self.stage, self.start, self.total, self.dist = stage, start, total, dist
+        self.t0 = self.t_last = time.monotonic()
+        self.tokens = 0
+
+    def log(self, writer, step: int, metrics: dict[str, float]) -> None:
+        now = time.monotonic()
+        metrics["tokens_per_s"] = self.tokens * self.dist.world / max(now - self.t_last, 1e-9)
+        self.t_last, self.tokens = now, 0
+        if writer is not None:
+            for k, v in metrics.items():
+                writer.add_scalar(f"{self.stage}/{k}", v, step)
+        per_step = (now - self.t0) / max(1, step - self.start)
+        eta = per_step * (self.total - step)
+        _say(self.dist, f"{self.stage} step {step}/{self.total}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+             + f" eta {int(eta // 60)}m{int(eta % 60):02d}s")
 
 
 class _Interrupt:
@@ -664,27 +849,10 @@ class _Interrupt:
             signal.signal(signal.SIGINT, self._old)
 
 
-def _dist(in_ray: bool) -> Dist:
-    if not in_ray:
-        return Dist()
-    import ray.train
-    import ray.train.torch
-
-    ctx = ray.train.get_context()
-    return Dist(rank=ctx.get_world_rank(), world=ctx.get_world_size(), device=ray.train.torch.get_device(), ray=True)
-
-
 def _writer(stage_dir: str):
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(os.path.join(stage_dir, "tensorboard"))
-
-
-def _log(writer, dist: Dist, stage: str, step: int, metrics: dict[str, float]) -> None:
-    if writer is not None:
-        for k, v in metrics.items():
-            writer.add_scalar(f"{stage}/{k}", v, step)
-    _say(dist, f"{stage} step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
 
 def _say(dist: Dist, msg: str) -> None:
@@ -718,7 +886,7 @@ def run_stage(cfg: TrainConfig) -> dict[str, Any]:
             else "evaluation skipped (eval_holdout=0)"), flush=True)
     config = dataclasses.asdict(cfg)
     if cfg.launcher == "local":
-        return train_loop(config)
+        return train_loop(cfg)
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -728,7 +896,7 @@ def run_stage(cfg: TrainConfig) -> dict[str, Any]:
         ray.init(address=address) if address else ray.init(address="local", include_dashboard=False,
                                                             log_to_driver=True)
     trainer = TorchTrainer(
-        train_loop, train_loop_config={**config, "_ray": True},
+        ray_train_loop, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         run_config=RunConfig(name=f"audiomill-{cfg.stage}", storage_path=os.path.abspath(os.path.join(cfg.output, "ray")),

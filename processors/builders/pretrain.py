@@ -121,7 +121,8 @@ def events_target(labels: Labels) -> tuple[str, list[str]] | str:
     names = [e.label for e in sorted(labels.events, key=lambda e: -e.score)]
     if not names:
         return "no events"
-    return ", ".join(dict.fromkeys(names)), ["events"]
+    # "; " between events: AudioSet names hold commas ("Beep, bleep") but never a semicolon.
+    return "; ".join(dict.fromkeys(names)), ["events"]
 
 
 def speaker_target(labels: Labels) -> tuple[str, list[str]] | str:

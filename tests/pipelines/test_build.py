@@ -172,7 +172,7 @@ def test_build_writes_examples_that_agree_with_their_labels_and_train_all_trains
             if rec["task"] == "s2tt":
                 assert rec["target"] == TRANSLATION and "French" in rec["prompt"]
             if rec["task"] == "sound_events":
-                assert set(rec["target"].split(", ")) <= {e["label"] for e in own["events"]}
+                assert set(rec["target"].split("; ")) <= {e["label"] for e in own["events"]}
         elif rec["stage"] == "sft" and rec["task"] in ("analysis", "mixed_scene"):
             assert all(claims_ok(reply_text(m), own) for m in rec["messages"] if m["role"] == "assistant"), rec
         elif rec["stage"] == "dpo" and rec["task"] == "analysis":

@@ -51,3 +51,9 @@ def test_scores_by_task_kind():
     assert asr["wer"] == pytest.approx(1 / 5) and asr["n"] == 2
     lid = score_task("lid", ["english", "french", "english", "german"], ["English.", "german", "english", "german"])
     assert lid["accuracy"] == 0.75 and lid["chance"] == 0.5
+    ev = score_task("sound_events", ["Speech; Dog", "Beep, bleep", "Music"],
+                    ["dog; speech", "Beep, bleep; Sound effect", "Speech"])
+    # Order and case do not matter; a comma inside an AudioSet name is part of it.
+    assert ev["f1"] == pytest.approx((1.0 + 2 / 3 + 0.0) / 3) and ev["accuracy"] == 0.0   # exact match: none
+    # The best constant answer: "Speech; Dog" scores F1 1, 0, 0 → 1/3; "Music" 0, 0, 1 → 1/3.
+    assert ev["chance_f1"] == pytest.approx(1 / 3)

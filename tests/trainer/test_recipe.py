@@ -138,3 +138,71 @@ def test_resume_after_kill_continues_the_same_loss_curve(examples, tmp_path, loa
     assert [a[s] for s in a] == pytest.approx([b[s] for s in a], rel=1e-5)
     eval_json = json.loads((killed / "pretrain" / "eval.json").read_text())
     assert eval_json["steps"] == 14
+
+
+def test_setup_step_checkpoint_and_resume_are_separate_parts_of_the_loop(examples, tmp_path):
+    """One SFT step changes the projector and the LM and leaves the encoder; the checkpoint's export is
+    scored and kept as best/; a new set-up resumes at that step with that best."""
+    from trainer.recipe import Batch, LogMel, _tensors, checkpoint, held_out_score, setup, train_step
+
+    cfg = TrainConfig(examples=str(examples), output=str(tmp_path / "o"), stage="sft", max_steps=5, launcher="local",
+                      warmup_steps=0, eval_max_examples=6, max_tokens=600)
+    s = setup(cfg, Dist())
+    assert s.step == 0 and s.best is None and s.modules == ["projector", "lm"]
+    before = {n: p.detach().clone() for n, p in s.model.named_parameters()}
+    items = _encoded(examples, s.processor, "sft", 3)
+    for i, item in enumerate(items):
+        item.position = 7 + i
+    batch = Batch(items)
+    batch.tensors = _tensors(items, s.processor.tokenizer.pad_token_id, LogMel(s.processor.feature_extractor), False)
+    metrics = train_step(s, [batch])
+    assert s.step == 1 and s.consumed == {"positions": [10], "batches": 1} and metrics["loss"] > 0
+    moved = {".".join(n.split(".")[:2]) for n, p in s.model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved >= {"model.multi_modal_projector", "model.language_model"} and "model.audio_tower" not in moved, moved
+
+    checkpoint(s, metrics)
+    best = json.loads((tmp_path / "o" / "sft" / "best" / "best.json").read_text())
+    assert best["step"] == 1 and best["score"] == pytest.approx(held_out_score(best["eval"]))
+    assert (tmp_path / "o" / "sft" / "best" / "model.safetensors").exists()
+    assert not (tmp_path / "o" / "sft" / "candidate").exists()
+
+    again = setup(cfg, Dist())
+    assert again.step == 1 and again.consumed == {"positions": [10], "batches": 1}
+    assert again.best == {"step": 1, "score": best["score"]}
+    for n, p in again.model.named_parameters():
+        assert torch.equal(p, dict(s.model.named_parameters())[n]), n
+
+
+def test_a_checkpoint_becomes_best_only_when_its_held_out_score_beats_the_best(tmp_path):
+    from types import SimpleNamespace
+
+    from trainer.recipe import consider_best
+
+    s = SimpleNamespace(stage_dir=str(tmp_path), best=None, step=0, dist=Dist(), cfg=SimpleNamespace(stage="sft"))
+
+    def offer(step, accuracy):
+        s.step = step
+        folder = tmp_path / "candidate"
+        folder.mkdir()
+        (folder / "weights").write_text(str(step))
+        consider_best(s, str(folder), {"tasks": {"lid": {"accuracy": accuracy}}})
+        assert not folder.exists()
+        return (tmp_path / "best" / "weights").read_text()
+
+    assert offer(10, 0.5) == "10"
+    assert offer(20, 0.3) == "10" and s.best == {"step": 10, "score": 0.5}
+    assert offer(30, 0.5) == "30"                # a tie goes to the later step
+    assert offer(40, 0.8) == "40" and json.loads((tmp_path / "best" / "best.json").read_text())["step"] == 40
+    s.step = 50
+    (tmp_path / "candidate").mkdir()
+    consider_best(s, str(tmp_path / "candidate"), {"examples": 0})     # nothing held out: nothing to compare
+    assert (tmp_path / "best" / "weights").read_text() == "40" and not (tmp_path / "candidate").exists()
+
+
+def test_held_out_score_is_the_mean_task_score_and_reward_accuracy_only_without_tasks():
+    from trainer.recipe import held_out_score
+
+    tasks = {"lid": {"accuracy": 0.5}, "asr": {"wer": 0.25}, "s2tt": {"wer": 1.5}}
+    assert held_out_score({"tasks": tasks, "reward_accuracy": 1.0}) == pytest.approx((0.5 + 0.75 + 0.0) / 3)
+    assert held_out_score({"reward_accuracy": 0.75}) == 0.75
+    assert held_out_score({"examples": 0}) is None

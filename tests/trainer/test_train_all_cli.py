@@ -17,4 +17,10 @@ def test_train_all_cli_runs_every_stage(lid_examples, tmp_path):
         result = json.loads((out / stage / "eval.json").read_text())
         assert result["steps"] == 4 and result["eval"]["examples"] == 4
         assert list((out / stage / "tensorboard").iterdir())
-    assert "reward_accuracy" in json.loads((out / "dpo" / "eval.json").read_text())["eval"]
+    dpo = json.loads((out / "dpo" / "eval.json").read_text())["eval"]
+    assert "reward_accuracy" in dpo
+    # After DPO, generation on the SFT held-out set, beside the SFT checkpoint's (DPO's reference).
+    sft = json.loads((out / "sft" / "eval.json").read_text())["eval"]
+    assert set(dpo["tasks"]) == set(dpo["tasks_before"]) == set(sft["tasks"])
+    assert dpo["tasks_before"]["lid"]["accuracy"] == sft["tasks"]["lid"]["accuracy"]
+    assert dpo["tasks_held_out"] == "sft/eval"
