@@ -895,7 +895,7 @@ def run_stage(cfg: TrainConfig) -> dict[str, Any]:
         address = os.environ.get("RAY_ADDRESS")
         ray.init(address=address) if address else ray.init(address="local", include_dashboard=False,
                                                             log_to_driver=True)
-    trainer = TorchTrainer(
+    trainer = (_EmbeddedTorchTrainer() if _owns_cluster() else TorchTrainer)(
         ray_train_loop, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
@@ -905,6 +905,33 @@ def run_stage(cfg: TrainConfig) -> dict[str, Any]:
     trainer.fit()
     with open(os.path.join(cfg.output, cfg.stage, "eval.json")) as f:
         return json.load(f)
+
+
+def _owns_cluster() -> bool:
+    """Whether this process started the Ray cluster it is connected to (an embedded one)."""
+    from ray._private import worker
+
+    return bool(worker._global_node is not None and worker._global_node.head)
+
+
+def _EmbeddedTorchTrainer():
+    """TorchTrainer without Ray Train's PlacementGroupCleaner, for a cluster this process started.
+
+    The cleaner is a detached actor that asks the State API every second whether the training
+    controller is alive, to free its placement group should the controller die. The State API is served
+    by the dashboard, which an embedded cluster runs without: every query failed and logged a warning,
+    three a second. With the dashboard, its 10 s query outlives the cleaner's 12 s stop on two busy cores
+    and the run ends with a traceback. On an embedded cluster the cleaner guards nothing: the cluster, its
+    placement groups with it, ends with this process. On a cluster joined by address it stays.
+    """
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    class EmbeddedTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            return [c for c in super()._create_default_callbacks() if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return EmbeddedTorchTrainer
 
 
 def run_all(cfg: TrainConfig) -> dict[str, Any]:

@@ -1,0 +1,21 @@
+"""A training run on an embedded Ray cluster prints the run, not Ray Train's machinery: no
+PlacementGroupCleaner warnings (its State API queries, three a second) and no traceback at the end."""
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_an_embedded_ray_train_run_logs_its_progress_and_nothing_of_the_placement_group_cleaner(lid_examples, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "pipelines.cli", "train", str(lid_examples), str(tmp_path / "o"),
+                          "stage=pretrain", "launcher=ray", "max_steps=20", "max_tokens=600", "eval_max_examples=4"],
+                         capture_output=True, text=True, timeout=600)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-3000:]
+    assert "pretrain step 20/20:" in log and " eta " in log and "pretrain: done" in log
+    assert "PlacementGroupCleaner" not in log and "State API" not in log, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    assert len(log.splitlines()) < 30, log
