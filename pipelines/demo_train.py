@@ -98,7 +98,8 @@ def train(examples: Path, out: Path, launcher: str = "ray", scale: float = 1.0) 
     from trainer.config import TrainConfig
     from trainer.recipe import run_stage
 
-    cfg = TrainConfig(examples=str(examples), output=str(out), launcher=launcher, max_tokens=2000)
+    # rpo_alpha: DPO keeps the chosen reply's likelihood up, so it does not cost what SFT taught.
+    cfg = TrainConfig(examples=str(examples), output=str(out), launcher=launcher, max_tokens=2000, rpo_alpha=1.0)
     results, model_dir = {}, ""
     for stage, n in STEPS.items():
         steps = max(1, round(n * scale))
@@ -131,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     dpo = results["dpo"]["eval"]
     print(f"{'dpo':9s} {results['dpo']['steps']:5d}  {'reward accuracy':28s} {dpo['reward_accuracy']:6.3f} {0.5:6.3f}")
     print(f"{'':9s} {'':5s}  {'chosen − rejected log-p shift':28s} {dpo['chosen_minus_rejected_logp_shift']:+6.3f}")
+    if "tasks" in dpo:
+        after, before = dpo["tasks"]["lid"], dpo["tasks_before"]["lid"]
+        print(f"{'':9s} {'':5s}  {'accuracy after DPO (SFT)':28s} {after['accuracy']:6.3f} {after['chance']:6.3f}"
+              f"  ({before['accuracy']:.3f} before DPO)")
     print(f"[demo] plain transformers, held-out French word {word!r}: {QUESTION!r} → {reply!r} (expected 'french')")
     print(f"[demo] exports in {out}/<stage>/final; {time.monotonic() - t0:.0f} s", flush=True)
     return 0
