@@ -71,13 +71,14 @@ class SegmentPasses:
             else:
                 todo.append(u)
         expect = {u.unit: len(u.segments) for u in todo}
+        seconds = {s.key: s.end_s - s.start_s for u in todo for s in u.segments}
         pending: dict[str, list[SegmentLabels]] = {}
         progress = self.progress(name, sum(expect.values()), "segments")
 
         def on_labels(s: SegmentLabels) -> None:
             pending[s.unit].append(s)
             labels[s.key] = s
-            progress.update(1)
+            progress.update(1, audio_s=seconds.get(s.key, 0.0))
             if len(pending[s.unit]) == expect[s.unit]:
                 write_rows(self._rows_url(folder, s.unit), sorted(pending.pop(s.unit), key=lambda x: x.key),
                            SegmentLabels)
