@@ -18,4 +18,4 @@ def test_an_embedded_ray_train_run_logs_its_progress_and_nothing_of_the_placemen
     assert "pretrain step 20/20:" in log and " eta " in log and "pretrain: done" in log
     assert "PlacementGroupCleaner" not in log and "State API" not in log, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
-    assert len(log.splitlines()) < 30, log
+    assert len(log.splitlines()) < 40, log          # 17 here; 49 with the cleaner
