@@ -574,6 +574,7 @@ class Session:
     sched: Any
     amp: Any
     loss_fn: DPOLoss
+    fe: Any                    # the batched log-mel front end (built once; a step collates with it)
     step: int = 0
     consumed: dict[str, Any] = dataclasses.field(default_factory=dict)
     best: dict[str, Any] | None = None      # {"step", "score"} of the export in ``best/``
@@ -613,7 +614,7 @@ def setup(cfg: TrainConfig, dist: Dist) -> Session:
     sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.steps() // 10 + 1), max(1, cfg.steps()))
     s = Session(cfg, dist, stage_dir, model, processor, ref, ref_dir, mode, modules, n_trainable, params, opt, sched,
                 functools.partial(parallel.autocast, mode, dist.device, cfg.bf16), DPOLoss(cfg.beta, cfg.rpo_alpha),
-                consumed={"positions": [0] * max(1, cfg.loader_workers), "batches": 0}, best=_best_so_far(stage_dir))
+                LogMel(processor.feature_extractor), consumed={"positions": [0] * max(1, cfg.loader_workers), "batches": 0}, best=_best_so_far(stage_dir))
     if dist.rank == 0:
         remove_unfinished(stage_dir)
     resume, step, consumed = resume_latest(stage_dir, model, opt, sched, dist)
@@ -631,11 +632,11 @@ def train_step(s: Session, micro: list[Batch]) -> dict[str, float]:
     for m in micro:
         s.consumed["positions"][m.worker] = m[-1].position + 1
     s.consumed["batches"] += len(micro)
-    pad, fe = s.processor.tokenizer.pad_token_id, LogMel(s.processor.feature_extractor)
+    pad = s.processor.tokenizer.pad_token_id
     if s.cfg.stage == "dpo":
-        metrics = dpo_step(s.model, s.ref, micro, pad, fe, s.dist, s.loss_fn, s.amp)
+        metrics = dpo_step(s.model, s.ref, micro, pad, s.fe, s.dist, s.loss_fn, s.amp)
     else:
-        metrics = lm_step(s.model, micro, pad, fe, s.dist, s.amp)
+        metrics = lm_step(s.model, micro, pad, s.fe, s.dist, s.amp)
     torch.nn.utils.clip_grad_norm_(s.params, 1.0)
     s.opt.step()
     s.sched.step()
@@ -675,21 +676,20 @@ def export(s: Session, model_state: dict[str, Any], folder: str, last: bool = Fa
     os.replace(tmp, folder)
 
 
-def consider_best(s: Session, folder: str, result: dict[str, Any]) -> None:
+def consider_best(s: Session, folder: str, result: dict[str, Any], copy: bool = False) -> None:
     """Keep ``folder``'s export as ``best/`` when its held-out score beats the best so far (ties go to the
-    later step: it has seen more data)."""
+    later step: it has seen more data). The folder is moved there, or with ``copy`` copied and left as is;
+    a folder that is not kept and not to be left is removed."""
     import shutil
 
     score = held_out_score(result)
-    if score is None:
-        shutil.rmtree(folder, ignore_errors=True)
-        return
-    if s.best is not None and score < s.best["score"]:
-        shutil.rmtree(folder, ignore_errors=True)
+    if score is None or (s.best is not None and score < s.best["score"]):
+        if not copy:
+            shutil.rmtree(folder, ignore_errors=True)
         return
     best = os.path.join(s.stage_dir, "best")
     shutil.rmtree(best, ignore_errors=True)
-    os.replace(folder, best)
+    shutil.copytree(folder, best) if copy else os.replace(folder, best)
     s.best = {"step": s.step, "score": score}
     with open(os.path.join(best, "best.json"), "w") as f:
         json.dump({**s.best, "eval": result}, f, indent=2)
@@ -722,8 +722,6 @@ def _best_so_far(stage_dir: str) -> dict[str, Any] | None:
 def finish(s: Session, history: list[dict[str, Any]], errors: SkipCounter) -> tuple[dict[str, Any], str | None]:
     """Collective: the last checkpoint, then on rank 0 its export to ``final/`` scored on the held-out set
     (beside the reference after DPO), ``best/`` updated and ``eval.json`` written."""
-    import shutil
-
     result: dict[str, Any] = {"steps": s.step, "workers": s.dist.world, "parallel": s.mode, "bf16": s.cfg.bf16,
                               "skipped_data": errors.errors[:20]}
     final_ckpt, model_state = save_checkpoint(s.stage_dir, s.step, s.model, s.opt, s.sched, s.consumed, s.processor,
@@ -737,9 +735,7 @@ def finish(s: Session, history: list[dict[str, Any]], errors: SkipCounter) -> tu
     # The held-out eval runs on the export itself (whole, on rank 0), so it also checks the export.
     result["eval"] = evaluate_export(s.cfg, final, s.ref_dir, s.dist.device)
     if s.cfg.keep_best:
-        candidate = os.path.join(s.stage_dir, "candidate")
-        shutil.copytree(final, candidate, dirs_exist_ok=True)
-        consider_best(s, candidate, result["eval"])
+        consider_best(s, final, result["eval"], copy=True)
         result["best"] = s.best
     result["train"] = {"final_loss": history[-1]["loss"] if history else None,
                        "first_loss": history[0]["loss"] if history else None}
@@ -762,7 +758,7 @@ def train_loop(cfg: TrainConfig, dist: Dist | None = None) -> dict[str, Any]:
     encoder = Encoder(s.processor.tokenizer, chunk_seconds(s.processor))
     errors = SkipCounter(cfg.max_bad_fraction)
     batches = micro_batches(cfg, encoder, dist, s.consumed["positions"], s.consumed["batches"],
-                            s.processor.tokenizer.pad_token_id, LogMel(s.processor.feature_extractor), errors)
+                            s.processor.tokenizer.pad_token_id, s.fe, errors)
     writer = _writer(s.stage_dir) if dist.rank == 0 else None
     _say(dist, f"{cfg.stage}: training {', '.join(s.modules)} ({s.n_trainable:,} parameters) for {cfg.steps()} steps "
                f"on {dist.world} worker(s) ({s.mode}), device {dist.device}{', bf16' if cfg.bf16 else ''}")
@@ -895,7 +891,7 @@ def run_stage(cfg: TrainConfig) -> dict[str, Any]:
         address = os.environ.get("RAY_ADDRESS")
         ray.init(address=address) if address else ray.init(address="local", include_dashboard=False,
                                                             log_to_driver=True)
-    trainer = (_EmbeddedTorchTrainer() if _owns_cluster() else TorchTrainer)(
+    trainer = (_trainer_without_cleaner() if _owns_cluster() else TorchTrainer)(
         ray_train_loop, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
@@ -914,7 +910,7 @@ def _owns_cluster() -> bool:
     return bool(worker._global_node is not None and worker._global_node.head)
 
 
-def _EmbeddedTorchTrainer():
+def _trainer_without_cleaner():
     """TorchTrainer without Ray Train's PlacementGroupCleaner, for a cluster this process started.
 
     The cleaner is a detached actor that asks the State API every second whether the training
