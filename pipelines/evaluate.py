@@ -1,6 +1,7 @@
 """``audiomill eval CHECKPOINT EXAMPLES_OR_VERSION [--before CHECKPOINT]``: score a checkpoint on the held-out
-examples of every stage with label-grounded metrics (the trainer's own: WER for transcription, exact-match
-accuracy beside its chance level for the rest, reward accuracy on held-out DPO pairs), beside the scores of
+examples of every stage with label-grounded metrics (the trainer's own: WER for transcription, F1 for
+sound events, keyword grounding for voice chat, exact-match accuracy for the rest, each beside its chance
+level; analysis chats scored per kind of question; reward accuracy on held-out DPO pairs), beside the scores of
 the checkpoint before the stage when one is given. Tasks are named after AIR-Bench's foundation and chat
 categories where they match (the benchmark of the Qwen2-Audio report).
 
@@ -30,6 +31,16 @@ AIR_BENCH = {
     "voice_chat": "Chat: speech (spoken instruction)",
     "mixed_scene": "Chat: mixed audio",
 }
+# An analysis chat's last question, by topic (``trainer.recipe.eval_task``): the foundation task it asks.
+AIR_BENCH.update({
+    "analysis/language": "Foundation: spoken language identification (in chat)",
+    "analysis/events": "Foundation: vocal sound / acoustic scene classification (in chat)",
+    "analysis/speakers": "Foundation: speaker number verification (in chat)",
+    "analysis/emotion": "Foundation: emotion recognition (in chat)",
+    "analysis/music": "Foundation: music QA (in chat)",
+    "analysis/transcript": "Chat: speech (what is said)",
+})
+CHANCE = {"f1": "chance_f1", "grounded": "chance_grounded"}
 
 
 def evaluate_checkpoint(checkpoint: str, examples: str, before: str | None = None,
@@ -41,7 +52,7 @@ def evaluate_checkpoint(checkpoint: str, examples: str, before: str | None = Non
     from pipelines.versions import resolve
     from trainer.config import TrainConfig
     from trainer.model import load_pretrained
-    from trainer.recipe import evaluate, stage_shards
+    from trainer.recipe import evaluate, headline_metric, stage_shards
 
     root, _ = resolve(examples, registry)
     stages = [s for s in STAGES if stage_shards(root, s, held_out=True)]
@@ -65,10 +76,10 @@ def evaluate_checkpoint(checkpoint: str, examples: str, before: str | None = Non
         after = evaluate(cfg, model, None, processor, cpu)
         earlier = evaluate(cfg, prior, None, prior_processor, cpu) if prior is not None else {}
         for task, r in sorted(after.get("tasks", {}).items()):
-            metric = "wer" if "wer" in r else "f1" if "f1" in r else "accuracy"
+            metric = headline_metric(r)
             b = earlier.get("tasks", {}).get(task, {}).get(metric)
             rows.append({"stage": stage, "task": task, "category": AIR_BENCH.get(task, task), "metric": metric,
-                         "value": r[metric], "chance": r.get("chance_f1" if metric == "f1" else "chance"),
+                         "value": r[metric], "chance": r.get(CHANCE.get(metric, "chance")),
                          "before": b, "n": r["n"]})
     return rows
 

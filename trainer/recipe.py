@@ -472,11 +472,21 @@ def generation_scores(cfg: TrainConfig, model, processor, device) -> dict[str, A
         out = model.generate(**inputs, max_new_tokens=cfg.eval_max_new_tokens, do_sample=False, eos_token_id=eos,
                              pad_token_id=processor.tokenizer.pad_token_id)
         hyp = processor.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
-        slot = per_task.setdefault(ex.task, {"hyp": [], "ref": []})
+        slot = per_task.setdefault(eval_task(ex), {"hyp": [], "ref": [], "keywords": []})
         slot["hyp"].append(hyp)
         slot["ref"].append(reference_answer(ex).strip())
+        slot["keywords"].append(ex.provenance.get("keywords") or [])
     return {"examples": len(examples), "held_out": note,
-            "tasks": {task: score_task(task, s["ref"], s["hyp"]) for task, s in sorted(per_task.items())}}
+            "tasks": {task: score_task(task, s["ref"], s["hyp"], s["keywords"]) for task, s in sorted(per_task.items())}}
+
+
+def eval_task(ex) -> str:
+    """The name an example is scored under: its task, and for an analysis chat also the kind of its last
+    question (``analysis/language``, ``analysis/events``; the template's last part), so each kind of question
+    gets its own score and chance level rather than one blend."""
+    if ex.task == "analysis" and ex.template:
+        return "analysis/" + ex.template.split("+")[-1].split(".")[0]
+    return ex.task
 
 
 def held_out_examples(cfg: TrainConfig) -> tuple[list, str]:
@@ -498,10 +508,12 @@ def held_out_examples(cfg: TrainConfig) -> tuple[list, str]:
     return examples, note
 
 
-def score_task(task: str, refs: list[str], hyps: list[str]) -> dict[str, Any]:
+def score_task(task: str, refs: list[str], hyps: list[str], keywords: list[list[str]] | None = None) -> dict[str, Any]:
     """WER (jiwer) for transcription tasks; exact-match accuracy (case and full stops ignored) with the
     majority-answer chance level for the rest, and for sound events also F1 over the named events beside
-    the best constant answer's; plus a few (reference, hypothesis) samples."""
+    the best constant answer's. Where the examples carry the answer's keywords (voice chat), also the share
+    of replies that answer the request (``grounded``: at least half of its keywords said) beside the best
+    constant reply's. Plus a few (reference, hypothesis) samples."""
     if task in TRANSCRIPTION_TASKS:
         import jiwer
 
@@ -512,6 +524,10 @@ def score_task(task: str, refs: list[str], hyps: list[str]) -> dict[str, Any]:
         if task in SET_TASKS:      # a set of names ("; " between them): F1 per example, averaged
             out["f1"] = sum(_f1(r, h) for r, h in zip(refs, hyps)) / len(refs)
             out["chance_f1"] = max(sum(_f1(r, c) for r in refs) / len(refs) for c in set(refs))
+        if keywords and all(keywords):
+            out["grounded"] = sum(map(_grounded, keywords, hyps)) / len(refs)
+            out["chance_grounded"] = max(sum(map(_grounded, keywords, [c] * len(refs))) / len(refs)
+                                         for c in set(refs))
     out["samples"] = list(zip(refs, hyps))[:5]
     return out
 
@@ -525,6 +541,11 @@ def _f1(ref: str, hyp: str) -> float:
         return 1.0
     tp = len(r & h)
     return 2 * tp / (len(r) + len(h)) if tp else 0.0
+
+
+def _grounded(keywords: list[str], reply: str) -> bool:
+    said = set(re.findall(r"\w+", reply.lower()))
+    return 2 * sum(k.lower() in said for k in keywords) >= len(keywords)
 
 
 def _norm(s: str) -> str:
@@ -696,13 +717,18 @@ def consider_best(s: Session, folder: str, result: dict[str, Any], copy: bool = 
     _say(s.dist, f"{s.cfg.stage} step {s.step}: held-out score {score:.3f} is the best so far, exported to {best}")
 
 
+def headline_metric(scores: dict[str, Any]) -> str:
+    """The metric a task is judged by: WER, F1 for event sets, grounding for voice chat, else accuracy."""
+    return next(m for m in ("wer", "f1", "grounded", "accuracy") if m in scores)
+
+
 def held_out_score(result: dict[str, Any]) -> float | None:
-    """One number per held-out eval, higher is better: the mean over tasks of accuracy (F1 for sound
-    events), and of 1 − WER (capped at 0) for transcription; after DPO the generation tasks come first (what SFT taught must stay),
+    """One number per held-out eval, higher is better: the mean over tasks of their headline metric
+    (``headline_metric``), 1 − WER (capped at 0) for transcription; after DPO the generation tasks come first (what SFT taught must stay),
     reward accuracy only where there are none. None without held-out examples."""
     tasks = result.get("tasks") or {}
     if tasks:
-        vals = [r["f1"] if "f1" in r else r["accuracy"] if "accuracy" in r else max(0.0, 1.0 - r["wer"])
+        vals = [r[headline_metric(r)] if headline_metric(r) != "wer" else max(0.0, 1.0 - r["wer"])
                 for r in tasks.values()]
         return sum(vals) / len(vals)
     if "reward_accuracy" in result:

@@ -1,8 +1,10 @@
 """Voice chat and mixed scenes: SFT examples whose user turn is audio only.
 
 - ``voice_chat``: an instruction from a JSONL set (``data/instructions.jsonl`` by default; lines of
-  ``{"id", "instruction", "answer"}`` and an optional ``"language"``, "en" when absent) spoken by TTS in a
-  voice of its language (``voice_for``); the assistant answers the request itself.
+  ``{"id", "instruction", "answer"}``, an optional ``"language"`` ("en" when absent) and optional
+  ``"keywords"``) spoken by TTS in a voice of its language (``voice_for``); the assistant answers the request
+  itself. The example carries the answer's keywords (``keywords``), so an evaluation can check that a reply
+  answers the spoken request rather than match it word for word.
 - ``mixed_scene``: a spoken question about the scene ("What sounds can you hear around me?", from the
   ``scene`` section of ``templates/analysis.yaml``) laid over a labelled segment at a set SNR; the answer
   comes from the segment's labels (``analysis.answer``).
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +103,30 @@ def load_instructions(path: str | Path = INSTRUCTIONS) -> list[dict[str, str]]:
     return out
 
 
+# Words that say nothing about what was asked, in the instruction set's languages; the rest of an answer's
+# words that the instruction does not already hold are what show that a reply answers it.
+STOP_WORDS = frozenset("""
+a an the is are was were be been it its this that there these those of in on at to for from by with and or
+as but if so not no yes you your i me my we our he she they them his her their do does did can could will
+would should have has had about then than into out up down over after before
+der die das ein eine ist sind und oder zu von mit im in auf für es ich du sie wir nicht
+le la les un une des est sont et ou de du au aux en dans pour par avec il elle je tu nous vous ne pas
+el los las uno una es son y o del al en por para con yo tú no se lo
+il lo gli uno una è sono e o di da con per non
+""".split())
+
+
+def keywords(item: dict) -> list[str]:
+    """The words of ``item["answer"]`` that a reply must hold to answer the instruction: its own
+    ``"keywords"`` when given, else the answer's words that are neither stop words nor in the instruction."""
+    if item.get("keywords"):
+        return [w.lower() for w in item["keywords"]]
+    words = lambda text: re.findall(r"\w+", text.lower())  # noqa: E731
+    asked = set(words(item["instruction"]))
+    found = [w for w in dict.fromkeys(words(item["answer"])) if w not in STOP_WORDS and w not in asked]
+    return found or [w for w in dict.fromkeys(words(item["answer"])) if w not in STOP_WORDS]
+
+
 def voice_chat(item: dict[str, str], voice: Voice) -> tuple[Example, list[np.ndarray]] | None:
     """The spoken instruction and its answer; None when the speech runs past 30 s."""
     audio = speak(item["instruction"], voice)
@@ -110,7 +137,8 @@ def voice_chat(item: dict[str, str], voice: Voice) -> tuple[Example, list[np.nda
                  audio=[AudioRef("audio0.flac", source, round(len(audio) / SR, 3))], template=voice.id,
                  messages=[{"role": "user", "content": [{"type": "audio", "audio": 0}]},
                            {"role": "assistant", "content": [{"type": "text", "text": item["answer"]}]}],
-                 provenance={"segments": [], "instruction": item["id"], "voice": voice.id, "labels_used": []})
+                 provenance={"segments": [], "instruction": item["id"], "voice": voice.id, "labels_used": [],
+                             "keywords": keywords(item)})
     return ex, [audio]
 
 

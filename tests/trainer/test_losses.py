@@ -57,3 +57,33 @@ def test_scores_by_task_kind():
     assert ev["f1"] == pytest.approx((1.0 + 2 / 3 + 0.0) / 3) and ev["accuracy"] == 0.0   # exact match: none
     # The best constant answer: "Speech; Dog" scores F1 1, 0, 0 → 1/3; "Music" 0, 0, 1 → 1/3.
     assert ev["chance_f1"] == pytest.approx(1 / 3)
+
+
+def test_voice_chat_replies_are_judged_by_whether_they_answer_the_request():
+    from trainer.recipe import headline_metric, score_task
+
+    refs = ["The capital of France is Paris.", "A leap year has 366 days.", "Bees make honey and wax."]
+    keys = [["paris"], ["366"], ["honey", "wax"]]
+    # Reworded but right; right number, other words; one of two keywords (half is enough).
+    right = score_task("voice_chat", refs, ["Paris is France's capital", "366, one more than usual", "Honey."], keys)
+    assert right["grounded"] == 1.0 and right["accuracy"] == 0.0 and headline_metric(right) == "grounded"
+    # Fluent and on topic, but wrong: the capital named wrongly, the days miscounted, the products missing.
+    wrong = score_task("voice_chat", refs, ["The capital of France is Lyon.", "A leap year has 365 days.",
+                                            "Bees make a buzzing sound."], keys)
+    assert wrong["grounded"] == 0.0
+    # Answering every request the same way grounds one of three at best.
+    assert wrong["chance_grounded"] == pytest.approx(1 / 3)
+    assert "grounded" not in score_task("voice_chat", refs, refs)         # no keywords: exact match only
+
+
+def test_an_analysis_chat_is_scored_under_the_kind_of_its_last_question():
+    from schemas.example import AudioRef, Example, assistant_turn, user_audio_turn
+    from trainer.recipe import eval_task
+
+    def ex(task, template):
+        return Example(id="e", stage="sft", task=task, audio=[AudioRef("audio0.flac", "s", 1.0)], template=template,
+                       messages=[user_audio_turn("What language is being spoken?"), assistant_turn("English.")])
+
+    assert eval_task(ex("analysis", "events.v1.2+language.v1.3")) == "analysis/language"
+    assert eval_task(ex("analysis", "events.v1.4")) == "analysis/events"
+    assert eval_task(ex("voice_chat", "espeak:en-us@160")) == "voice_chat"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from processors.builders.analysis import answer, load_questions
-from processors.builders.chat import Voice, layered_scene, load_instructions, mix, mixed_scene, voice_chat
+from processors.builders.chat import Voice, keywords, layered_scene, load_instructions, mix, mixed_scene, voice_chat
 from schemas.labels import Event, Labels, Speakers
 from tests.factories import chord_music, tts
 from tests.processors.builders.test_pretrain import seg
@@ -46,8 +46,21 @@ def test_a_voice_chat_turn_is_the_spoken_instruction_and_the_answer_is_the_reply
         assert 0.5 < len(audio) / 16000 <= 30 and ex.audio[0].duration_s == pytest.approx(len(audio) / 16000, abs=1e-3)
         heard = whisper.transcribe([audio])[0].text
         assert disagreement(item["instruction"], heard) <= 0.3, heard
+        assert ex.provenance["keywords"] == ["paris"]
     with pytest.raises(ValueError, match="not one of"):
         voice_chat(item, Voice("festival"))
+
+
+def test_an_answers_keywords_are_what_the_instruction_does_not_already_say():
+    assert keywords({"instruction": "What is the capital of France?", "answer": "The capital of France is Paris."}) \
+        == ["paris"]
+    assert keywords({"instruction": "Wie viele Tage hat eine Woche?", "answer": "Eine Woche hat sieben Tage."}) \
+        == ["sieben"]
+    # Given keywords win; an answer that only repeats the question keeps its own content words.
+    assert keywords({"instruction": "q", "answer": "a", "keywords": ["Shadow"]}) == ["shadow"]
+    assert keywords({"instruction": "Say hello world.", "answer": "Hello world."}) == ["hello", "world"]
+    for item in load_instructions():
+        assert keywords(item), item["id"]
 
 
 def test_the_mix_has_the_snr_asked_for_and_does_not_clip():
