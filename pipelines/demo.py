@@ -1,14 +1,18 @@
 """``make demo``: build a small corpus with known ground truth from packaged real audio and TTS (no
-downloads), curate and label it on an embedded local Ray, build pretrain / SFT / DPO examples from it, and
-close the loop once: a short SFT run, DPO pairs mined from that policy's sampled replies, and a short DPO
-run on them; then publish the segments and the examples as versions in a local registry. Prints the
-summaries, the examples per stage and task, one rendered example of each, and each version with its card.
+downloads), then ``audiomill run`` on it (``configs/demo.yaml``, embedded Ray, CPU, the ``tiny`` preset):
+curate and label → publish → build pretrain / SFT / DPO examples → publish → pretrain → SFT → DPO →
+held-out evaluation per task beside chance and the checkpoint before each stage. Prints each phase's
+summary, the table of held-out results, one rendered example of each kind and each version with its card.
+With ``--mine`` it then closes the loop once more: DPO pairs mined from the SFT policy's sampled replies,
+and a short DPO run on them.
 
-    python -m pipelines.demo OUT_DIR [key=value ...]
+    python -m pipelines.demo OUT_DIR [--mine] [key=value ...]
 
 Sources (Debian packages): alsa-utils and sound-theme-freedesktop sounds, klettres-data spoken letters
 (label = file name, language = folder), ktuberling-data spoken words, espeak-ng two-speaker dialogs with
-known text and turns, and music rendered with fluidsynth from generated MIDI and fluid-soundfont-gm.
+known text and turns, espeak-ng six-word phrases in four languages by six voice variants, and music and
+General MIDI sound effects (birds, telephones, surf, applause, gunshots, drums) rendered with fluidsynth
+from generated MIDI and fluid-soundfont-gm.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ import soundfile as sf
 import yaml
 
 SHARE = Path("/usr/share")
+SPOKEN_VARIANTS = ("", "+m3", "+f2", "+m7", "+f4", "+klatt")
+SPOKEN_PER_VARIANT = 8
+PHRASE_WORDS = 6
 SOUNDFONT = SHARE / "sounds/sf2/FluidR3_GM.sf2"
 
 DIALOGS = [
@@ -71,13 +78,14 @@ def build_dialogs(dest: Path) -> None:
         (dest / f"dialog{n}.json").write_text(json.dumps(side, indent=1))
 
 
-def _midi(notes: list[tuple[int, int, int]], program: int, tempo_us: int = 500000) -> bytes:
-    """Format-0 MIDI bytes from (start_tick, length_ticks, pitch), 480 ticks per beat."""
+def _midi(notes: list[tuple[int, int, int]], program: int, tempo_us: int = 500000, channel: int = 0) -> bytes:
+    """Format-0 MIDI bytes from (start_tick, length_ticks, pitch), 480 ticks per beat (channel 9: drums)."""
+    on, off = 0x90 | channel, 0x80 | channel
     events = []
     for start, length, pitch in notes:
-        events += [(start, 0x90, pitch, 90), (start + length, 0x80, pitch, 0)]
-    events.sort(key=lambda e: (e[0], e[1] == 0x90))
-    body = b"\x00\xff\x51\x03" + tempo_us.to_bytes(3, "big") + bytes([0, 0xC0, program])
+        events += [(start, on, pitch, 90), (start + length, off, pitch, 0)]
+    events.sort(key=lambda e: (e[0], e[1] == on))
+    body = b"\x00\xff\x51\x03" + tempo_us.to_bytes(3, "big") + bytes([0, 0xC0 | channel, program])
     now = 0
     for tick, status, pitch, vel in events:
         body += _varlen(tick - now) + bytes([status, pitch, vel])
@@ -94,11 +102,13 @@ def _varlen(v: int) -> bytes:
 
 
 def build_music(dest: Path) -> None:
-    """Short pieces (piano, strings, guitar) rendered with fluidsynth; one is long enough to be split."""
+    """Short pieces (piano, strings, guitar, flute, organ, trumpet, marimba, violin) rendered with fluidsynth;
+    one is long enough to be split."""
     dest.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)
     scale = [57, 59, 60, 62, 64, 65, 67, 69, 71, 72]
-    for name, program, beats in [("piano", 0, 40), ("strings", 48, 28), ("guitar", 24, 96)]:
+    for name, program, beats in [("piano", 0, 40), ("strings", 48, 28), ("guitar", 24, 96), ("flute", 73, 24),
+                                 ("organ", 19, 24), ("trumpet", 56, 24), ("marimba", 12, 24), ("violin", 40, 24)]:
         notes = []
         for b in range(beats):
             notes.append((b * 480, 440, int(rng.choice(scale)) + 12))
@@ -112,6 +122,32 @@ def build_music(dest: Path) -> None:
         mid.unlink()
 
 
+# General MIDI's sound-effect programs and the drum kit: sounds with a name, several takes of each.
+EFFECTS = {"seashore": 122, "bird": 123, "telephone": 124, "applause": 126, "gunshot": 127, "drums": -1}
+
+
+def build_sound_effects(dest: Path, takes: int = 4) -> None:
+    """Sound effects rendered with fluidsynth: ``takes`` clips of each of ``EFFECTS``, at other pitches,
+    lengths and rhythms (drums: kick, snare and hi-hat patterns on channel 10)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(11)
+    for name, program in EFFECTS.items():
+        for take in range(takes):
+            if program < 0:
+                beat = int(rng.integers(160, 320))
+                notes = [(b * beat, beat // 2, int(rng.choice([36, 38, 42, 46]))) for b in range(int(rng.integers(8, 16)))]
+                data = _midi(notes, 0, channel=9)
+            else:
+                n = int(rng.integers(1, 4))
+                notes = [(i * 960, int(rng.integers(600, 1400)), int(rng.integers(48, 72))) for i in range(n)]
+                data = _midi(notes, program)
+            mid = dest / f"{name}-{take}.mid"
+            mid.write_bytes(data)
+            subprocess.run(["fluidsynth", "-ni", "-q", "-g", "0.7", "-r", "16000", "-F", str(dest / f"{name}-{take}.wav"),
+                            str(SOUNDFONT), str(mid)], check=True, stdout=subprocess.DEVNULL)
+            mid.unlink()
+
+
 def _copy_labelled(files: list[Path], dest: Path, language: str) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for f in files:
@@ -120,7 +156,25 @@ def _copy_labelled(files: list[Path], dest: Path, language: str) -> None:
         (dest / f"{f.stem}.json").write_text(json.dumps({"text": word, "label": f.stem, "language": language}))
 
 
-def build_demo_corpus(root: Path, per_language: int = 6) -> Path:
+def build_spoken_phrases(dest: Path, variants: tuple[str, ...], per_variant: int, seed: int = 0) -> None:
+    """Six-word phrases in four languages (``demo_train.WORDS``), each a new draw of words, spoken by
+    espeak-ng in every voice variant of ``variants``: one WAV each plus a sidecar with the text and language."""
+    import random
+
+    from pipelines.demo_train import WORDS
+
+    rng = random.Random(seed)
+    dest.mkdir(parents=True, exist_ok=True)
+    for language, (code, words) in WORDS.items():
+        for variant in variants:
+            for n in range(per_variant):
+                text = " ".join(rng.sample(words, PHRASE_WORDS))
+                name = f"{code}{variant.replace('+', '-')}-{n}"
+                sf.write(dest / f"{name}.wav", _tts(code + variant, text, dest / "tmp.wav"), 16000, subtype="PCM_16")
+                (dest / f"{name}.json").write_text(json.dumps({"text": text, "language": code}))
+
+
+def build_demo_corpus(root: Path, per_language: int = 6, spoken: int = 0) -> Path:
     """Build the corpus under ``root`` and return the curate config (YAML) that lists its sources."""
     corpus = root / "corpus"
     if corpus.exists():
@@ -136,6 +190,9 @@ def build_demo_corpus(root: Path, per_language: int = 6) -> Path:
                        corpus / "ktuberling" / lang, lang)
     build_dialogs(corpus / "dialogs")
     build_music(corpus / "music")
+    build_sound_effects(corpus / "effects")
+    if spoken:
+        build_spoken_phrases(corpus / "phrases", SPOKEN_VARIANTS, spoken)
     sources = [
         {"path": str(corpus / "alsa"), "corpus": "alsa-utils", "license": "GPL-2.0", "kind": "speech"},
         {"path": str(corpus / "freedesktop"), "corpus": "sound-theme-freedesktop", "license": "CC-BY-SA-3.0"},
@@ -143,52 +200,60 @@ def build_demo_corpus(root: Path, per_language: int = 6) -> Path:
         {"path": str(corpus / "ktuberling"), "corpus": "ktuberling", "license": "GPL-2.0-or-later", "kind": "speech"},
         {"path": str(corpus / "dialogs"), "corpus": "espeak-dialogs", "license": "CC0-1.0", "kind": "speech"},
         {"path": str(corpus / "music"), "corpus": "fluidsynth-music", "license": "MIT", "kind": "music"},
+        {"path": str(corpus / "effects"), "corpus": "fluidsynth-effects", "license": "MIT", "kind": "sound"},
     ]
+    if spoken:
+        sources.append({"path": str(corpus / "phrases"), "corpus": "espeak-phrases", "license": "CC0-1.0",
+                        "kind": "speech"})
     config = root / "curate.yaml"
     config.write_text(yaml.safe_dump({"name": "audiomill-demo", "sources": sources}, sort_keys=False))
     return config
 
 
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Build the corpus, then ``audiomill run`` on it with ``configs/demo.yaml`` (overrides as key=value)."""
     argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        print("usage: python -m pipelines.demo OUT_DIR [key=value ...]", file=sys.stderr)
+    if not argv or argv[0].startswith("-"):
+        print("usage: python -m pipelines.demo OUT_DIR [--mine] [key=value ...]", file=sys.stderr)
         return 2
     root = Path(argv[0]).resolve()
+    mine = "--mine" in argv
+    overrides = [a for a in argv[1:] if a != "--mine"]
+    from pipelines.config import ConfigError, load_config
+    from pipelines.run import RunConfig, run
+
     root.mkdir(parents=True, exist_ok=True)
-    config = build_demo_corpus(root)
+    config = build_demo_corpus(root, spoken=SPOKEN_PER_VARIANT)
     n = sum(1 for _ in (root / "corpus").rglob("*") if _.suffix in (".wav", ".ogg", ".oga"))
     print(f"[audiomill] demo corpus: {n} audio files under {root / 'corpus'}")
-    out = root / "segments"
-    if out.exists():
-        shutil.rmtree(out)
-    from pipelines.config import ConfigError, load_config
-    from pipelines.curate import CurateConfig, run
-
+    sources = yaml.safe_load(config.read_text())["sources"]
     try:
-        cfg = load_config(CurateConfig, str(config), argv[1:], {"output": str(out)})
+        cfg = load_config(RunConfig, str(DEMO_CONFIG), overrides, {"root": str(root / "run"), "sources": sources})
     except ConfigError as e:
         print(f"demo: {e}", file=sys.stderr)
         return 2
-    run(cfg)
-    examples = _build(root / "examples", out)
-    show_examples(examples)
-    _loop(root, examples, out)
-    _publish(root, [out, examples])
+    paths = cfg.paths()
+    summary = run(cfg)
+    show_examples(Path(paths["examples"]))
+    _cards(paths["registry"], summary["versions"].values())
+    if mine:
+        _loop(root, Path(paths["segments"]), Path(paths["train"]) / "sft" / "final")
     return 0
 
 
-def _publish(root: Path, outputs: list[Path]) -> None:
-    """Publish the demo's segments and examples as versions in a local registry."""
+def _cards(registry: str, refs) -> None:
+    """Each published version with its card and browsable page."""
     from pipelines.registry import Registry
 
-    reg = Registry(str(root / "registry"))
-    print(f"\n[audiomill] publish to {reg.url}")
-    for out in outputs:
-        v, new = reg.publish(str(out))
-        card = reg.url_of(v.name, v.data, "README.md")
-        print(f"  {v.ref:<44}{'new' if new else 'already published'}; parents: {', '.join(v.parents) or '-'}")
-        print(f"    card: {card}")
+    reg = Registry(registry)
+    print(f"\n[audiomill] versions in {reg.url}")
+    for ref in refs:
+        v = reg.get(ref)
+        print(f"  {v.ref:<44}parents: {', '.join(v.parents) or '-'}")
+        print(f"    card: {reg.url_of(v.name, v.data, 'README.md')}")
         print(f"    page: {reg.url_of(v.name, v.data, 'index.html')}")
 
 
@@ -203,19 +268,13 @@ def _build(dest: Path, segments: Path, *overrides: str) -> Path:
     return dest
 
 
-def _loop(root: Path, examples: Path, segments: Path) -> None:
-    """SFT for a few steps, pairs mined from the policy's samples, then DPO on them from the SFT model."""
+def _loop(root: Path, segments: Path, policy: Path) -> None:
+    """DPO pairs mined from the SFT policy's sampled replies, then a short DPO run on them from it."""
     from pipelines.config import load_config
     from trainer.config import TrainConfig
     from trainer.recipe import run_stage
 
-    train = root / "train"
-    if train.exists():
-        shutil.rmtree(train)
-    print("\n[audiomill] SFT → mine DPO pairs from the policy → DPO", flush=True)
-    run_stage(load_config(TrainConfig, None, ["stage=sft", "max_steps=150", "launcher=local", "lr=0.003"],
-                          {"examples": str(examples), "output": str(train)}))
-    policy = train / "sft" / "final"
+    print(f"\n[audiomill] mine DPO pairs from {policy} → DPO", flush=True)
     mined = _build(root / "examples-mined", segments, f"dpo.policy_dir={policy}", "dpo.samples=4",
                    "sft.voice_chat=false", "sft.mixed_scene=0", "tasks=[asr]")
     sampled = [rec for rec in _records(mined) if rec.get("rejected_kind") == "sampled"]
@@ -223,9 +282,11 @@ def _loop(root: Path, examples: Path, segments: Path) -> None:
     for rec in sampled[:2]:
         print(_render(rec))
     if sampled:
+        out = root / "train-mined"
+        shutil.rmtree(out, ignore_errors=True)
         result = run_stage(load_config(TrainConfig, None, ["stage=dpo", "max_steps=10", "launcher=local",
                                                            f"model_dir={policy}"],
-                                       {"examples": str(mined), "output": str(train / "mined")}))
+                                       {"examples": str(mined), "output": str(out)}))
         print(f"[audiomill] DPO on mined pairs: {json.dumps(result.get('eval'))}")
 
 

@@ -44,18 +44,19 @@ CHANCE = {"f1": "chance_f1", "grounded": "chance_grounded"}
 
 
 def evaluate_checkpoint(checkpoint: str, examples: str, before: str | None = None,
-                        max_examples: int = 200, registry: str | None = None) -> list[dict[str, Any]]:
-    """One row per (stage, task) with a held-out set: metric, value, chance, and the value before. Each
-    checkpoint is loaded once."""
+                        max_examples: int = 200, registry: str | None = None,
+                        stages: tuple[str, ...] = STAGES) -> list[dict[str, Any]]:
+    """One row per (stage, task) with a held-out set among ``stages``: metric, value, chance, and the value
+    before. Each checkpoint is loaded once."""
     import torch
 
     from pipelines.versions import resolve
     from trainer.config import TrainConfig
     from trainer.model import load_pretrained
-    from trainer.recipe import evaluate, headline_metric, stage_shards
+    from trainer.recipe import evaluate, stage_shards
 
     root, _ = resolve(examples, registry)
-    stages = [s for s in STAGES if stage_shards(root, s, held_out=True)]
+    stages = [s for s in stages if stage_shards(root, s, held_out=True)]
     if not stages:
         return []
     cpu = torch.device("cpu")
@@ -68,19 +69,31 @@ def evaluate_checkpoint(checkpoint: str, examples: str, before: str | None = Non
         if stage == "dpo":
             if prior is None:
                 continue                     # reward accuracy needs the reference (--before)
-            after = evaluate(cfg, model, prior.eval(), processor, cpu)
+            # After DPO: generation on the SFT held-out set beside the reference's (unless scored as sft
+            # above), and reward accuracy on the held-out pairs.
+            after = evaluate(cfg, model, prior.eval(), processor, cpu, before="sft" not in stages)
+            if "sft" not in stages:
+                rows += _rows("dpo", after.get("tasks", {}), after.get("tasks_before", {}))
             rows.append({"stage": stage, "task": "pairs", "category": "Preference (held-out DPO pairs)",
                          "metric": "reward accuracy", "value": after["reward_accuracy"], "chance": 0.5,
                          "before": None, "n": after["examples"]})
             continue
         after = evaluate(cfg, model, None, processor, cpu)
         earlier = evaluate(cfg, prior, None, prior_processor, cpu) if prior is not None else {}
-        for task, r in sorted(after.get("tasks", {}).items()):
-            metric = headline_metric(r)
-            b = earlier.get("tasks", {}).get(task, {}).get(metric)
-            rows.append({"stage": stage, "task": task, "category": AIR_BENCH.get(task, task), "metric": metric,
-                         "value": r[metric], "chance": r.get(CHANCE.get(metric, "chance")),
-                         "before": b, "n": r["n"]})
+        rows += _rows(stage, after.get("tasks", {}), earlier.get("tasks", {}))
+    return rows
+
+
+def _rows(stage: str, after: dict[str, dict], before: dict[str, dict]) -> list[dict[str, Any]]:
+    """A row per task: its headline metric, chance level and the value before."""
+    from trainer.recipe import headline_metric
+
+    rows = []
+    for task, r in sorted(after.items()):
+        metric = headline_metric(r)
+        rows.append({"stage": stage, "task": task, "category": AIR_BENCH.get(task, task), "metric": metric,
+                     "value": r[metric], "chance": r.get(CHANCE.get(metric, "chance")),
+                     "before": before.get(task, {}).get(metric), "n": r["n"]})
     return rows
 
 

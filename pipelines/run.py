@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from pipelines.config import _build
-from pipelines.runtime import RayConfig, say
+from pipelines.runtime import RayConfig, init_ray, say
 from processors.sources import SourceSpec
 
 PHASES = ("curate", "publish segments", "build", "publish examples", "train", "eval")
@@ -130,6 +130,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         say(f"phase {n}/{len(PHASES)}: {name}")
         return time.monotonic()
 
+    init_ray(cfg.ray)              # one Ray for every phase, quiet: training lines are echoed from its console.log
     t = phase(1, "curate")
     curate(cur)
     timings["curate"] = time.monotonic() - t
@@ -159,22 +160,29 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         if os.path.exists(done) and json.load(open(done)).get("key") == key:
             say(f"train {stage}: already trained for this config and {e.ref}")
         else:
-            result = run_stage(stage_cfg)
+            result = run_stage(stage_cfg, echo=True)
             with open(done, "w") as f:
                 json.dump({"key": key, "eval": result.get("eval")}, f, indent=2, default=str)
         model_dir = finals[stage] = posixpath.join(paths["train"], stage, "final")
     timings["train"] = time.monotonic() - t
     t = phase(6, "eval")
+    # Each stage's checkpoint on its own held-out sets beside the checkpoint before it; DPO's on the SFT
+    # set (what DPO must not cost) and on the held-out pairs.
+    rows, prior = [], None
+    for stage, final in finals.items():
+        rows += evaluate_checkpoint(final, paths["examples"], before=prior, max_examples=cfg.eval_max_examples,
+                                    stages=(stage,))
+        prior = final
     last = list(finals.values())[-1]
     before = finals.get("sft") if last == finals.get("dpo") else None
-    rows = evaluate_checkpoint(last, paths["examples"], before=before, max_examples=cfg.eval_max_examples)
     timings["eval"] = time.monotonic() - t
     summary = {"versions": versions, "checkpoint": last, "compared_with": before, "results": rows,
                "phase_seconds": {k: round(v, 1) for k, v in timings.items()},
                "wall_seconds": round(time.monotonic() - t0, 1)}
     with open(posixpath.join(cfg.root, "eval.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
-    print("\nheld-out results of " + last + (f" (before: {before})" if before else ""))
+    print(f"\nheld-out results: each stage's checkpoint under {paths['train']}/<stage>/final, 'before' the one "
+          "of the stage before it; dpo/ rows score the final checkpoint")
     print(table(rows))
     print("\nphase seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + f"; total {summary['wall_seconds']:.0f}")
     return summary

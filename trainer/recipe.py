@@ -44,6 +44,7 @@ class Dist:
     world: int = 1
     device: torch.device = torch.device("cpu")
     ray: bool = False
+    console: str = ""      # rank 0 also appends what it says to this file (the stage's console.log)
 
 
 # ---- model set-up ----------------------------------------------------------------------------------
@@ -778,6 +779,9 @@ def train_loop(cfg: TrainConfig, dist: Dist | None = None) -> dict[str, Any]:
 
     hf_logging.disable_progress_bar()   # the loop reports its own progress
     dist = dist or Dist()
+    if dist.rank == 0 and "://" not in cfg.output:
+        os.makedirs(os.path.join(cfg.output, cfg.stage), exist_ok=True)
+        dist = dataclasses.replace(dist, console=os.path.join(cfg.output, cfg.stage, CONSOLE))
     if not dist.ray and cfg.use_gpu and torch.cuda.is_available():
         dist.device = torch.device("cuda")
     s = setup(cfg, dist)
@@ -880,6 +884,9 @@ def _writer(stage_dir: str):
 def _say(dist: Dist, msg: str) -> None:
     if dist.rank != 0:
         return
+    if dist.console:
+        with open(dist.console, "a") as f:
+            f.write(f"[audiomill] {msg}\n")
     if dist.ray:   # Ray Train's patched print both tees and logs a print: write to the stream once
         sys.__stdout__.write(f"[audiomill] {msg}\n")
         sys.__stdout__.flush()
@@ -896,8 +903,50 @@ def _report(dist: Dist, metrics: dict[str, Any], folder: str | None) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def run_stage(cfg: TrainConfig) -> dict[str, Any]:
-    """Train one stage with the configured launcher; return what ``eval.json`` holds."""
+CONSOLE = "console.log"
+
+
+class _Echo:
+    """Prints the lines rank 0 appends to the stage's ``console.log`` while Ray Train runs, for a driver
+    whose Ray does not forward worker output (``audiomill run`` starts Ray quiet for its data phases)."""
+
+    def __init__(self, path: str, enabled: bool):
+        self.path, self.enabled = path, enabled
+        self.stop = threading.Event()
+        self.offset = os.path.getsize(path) if enabled and os.path.exists(path) else 0
+
+    def __enter__(self) -> "_Echo":
+        if self.enabled:
+            self.thread = threading.Thread(target=self._run, name="audiomill-echo", daemon=True)
+            self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self.stop.wait(1.0):
+            self._flush()
+        self._flush()
+
+    def _flush(self) -> None:
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            f.seek(self.offset)
+            text = f.read()
+        end = text.rfind("\n") + 1          # whole lines only
+        if end:
+            sys.stdout.write(text[:end])
+            sys.stdout.flush()
+            self.offset += len(text[:end].encode())
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.stop.set()
+            self.thread.join()
+
+
+def run_stage(cfg: TrainConfig, echo: bool = False) -> dict[str, Any]:
+    """Train one stage with the configured launcher; return what ``eval.json`` holds. With ``echo``, the
+    training's console lines are printed here as they come (for a Ray that does not forward worker output)."""
     # Ray Train workers run in their own working directory: relative paths are resolved here.
     cfg = dataclasses.replace(cfg, **{k: os.path.abspath(getattr(cfg, k)) for k in ("examples", "output", "model_dir")
                                       if getattr(cfg, k) and "://" not in getattr(cfg, k)})
@@ -924,7 +973,9 @@ def run_stage(cfg: TrainConfig) -> dict[str, Any]:
         run_config=RunConfig(name=f"audiomill-{cfg.stage}", storage_path=os.path.abspath(os.path.join(cfg.output, "ray")),
                              failure_config=FailureConfig(max_failures=1)),
     )
-    trainer.fit()
+    os.makedirs(os.path.join(cfg.output, cfg.stage), exist_ok=True)
+    with _Echo(os.path.join(cfg.output, cfg.stage, CONSOLE), enabled=echo):
+        trainer.fit()
     with open(os.path.join(cfg.output, cfg.stage, "eval.json")) as f:
         return json.load(f)
 

@@ -10,7 +10,9 @@ Targets:
 - asr: ``<|lang|>`` + transcript (Qwen2-Audio's pretraining form); lid: the language's English name;
 - s2tt: a translation the source gives for the whole utterance (a sidecar's ``labels.translation``
   ``{"zh": "…"}`` or a manifest column ``translation_zh``), into a language chosen per segment;
-- sound_events: the events' AudioSet names, strongest first; speaker: count and, for one voice, gender;
+- sound_events: the events' AudioSet names, strongest first, where there is more than speech (plain
+  speech is the lid, asr and speaker tasks' audio; "Speech" as its only answer teaches nothing of sounds
+  and would fill this task in any speech corpus); speaker: count and, for one voice, gender;
 - emotion; music: tempo, key, instruments, as far as labelled; timestamps: each event and speaker turn with
   its span; caption: one sentence composed from the labels.
 """
@@ -117,10 +119,18 @@ def lid_target(labels: Labels) -> tuple[str, list[str]] | str:
     return language_name(t.language), ["transcript.language"]
 
 
+# AudioSet classes that say only that someone speaks (or that nothing sounds).
+SPEECH_ONLY = frozenset({"Speech", "Male speech, man speaking", "Female speech, woman speaking",
+                         "Child speech, kid speaking", "Conversation", "Narration, monologue", "Speech synthesizer",
+                         "Silence"})
+
+
 def events_target(labels: Labels) -> tuple[str, list[str]] | str:
     names = [e.label for e in sorted(labels.events, key=lambda e: -e.score)]
     if not names:
         return "no events"
+    if set(names) <= SPEECH_ONLY:
+        return "speech only"
     # "; " between events: AudioSet names hold commas ("Beep, bleep") but never a semicolon.
     return "; ".join(dict.fromkeys(names)), ["events"]
 

@@ -1,10 +1,13 @@
 """`audiomill run`: one command from a folder of raw audio to versions, a DPO-trained checkpoint and a table
-of held-out results; a rerun skips every phase and gives the same versions; bad settings in any section are
-listed together before any work."""
+of held-out results; a rerun skips every phase and gives the same versions; a kill in any phase followed by
+a rerun gives the same versions; bad settings in any section are listed together before any work."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,19 +32,31 @@ def _raw(d: Path) -> Path:
     return d
 
 
+SETTINGS = ["curate.labelers=[events]", "build.split.eval_fraction=0.3", "build.sft.voices=[espeak:en-us@160]",
+            "build.sft.mixed_scene=0", "train.launcher=local", "train.stage_steps={pretrain: 3, sft: 3, dpo: 2}",
+            "train.checkpoint_every=1", "ray.progress=false"]
+
+
 def _cfg(raw, root, *over):
-    return load_config(RunConfig, None, ["curate.labelers=[events]", "build.split.eval_fraction=0.3",
-                                         "build.sft.voices=[espeak:en-us@160]", "build.sft.mixed_scene=0",
-                                         "train.launcher=local", "train.stage_steps={pretrain: 3, sft: 3, dpo: 2}",
-                                         "ray.progress=false", *over],
-                       {"root": str(root), "inputs": [str(raw)], "name": "tiny"})
+    return load_config(RunConfig, None, [*SETTINGS, *over], {"root": str(root), "inputs": [str(raw)], "name": "tiny"})
 
 
-def test_one_command_from_raw_audio_to_an_evaluated_checkpoint_and_a_rerun_skips_it_all(ray_cluster, tmp_path, capsys):
-    raw = _raw(tmp_path / "raw")
-    root = tmp_path / "run"
-    first = run(_cfg(raw, root))
-    out = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def first_run(ray_cluster, tmp_path_factory):
+    """One uninterrupted run from raw audio, its summary and what it printed."""
+    import contextlib
+    import io
+
+    tmp = tmp_path_factory.mktemp("run")
+    raw = _raw(tmp / "raw")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        summary = run(_cfg(raw, tmp / "run"))
+    return raw, tmp / "run", summary, printed.getvalue()
+
+
+def test_one_command_from_raw_audio_to_an_evaluated_checkpoint_and_a_rerun_skips_it_all(first_run, capsys):
+    raw, root, first, out = first_run
     assert (root / "train" / "dpo" / "final" / "config.json").exists()
     assert first["checkpoint"].endswith("dpo/final") and first["compared_with"].endswith("sft/final")
     assert first["versions"]["segments"].startswith("tiny@") and first["versions"]["examples"].startswith("tiny-examples@")
@@ -51,13 +66,49 @@ def test_one_command_from_raw_audio_to_an_evaluated_checkpoint_and_a_rerun_skips
     assert reg.get(first["versions"]["examples"]).parents == (first["versions"]["segments"],)
     tasks = {(r["stage"], r["task"]) for r in first["results"]}
     assert ("pretrain", "lid") in tasks and ("dpo", "pairs") in tasks
-    assert "held-out results of" in out and "Foundation: spoken language identification" in out
+    # Each stage's checkpoint beside the one before it; DPO's also on the SFT held-out set.
+    assert all(r["before"] is None for r in first["results"] if r["stage"] == "pretrain")
+    sft = {r["task"] for r in first["results"] if r["stage"] == "sft"}
+    assert sft and sft <= {r["task"] for r in first["results"] if r["stage"] == "dpo"}
+    assert all(r["before"] is not None for r in first["results"] if r["stage"] in ("sft", "dpo") and r["task"] != "pairs")
+    assert "held-out results" in out and "Foundation: spoken language identification" in out
     assert json.loads((root / "eval.json").read_text())["versions"] == first["versions"]
     stamps = {p: p.stat().st_mtime_ns for p in (root / "train").glob("*/done.json")}
     again = run(_cfg(raw, root))
     assert again["versions"] == first["versions"]
     assert {p: p.stat().st_mtime_ns for p in (root / "train").glob("*/done.json")} == stamps     # not retrained
     assert "already trained" in capsys.readouterr().out
+
+
+def test_a_kill_in_any_phase_then_a_rerun_gives_the_same_versions(first_run, tmp_path):
+    import ray
+    import yaml
+
+    raw, _, first, _ = first_run
+    root = tmp_path / "run"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"root": str(root), "inputs": [str(raw)], "name": "tiny"}))
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", str(config), *SETTINGS]
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    # (kill once this holds, what must not exist yet: the phase's last write)
+    kill_when = {
+        "curate": (lambda: any((root / "segments" / "_work" / "units").glob("*.arrow")), root / "segments" / "manifest.json"),
+        "build": (lambda: (root / "examples").exists(), root / "examples" / "manifest.json"),
+        "train": (lambda: any((root / "train" / "sft" / "checkpoints").glob("step-*")), root / "train" / "dpo" / "final"),
+    }
+    for phase, (ready, unfinished) in kill_when.items():
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not ready() and proc.poll() is None:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not unfinished.exists(), f"killed too late in {phase}"
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((root / "eval.json").read_text())
+    assert summary["versions"] == first["versions"]
+    assert (root / "train" / "dpo" / "final" / "config.json").exists()
 
 
 def test_bad_settings_in_any_section_are_listed_together(tmp_path):

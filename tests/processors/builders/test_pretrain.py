@@ -6,7 +6,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.builders.pretrain import TASKS, choose, language_name, load_templates, pretrain_examples
+from processors.builders.pretrain import SPEECH_ONLY, TASKS, choose, language_name, load_templates, pretrain_examples
 from schemas.labels import Event, Labels, Music, Paralinguistic, SpeakerTurn, Speakers, Transcript
 from schemas.segment import Segment, Source
 
@@ -65,6 +65,17 @@ def test_a_translation_is_used_only_for_the_whole_utterance_it_came_with():
     assert pretrain_examples(seg(Labels(transcript=manifest), extra=same), tasks=("s2tt",))[0] == []
 
 
+def test_sound_events_are_asked_only_where_there_is_more_than_speech():
+    def events(*names):
+        return pretrain_examples(seg(Labels(events=tuple(Event(n, 0.9 - i / 10, "y") for i, n in enumerate(names)))),
+                                 tasks=("sound_events",))
+
+    assert events("Speech") == ([], [("sound_events", "speech only")])
+    assert events("Female speech, woman speaking", "Speech", "Silence")[1] == [("sound_events", "speech only")]
+    assert [e.target for e in events("Speech", "Dog")[0]] == ["Speech; Dog"]
+    assert [e.target for e in events("Music", "Silence")[0]] == ["Music; Silence"]
+
+
 def test_a_segment_without_labels_gives_a_reason_per_task():
     examples, rejects = pretrain_examples(seg(Labels()))
     assert examples == [] and dict(rejects) == {
@@ -105,6 +116,7 @@ def test_every_target_agrees_with_its_labels(labels):
             assert t == language_name(labels.transcript.language)
         elif e.task == "sound_events":
             assert t.split("; ") == list(dict.fromkeys(ev.label for ev in sorted(labels.events, key=lambda ev: -ev.score)))
+            assert not set(t.split("; ")) <= SPEECH_ONLY
         elif e.task == "speaker":
             n = labels.speakers.count
             assert t.startswith("One speaker" if n == 1 else f"{n} speakers")
