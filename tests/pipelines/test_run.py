@@ -84,8 +84,10 @@ def test_a_kill_in_any_phase_then_a_rerun_gives_the_same_versions(first_run, tmp
     import ray
     import yaml
 
-    raw, _, first, _ = first_run
-    root = tmp_path / "run"
+    raw, root, first, _ = first_run
+    # The same command in the same place: the examples' config names the segments folder under ROOT, so
+    # the uninterrupted run's outputs move aside and the killed runs write where it wrote.
+    root.rename(root.with_name("uninterrupted"))
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"root": str(root), "inputs": [str(raw)], "name": "tiny"}))
     cmd = [sys.executable, "-m", "pipelines.cli", "run", str(config), *SETTINGS]
