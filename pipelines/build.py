@@ -280,7 +280,7 @@ def _scan(units: list[UnitResult], progress, retries: int) -> list[ScanRow]:
 
     def on_row(r: ScanRow) -> None:
         rows.append(r)
-        bar.update(1)
+        bar.update(1, audio_s=r.duration_s)
 
     if parts:
         run_pass("scan", lambda: apply(dataset(parts, PartRef), stage), ScanRow, on_row, retries, say)

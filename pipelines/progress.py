@@ -30,6 +30,7 @@ class Progress:
         self.enabled = enabled and total > 0
         self.every_s = every_s if not self.tty else 0.25
         self.done, self.weight, self.audio_s = 0, 0.0, 0.0
+        self.counts_audio = unit in ("inputs", "segments")
         self.t0 = self._last = time.monotonic()
         self._width = 0
 
@@ -47,8 +48,9 @@ class Progress:
         share = (self.weight / self.total_weight if self.total_weight > 0 else self.done / self.total) if self.total else 1.0
         share = min(1.0, share)
         eta = elapsed * (1 - share) / share if share > 0 else 0.0
-        text = (f"{self.phase:<8} {self.done}/{self.total} {self.unit}   {self.audio_s / 3600:.2f} h audio   "
-                f"{100 * share:.0f}%   {_clock(elapsed)} elapsed")
+        # Passes over audio count its hours; the others (build units, shards) have none to show.
+        audio = f"{self.audio_s / 3600:.2f} h audio   " if self.audio_s or self.counts_audio else ""
+        text = f"{self.phase:<8} {self.done}/{self.total} {self.unit}   {audio}{100 * share:.0f}%   {_clock(elapsed)} elapsed"
         if self.done < self.total:
             text += f"   ETA {_clock(eta)}" if share > 0 else "   ETA …"
         return text

@@ -40,6 +40,7 @@ def test_a_log_gets_plain_lines_every_few_seconds_and_one_at_the_end(monkeypatch
     lines = out.getvalue().splitlines()
     assert [ln.split()[2] for ln in lines] == ["4/10", "8/10", "10/10"]
     assert all(ln.startswith("[audiomill] pack") for ln in lines) and "ETA" not in lines[-1]
+    assert all("h audio" not in ln for ln in lines)          # shards: no hours of audio to count
 
 
 def test_disabled_progress_prints_nothing():
