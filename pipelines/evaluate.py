@@ -76,7 +76,10 @@ def evaluate_checkpoint(checkpoint: str, examples: str, before: str | None = Non
                 rows += _rows("dpo", after.get("tasks", {}), after.get("tasks_before", {}))
             rows.append({"stage": stage, "task": "pairs", "category": "Preference (held-out DPO pairs)",
                          "metric": "reward accuracy", "value": after["reward_accuracy"], "chance": 0.5,
-                         "before": None, "n": after["examples"]})
+                         "before": 0.5, "n": after["examples"]})    # the reference against itself: all ties
+            rows.append({"stage": stage, "task": "pairs/likelihood", "category": "Preference: chosen more likely than rejected",
+                         "metric": "preference acc.", "value": after["preference_accuracy"], "chance": 0.5,
+                         "before": after["preference_accuracy_before"], "n": after["examples"]})
             continue
         after = evaluate(cfg, model, None, processor, cpu)
         earlier = evaluate(cfg, prior, None, prior_processor, cpu) if prior is not None else {}

@@ -110,6 +110,19 @@ def _stage_hash(cfg) -> str:
     return config_hash(cfg, exclude=("launcher", "num_workers", "loader_workers"))
 
 
+def _stage_weights(trn, stages: list[str]) -> dict[str, dict[str, float]]:
+    """``train.task_weights`` split by stage: each stage takes the weights of the tasks it holds (a stage
+    none of whose tasks is named is not weighted); a task that no stage holds is an error."""
+    from trainer.recipe import TrainDataError, stage_tasks
+
+    held = {st: stage_tasks(dataclasses.replace(trn, stage=st)) for st in stages}
+    unknown = sorted(set(trn.task_weights) - set().union(*held.values()))
+    if unknown:
+        raise TrainDataError(f"train.task_weights names tasks no stage holds: {unknown}; "
+                             f"they hold {', '.join(f'{st}: {sorted(t)}' for st, t in held.items())}")
+    return {st: {t: w for t, w in trn.task_weights.items() if t in held[st]} for st in stages}
+
+
 def run(cfg: RunConfig) -> dict[str, Any]:
     from pipelines.build import run as build
     from pipelines.curate import run as curate
@@ -149,11 +162,13 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     timings["publish examples"] = time.monotonic() - t
     t = phase(5, "train")
     model_dir, finals = trn.model_dir, {}
+    stages = [st for st in STAGES if stage_shards(paths["examples"], st)]
+    weights = _stage_weights(trn, stages)
     for stage in STAGES:
-        if not stage_shards(paths["examples"], stage):
+        if stage not in stages:
             say(f"train {stage}: no {stage} shards; skipped")
             continue
-        stage_cfg = dataclasses.replace(trn, stage=stage, model_dir=model_dir,
+        stage_cfg = dataclasses.replace(trn, stage=stage, model_dir=model_dir, task_weights=weights[stage],
                                         max_steps=trn.stage_steps.get(stage, trn.max_steps))
         done = posixpath.join(paths["train"], stage, "done.json")
         key = {"config_hash": _stage_hash(stage_cfg), "examples": e.ref}

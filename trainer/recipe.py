@@ -463,7 +463,7 @@ def generation_scores(cfg: TrainConfig, model, processor, device) -> dict[str, A
         return {"examples": 0, "note": note}
     per_task: dict[str, dict[str, list]] = {}
     eos = [processor.tokenizer.eos_token_id, processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    for ex, audios in examples:
+    for ex, audios in (item for whole, audios in examples for item in eval_items(whole, audios)):
         ids = torch.tensor([encoder.prompt_ids(ex, audios)], device=device)
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         if audios:
@@ -479,6 +479,20 @@ def generation_scores(cfg: TrainConfig, model, processor, device) -> dict[str, A
         slot["keywords"].append(ex.provenance.get("keywords") or [])
     return {"examples": len(examples), "held_out": note,
             "tasks": {task: score_task(task, s["ref"], s["hyp"], s["keywords"]) for task, s in sorted(per_task.items())}}
+
+
+def eval_items(ex, audios: list) -> list[tuple[Any, list]]:
+    """What is scored of one held-out example: the example, or for an analysis chat each of its questions
+    in turn, with the turns before it as they were (so every language or event question counts, not only
+    the last one)."""
+    if ex.task != "analysis" or not ex.template:
+        return [(ex, audios)]
+    parts = ex.template.split("+")
+    answers = [i for i, m in enumerate(ex.messages) if m["role"] == "assistant"]
+    if len(parts) != len(answers):
+        return [(ex, audios)]
+    return [(dataclasses.replace(ex, messages=ex.messages[:i + 1], template="+".join(parts[:n + 1])), audios)
+            for n, i in enumerate(answers)]
 
 
 def eval_task(ex) -> str:
@@ -562,7 +576,7 @@ def _chance(refs: list[str]) -> float:
 
 def _eval_dpo(cfg, model, ref, pad_id, logmel, encoder, examples, device) -> dict[str, Any]:
     pairs = [encoder.encode(ex, audios) for ex, audios in examples]
-    correct, shift = 0, 0.0
+    correct, prefers, prefers_before, shift = 0, 0, 0, 0.0
     for p in pairs:
         b = _to(collate([p.chosen, p.rejected], pad_id, logmel), device)
         if "input_features" in b:
@@ -571,8 +585,13 @@ def _eval_dpo(cfg, model, ref, pad_id, logmel, encoder, examples, device) -> dic
         rp = sequence_logprob(_logits(ref, b), b["labels"])
         rc, rr = cfg.beta * (lp[0] - rp[0]), cfg.beta * (lp[1] - rp[1])
         correct += int(rc > rr)
+        prefers += int(lp[0] > lp[1])
+        prefers_before += int(rp[0] > rp[1])
         shift += ((lp[0] - lp[1]) - (rp[0] - rp[1])).item()
+    # Reward accuracy is 0.5 for the reference by definition (every margin 0); preference accuracy (the
+    # chosen reply more likely than the rejected one) compares the model with the reference itself.
     return {"examples": len(pairs), "reward_accuracy": correct / len(pairs),
+            "preference_accuracy": prefers / len(pairs), "preference_accuracy_before": prefers_before / len(pairs),
             "chosen_minus_rejected_logp_shift": shift / len(pairs)}
 
 

@@ -87,3 +87,21 @@ def test_an_analysis_chat_is_scored_under_the_kind_of_its_last_question():
     assert eval_task(ex("analysis", "events.v1.2+language.v1.3")) == "analysis/language"
     assert eval_task(ex("analysis", "events.v1.4")) == "analysis/events"
     assert eval_task(ex("voice_chat", "espeak:en-us@160")) == "voice_chat"
+
+
+def test_every_question_of_an_analysis_chat_is_scored_with_the_turns_before_it():
+    from schemas.example import AudioRef, Example, assistant_turn, user_audio_turn
+    from trainer.data import reference_answer
+    from trainer.recipe import eval_items, eval_task
+
+    msgs = [user_audio_turn("What language is being spoken?"), assistant_turn("The speech is in German."),
+            {"role": "user", "content": [{"type": "text", "text": "What can you hear in this recording?"}]},
+            assistant_turn("I can hear music.")]
+    ex = Example(id="e", stage="sft", task="analysis", audio=[AudioRef("audio0.flac", "s", 1.0)], messages=msgs,
+                 template="language.v1.2+events.v1.1")
+    items = eval_items(ex, ["a"])
+    assert [(eval_task(e), reference_answer(e), len(e.messages)) for e, _ in items] == [
+        ("analysis/language", "The speech is in German.", 2), ("analysis/events", "I can hear music.", 4)]
+    assert all(a == ["a"] for _, a in items)
+    other = Example(id="f", stage="sft", task="voice_chat", audio=ex.audio, messages=msgs[:2], template="espeak:de@160")
+    assert eval_items(other, []) == [(other, [])]

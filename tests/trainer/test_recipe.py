@@ -206,3 +206,38 @@ def test_held_out_score_is_the_mean_task_score_and_reward_accuracy_only_without_
     assert held_out_score({"tasks": tasks, "reward_accuracy": 1.0}) == pytest.approx((0.5 + 0.75 + 0.0) / 3)
     assert held_out_score({"reward_accuracy": 0.75}) == 0.75
     assert held_out_score({"examples": 0}) is None
+
+
+def test_held_out_preference_accuracy_compares_the_policy_with_the_reference_itself(examples, tiny):
+    """Reward accuracy of the reference against itself is 0 wins (every margin is 0); preference accuracy
+    (chosen more likely than rejected) is the reference's own before and the policy's after, counted by hand."""
+    import copy
+
+    from trainer.losses import sequence_logprob
+    from trainer.recipe import LogMel, _eval_dpo, _logits, _to
+    from trainer.data import collate
+
+    model, processor = tiny
+    policy = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    held = list(read_all(stage_shards(str(examples), "dpo", held_out=True)))[:6]
+    enc, fe = Encoder(processor.tokenizer, 4), LogMel(processor.feature_extractor)
+    cfg, pad, cpu = TrainConfig(examples=str(examples), output="o", stage="dpo"), processor.tokenizer.pad_token_id, torch.device("cpu")
+    same = _eval_dpo(cfg, model, model, pad, fe, enc, held, cpu)
+    assert same["reward_accuracy"] == 0.0 and same["preference_accuracy"] == same["preference_accuracy_before"]
+    out = _eval_dpo(cfg, policy, model, pad, fe, enc, held, cpu)
+
+    def prefers(m):
+        wins = 0
+        for ex, audios in held:
+            p = enc.encode(ex, audios)
+            b = _to(collate([p.chosen, p.rejected], pad, fe), cpu)
+            lp = sequence_logprob(_logits(m, b), b["labels"])
+            wins += int(lp[0] > lp[1])
+        return wins / len(held)
+
+    assert out["preference_accuracy"] == prefers(policy) and out["preference_accuracy_before"] == prefers(model)
+    assert out["preference_accuracy_before"] == same["preference_accuracy"]
