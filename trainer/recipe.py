@@ -848,12 +848,14 @@ def ray_train_loop(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Progress:
-    """The progress line every 10 steps: step of steps, metrics, tokens/s over all workers and the ETA."""
+    """Metrics to TensorBoard every 10 steps; a progress line (step of steps, metrics, tokens/s over all
+    workers, ETA) at most every ``every_s`` seconds and at the last step, so a long stage stays readable."""
 
-    def __init__(self, stage: str, start: int, total: int, dist: Dist):
+    def __init__(self, stage: str, start: int, total: int, dist: Dist, every_s: float = 15.0):
         self.stage, self.start, self.total, self.dist = stage, start, total, dist
         self.t0 = self.t_last = time.monotonic()
         self.tokens = 0
+        self.every_s, self.said = every_s, None
 
     def log(self, writer, step: int, metrics: dict[str, float]) -> None:
         now = time.monotonic()
@@ -862,6 +864,9 @@ class _Progress:
         if writer is not None:
             for k, v in metrics.items():
                 writer.add_scalar(f"{self.stage}/{k}", v, step)
+        if self.said is not None and now - self.said < self.every_s and step < self.total:
+            return
+        self.said = now
         per_step = (now - self.t0) / max(1, step - self.start)
         eta = per_step * (self.total - step)
         _say(self.dist, f"{self.stage} step {step}/{self.total}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items())

@@ -37,4 +37,4 @@ def test_under_a_quiet_ray_the_training_lines_are_echoed_once(lid_examples, tmp_
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-3000:]
     assert log.count("pretrain step 20/20:") == 1 and log.count("pretrain: done") == 1, log
-    assert (tmp_path / "o" / "pretrain" / "console.log").read_text().count("pretrain step 10/20:") == 1
+    assert (tmp_path / "o" / "pretrain" / "console.log").read_text().count("pretrain step 20/20:") == 1

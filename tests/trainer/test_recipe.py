@@ -241,3 +241,19 @@ def test_held_out_preference_accuracy_compares_the_policy_with_the_reference_its
 
     assert out["preference_accuracy"] == prefers(policy) and out["preference_accuracy_before"] == prefers(model)
     assert out["preference_accuracy_before"] == same["preference_accuracy"]
+
+
+def test_progress_lines_come_at_most_every_few_seconds_and_at_the_last_step(monkeypatch, capsys):
+    import trainer.recipe as r
+
+    now = [0.0]
+    monkeypatch.setattr(r.time, "monotonic", lambda: now[0])
+    progress = r._Progress("sft", 0, 600, Dist(), every_s=15.0)
+    for step in range(10, 601, 10):          # a step a second
+        now[0] += 10.0
+        progress.tokens = 100
+        progress.log(None, step, {"loss": 1.0})
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "sft step" in ln]
+    steps = [int(ln.split("sft step ")[1].split("/")[0]) for ln in lines]
+    assert steps[0] == 10 and steps[-1] == 600 and len(steps) == 31       # 10, 30, 50, …, 590, 600
+    assert all(b - a >= 20 for a, b in zip(steps, steps[1:-1])) and "eta" in lines[0]
