@@ -126,7 +126,7 @@ def build_music(dest: Path) -> None:
 EFFECTS = {"seashore": 122, "bird": 123, "telephone": 124, "applause": 126, "gunshot": 127, "drums": -1}
 
 
-def build_sound_effects(dest: Path, takes: int = 4) -> None:
+def build_sound_effects(dest: Path, takes: int = 12) -> None:
     """Sound effects rendered with fluidsynth: ``takes`` clips of each of ``EFFECTS``, at other pitches,
     lengths and rhythms (drums: kick, snare and hi-hat patterns on channel 10)."""
     dest.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,8 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from processors.builders.pretrain import Template, choose, join_words, language_name, read_templates, stable_hash
+from processors.builders.pretrain import (Template, choose, join_words, language_name, read_templates, speech_only,
+                                          stable_hash)
 from schemas.example import AudioRef, Example, assistant_turn, example_id, user_audio_turn
 from schemas.labels import Labels
 from schemas.segment import Segment
@@ -70,7 +71,9 @@ def answer(topic: str, labels: Labels) -> tuple[str, str] | None:
 
 def conversation(seg: Segment, max_turns: int = 3) -> Example | None:
     questions = load_questions()
-    topics = sorted((t for t in TOPICS if answer(t, seg.labels)), key=lambda t: stable_hash(f"{seg.id}/{t}"))[:max_turns]
+    # "What can you hear?" is not asked of plain speech, as in pretraining's sound_events (pretrain.speech_only).
+    topics = sorted((t for t in TOPICS if answer(t, seg.labels) and not (t == "events" and speech_only(seg.labels))),
+                    key=lambda t: stable_hash(f"{seg.id}/{t}"))[:max_turns]
     if not topics:
         return None
     messages, used, ids = [], [], []

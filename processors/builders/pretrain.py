@@ -125,11 +125,16 @@ SPEECH_ONLY = frozenset({"Speech", "Male speech, man speaking", "Female speech, 
                          "Silence"})
 
 
+def speech_only(labels: Labels) -> bool:
+    """Whether the events say no more than that someone speaks (or that nothing sounds)."""
+    return bool(labels.events) and {e.label for e in labels.events} <= SPEECH_ONLY
+
+
 def events_target(labels: Labels) -> tuple[str, list[str]] | str:
     names = [e.label for e in sorted(labels.events, key=lambda e: -e.score)]
     if not names:
         return "no events"
-    if set(names) <= SPEECH_ONLY:
+    if speech_only(labels):
         return "speech only"
     # "; " between events: AudioSet names hold commas ("Beep, bleep") but never a semicolon.
     return "; ".join(dict.fromkeys(names)), ["events"]

@@ -27,6 +27,12 @@ def test_a_conversation_asks_about_what_is_labelled_with_the_audio_first_and_no_
     assert conversation(seg(labels, "seg-1")) == conversation(seg(labels, "seg-1"))            # deterministic
     questions = load_questions()
     assert set(questions) == set(TOPICS) and all(len(q) >= 3 for q in questions.values())
+    # Plain speech is not asked what can be heard; anything more than speech is.
+    speech = Labels(transcript=labels.transcript, events=(Event("Speech", 0.9, "y"), Event("Silence", 0.2, "y")))
+    assert not any(t.startswith("events.") for t in conversation(seg(speech), max_turns=5).template.split("+"))
+    dog = Labels(transcript=labels.transcript, events=(Event("Speech", 0.9, "y"), Event("Dog", 0.5, "y")))
+    said = {c["text"] for m in conversation(seg(dog), max_turns=5).messages for c in m["content"] if c["type"] == "text"}
+    assert "I can hear speech and dog." in said
 
 
 @settings(max_examples=300, deadline=None)
