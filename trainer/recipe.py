@@ -536,9 +536,10 @@ def score_task(task: str, refs: list[str], hyps: list[str], keywords: list[list[
     else:
         acc = sum(_norm(h) == _norm(r) for h, r in zip(hyps, refs)) / len(refs)
         out = {"accuracy": acc, "n": len(refs), "chance": _chance(refs)}
-        if task in SET_TASKS:      # a set of names ("; " between them): F1 per example, averaged
-            out["f1"] = sum(_f1(r, h) for r, h in zip(refs, hyps)) / len(refs)
-            out["chance_f1"] = max(sum(_f1(r, c) for r in refs) / len(refs) for c in set(refs))
+        if task in SET_TASKS:      # a set of names: F1 per example, averaged
+            names = SET_TASKS[task]
+            out["f1"] = sum(_f1(names(r), names(h)) for r, h in zip(refs, hyps)) / len(refs)
+            out["chance_f1"] = max(sum(_f1(names(r), names(c)) for r in refs) / len(refs) for c in set(refs))
         if keywords and all(keywords):
             out["grounded"] = sum(map(_grounded, keywords, hyps)) / len(refs)
             out["chance_grounded"] = max(sum(map(_grounded, keywords, [c] * len(refs))) / len(refs)
@@ -547,11 +548,21 @@ def score_task(task: str, refs: list[str], hyps: list[str], keywords: list[list[
     return out
 
 
-SET_TASKS = ("sound_events",)
+def _listed(text: str) -> set[str]:
+    """The names an analysis answer lists ("I can hear speech, dog and rain." → speech, dog, rain). A name
+    with a comma in it ("gunshot, gunfire") splits the same way in the reference and the reply."""
+    text = _norm(text)
+    text = text[len("i can hear "):] if text.startswith("i can hear ") else text
+    return {p.strip() for p in re.split(r",| and ", text) if p.strip()}
 
 
-def _f1(ref: str, hyp: str) -> float:
-    r, h = ({_norm(x) for x in s.split(";") if x.strip()} for s in (ref, hyp))
+# Tasks whose answer is a set of names, and how a reply names them: "; " between AudioSet names (they hold
+# commas but never a semicolon), or an analysis answer's listing.
+SET_TASKS = {"sound_events": lambda t: {_norm(x) for x in t.split(";") if x.strip()},
+             "analysis/events": _listed}
+
+
+def _f1(r: set[str], h: set[str]) -> float:
     if not r and not h:
         return 1.0
     tp = len(r & h)

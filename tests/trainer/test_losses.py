@@ -105,3 +105,16 @@ def test_every_question_of_an_analysis_chat_is_scored_with_the_turns_before_it()
     assert all(a == ["a"] for _, a in items)
     other = Example(id="f", stage="sft", task="voice_chat", audio=ex.audio, messages=msgs[:2], template="espeak:de@160")
     assert eval_items(other, []) == [(other, [])]
+
+
+def test_an_analysis_answer_about_sounds_is_scored_by_the_names_it_lists():
+    from trainer.recipe import headline_metric, score_task
+
+    refs = ["I can hear explosion, gunshot, gunfire and fireworks.", "I can hear music and organ.", "I can hear bird."]
+    hyps = ["I can hear gunshot, gunfire and explosion.", "I can hear music.", "I can hear telephone."]
+    ev = score_task("analysis/events", refs, hyps)
+    # 3 of 4 names (a comma inside a name splits alike on both sides); 1 of 2; none.
+    assert ev["f1"] == pytest.approx((2 * 3 / 7 + 2 * 1 / 3 + 0.0) / 3) and ev["accuracy"] == 0.0
+    assert headline_metric(ev) == "f1"
+    # The best constant answer: "I can hear music and organ." scores 0, 1, 0.
+    assert ev["chance_f1"] == pytest.approx(1 / 3)
