@@ -107,7 +107,9 @@ def _sub(cls: type, data: dict, section: str, problems: list[str], ignore: tuple
 def _stage_hash(cfg) -> str:
     from pipelines.config import config_hash
 
-    return config_hash(cfg, exclude=("launcher", "num_workers", "loader_workers"))
+    # Where it ran does not change what a stage learns, nor do the other stages' step counts (``max_steps``
+    # holds this stage's).
+    return config_hash(cfg, exclude=("launcher", "num_workers", "loader_workers", "stage_steps"))
 
 
 def _stage_weights(trn, stages: list[str]) -> dict[str, dict[str, float]]:

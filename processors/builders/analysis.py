@@ -69,11 +69,16 @@ def answer(topic: str, labels: Labels) -> tuple[str, str] | None:
     return None
 
 
+def asked(topic: str, labels: Labels) -> bool:
+    """Whether a conversation or a DPO pair asks about ``topic``: the labels answer it, and "What can you
+    hear?" is not asked of plain speech (as pretraining's sound_events, ``pretrain.speech_only``; SFT and DPO
+    ask alike, so DPO does not teach "I can hear speech." where SFT taught the sounds)."""
+    return answer(topic, labels) is not None and not (topic == "events" and speech_only(labels))
+
+
 def conversation(seg: Segment, max_turns: int = 3) -> Example | None:
     questions = load_questions()
-    # "What can you hear?" is not asked of plain speech, as in pretraining's sound_events (pretrain.speech_only).
-    topics = sorted((t for t in TOPICS if answer(t, seg.labels) and not (t == "events" and speech_only(seg.labels))),
-                    key=lambda t: stable_hash(f"{seg.id}/{t}"))[:max_turns]
+    topics = sorted((t for t in TOPICS if asked(t, seg.labels)), key=lambda t: stable_hash(f"{seg.id}/{t}"))[:max_turns]
     if not topics:
         return None
     messages, used, ids = [], [], []
@@ -124,7 +129,7 @@ def negative(topic: str, labels: Labels, key: str) -> tuple[str, str] | None:
 def dpo_pairs(seg: Segment, max_pairs: int = 2) -> list[Example]:
     questions = load_questions()
     out = []
-    topics = sorted((t for t in TOPICS if answer(t, seg.labels) and negative(t, seg.labels, seg.id)),
+    topics = sorted((t for t in TOPICS if asked(t, seg.labels) and negative(t, seg.labels, seg.id)),
                     key=lambda t: stable_hash(f"{seg.id}/dpo/{t}"))[:max_pairs]
     for topic in topics:
         q = choose(questions[topic], f"{seg.id}/dpo/{topic}")

@@ -67,7 +67,11 @@ def test_chosen_is_grounded_and_rejected_changes_the_named_fact(labels):
 
 def test_each_kind_of_negative_is_made():
     labels = Labels(transcript=Transcript("we meet at noon today", "asr", language="en"),
-                    speakers=Speakers(1, "d"), events=(Event("Speech", 0.9, "y"),),
+                    speakers=Speakers(1, "d"), events=(Event("Speech", 0.9, "y"), Event("Rain", 0.4, "y")),
                     paralinguistic=Paralinguistic("p", emotion="sad"))
     kinds = {p.rejected_kind for i in range(40) for p in dpo_pairs(seg(labels, f"seg-{i}"), max_pairs=5)}
     assert kinds == {"hallucinated_event", "wrong_count", "wrong_language", "wrong_emotion", "wrong_transcript"}
+    # Plain speech gets no pair about what can be heard, as its conversations get no such question.
+    plain = Labels(transcript=labels.transcript, events=(Event("Speech", 0.9, "y"),))
+    assert {p.rejected_kind for i in range(40) for p in dpo_pairs(seg(plain, f"seg-{i}"), max_pairs=5)} \
+        == {"wrong_language", "wrong_transcript"}
