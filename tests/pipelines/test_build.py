@@ -381,8 +381,14 @@ def test_eval_scores_a_checkpoint_per_held_out_task_beside_chance_and_before(lab
     run(_cfg(segments, out, "sft.mixed_scene=0"))
     policy, _ = tiny_models(tmp_path)
     rows = evaluate_checkpoint(str(policy), str(out), before=str(policy))
-    held = Counter((r["stage"], r["task"]) for r in pq.read_table(out / "index.parquet").to_pylist()
-                   if r["split"] == "eval")
+    held = Counter()
+    for r in pq.read_table(out / "index.parquet").to_pylist():
+        if r["split"] != "eval":
+            continue
+        if r["task"] == "analysis" and r["stage"] == "sft":     # each question is scored under its kind
+            held.update(("sft", "analysis/" + part.split(".")[0]) for part in r["template"].split("+"))
+        else:
+            held[(r["stage"], r["task"])] += 1
     scored = {(r["stage"], r["task"]): r for r in rows}
     assert {k for k in held if k[0] != "dpo"} == {k for k in scored if k[0] != "dpo"}
     for (stage, task), r in scored.items():
@@ -392,4 +398,6 @@ def test_eval_scores_a_checkpoint_per_held_out_task_beside_chance_and_before(lab
     pairs = scored[("dpo", "pairs")]
     assert pairs["n"] == sum(n for (s, _), n in held.items() if s == "dpo")
     assert pairs["value"] == 0.0            # against itself as the reference no pair can be preferred
+    likely = scored[("dpo", "pairs/likelihood")]
+    assert likely["n"] == pairs["n"] and likely["value"] == likely["before"]
     assert "Foundation: spoken language identification" in table(rows)
