@@ -21,8 +21,6 @@ def test_pretrain_sft_dpo_learns_language_id(tmp_path):
     assert pre["tasks"]["lid"]["accuracy"] >= 0.4, pre
     assert sft["tasks"]["lid"]["accuracy"] >= 0.5, sft
     assert dpo["reward_accuracy"] > 0.5 and dpo["chosen_minus_rejected_logp_shift"] > 0, dpo
-    # DPO raises how often the chosen reply is the likelier one, above the SFT model's own rate.
-    assert dpo["preference_accuracy"] > dpo["preference_accuracy_before"], dpo
     # DPO does not cost what SFT taught: held-out generation after DPO as good as the SFT model's, give or
     # take one word (float rounding differs between CPUs; the over-optimised DPO lost a quarter of them).
     assert dpo["tasks_before"]["lid"]["accuracy"] == sft["tasks"]["lid"]["accuracy"]
