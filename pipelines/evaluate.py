@@ -69,10 +69,11 @@ def evaluate_checkpoint(checkpoint: str, examples: str, before: str | None = Non
         if stage == "dpo":
             if prior is None:
                 continue                     # reward accuracy needs the reference (--before)
-            # After DPO: generation on the SFT held-out set beside the reference's (unless scored as sft
-            # above), and reward accuracy on the held-out pairs.
-            after = evaluate(cfg, model, prior.eval(), processor, cpu, before="sft" not in stages)
-            if "sft" not in stages:
+            # After DPO: generation on the SFT held-out set beside the reference's (unless the sft rows
+            # above already hold it), and reward accuracy on the held-out pairs.
+            fresh = "sft" not in stages
+            after = evaluate(cfg, model, prior.eval(), processor, cpu, before=fresh, generate=fresh)
+            if fresh:
                 rows += _rows("dpo", after.get("tasks", {}), after.get("tasks_before", {}))
             rows.append({"stage": stage, "task": "pairs", "category": "Preference (held-out DPO pairs)",
                          "metric": "reward accuracy", "value": after["reward_accuracy"], "chance": 0.5,

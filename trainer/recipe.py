@@ -429,11 +429,12 @@ def evaluate_export(cfg: TrainConfig, final: str, ref_dir: str, device, before: 
 
 
 @torch.no_grad()
-def evaluate(cfg: TrainConfig, model, ref, processor, device, before: bool = False) -> dict[str, Any]:
+def evaluate(cfg: TrainConfig, model, ref, processor, device, before: bool = False,
+             generate: bool = True) -> dict[str, Any]:
     """Greedy generation on held-out examples: accuracy per classification task, WER on transcription.
-    After DPO: held-out reward accuracy and the chosen-vs-rejected likelihood shift, and generation on the
-    SFT held-out set (``tasks``; with ``before``, the reference's beside it as ``tasks_before``), so a DPO
-    run that costs what SFT taught shows it."""
+    After DPO: held-out reward accuracy and the chosen-vs-rejected likelihood shift, and (unless not
+    ``generate``) generation on the SFT held-out set (``tasks``; with ``before``, the reference's beside it
+    as ``tasks_before``), so a DPO run that costs what SFT taught shows it."""
     model.eval()
     if cfg.stage == "dpo":
         pairs, note = held_out_examples(cfg)
@@ -442,6 +443,8 @@ def evaluate(cfg: TrainConfig, model, ref, processor, device, before: bool = Fal
         encoder = Encoder(processor.tokenizer, chunk_seconds(processor))
         out = {**_eval_dpo(cfg, model, ref, processor.tokenizer.pad_token_id, LogMel(processor.feature_extractor),
                            encoder, pairs, device), "held_out": note}
+        if not generate:
+            return out
         sft = dataclasses.replace(cfg, stage="sft")
         tasks = generation_scores(sft, model, processor, device)
         if tasks.get("tasks"):
@@ -759,8 +762,7 @@ def held_out_score(result: dict[str, Any]) -> float | None:
     reward accuracy only where there are none. None without held-out examples."""
     tasks = result.get("tasks") or {}
     if tasks:
-        vals = [r[headline_metric(r)] if headline_metric(r) != "wer" else max(0.0, 1.0 - r["wer"])
-                for r in tasks.values()]
+        vals = [max(0.0, 1.0 - r["wer"]) if (m := headline_metric(r)) == "wer" else r[m] for r in tasks.values()]
         return sum(vals) / len(vals)
     if "reward_accuracy" in result:
         return float(result["reward_accuracy"])

@@ -121,10 +121,9 @@ def keywords(item: dict) -> list[str]:
     ``"keywords"`` when given, else the answer's words that are neither stop words nor in the instruction."""
     if item.get("keywords"):
         return [w.lower() for w in item["keywords"]]
-    words = lambda text: re.findall(r"\w+", text.lower())  # noqa: E731
-    asked = set(words(item["instruction"]))
-    found = [w for w in dict.fromkeys(words(item["answer"])) if w not in STOP_WORDS and w not in asked]
-    return found or [w for w in dict.fromkeys(words(item["answer"])) if w not in STOP_WORDS]
+    said = [w for w in dict.fromkeys(re.findall(r"\w+", item["answer"].lower())) if w not in STOP_WORDS]
+    asked = set(re.findall(r"\w+", item["instruction"].lower()))
+    return [w for w in said if w not in asked] or said
 
 
 def voice_chat(item: dict[str, str], voice: Voice) -> tuple[Example, list[np.ndarray]] | None:
