@@ -105,9 +105,9 @@ class YamNet:
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
         self.session = ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
-        import librosa
+        from processors.numba_cache import safe_librosa
 
-        self.mel = librosa.filters.mel(sr=SR, n_fft=512, n_mels=64, fmin=125.0, fmax=7500.0, htk=True,
+        self.mel = safe_librosa().filters.mel(sr=SR, n_fft=512, n_mels=64, fmin=125.0, fmax=7500.0, htk=True,
                                        norm=None).astype(np.float32)
         self.window = np.hanning(401)[:-1].astype(np.float32)         # periodic Hann, 25 ms
         self.p = p

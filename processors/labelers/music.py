@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from processors.numba_cache import safe_librosa
 from schemas.labels import Event, Music
 
 SR = 16000
@@ -20,8 +21,7 @@ INSTRUMENT_INDEX = range(134, 210)
 
 
 def tempo_bpm(x: np.ndarray) -> float | None:
-    import librosa
-
+    librosa = safe_librosa()
     if len(x) < 4 * SR:
         return None
     onset = librosa.onset.onset_strength(y=x, sr=SR, hop_length=512)
@@ -32,8 +32,7 @@ def tempo_bpm(x: np.ndarray) -> float | None:
 
 def musical_key(x: np.ndarray) -> str:
     """The best-correlating of the 24 major and minor key profiles with the mean chroma: "A minor"."""
-    import librosa
-
+    librosa = safe_librosa()
     if len(x) < SR or float(np.max(np.abs(x))) < 1e-4:
         return ""
     chroma = librosa.feature.chroma_stft(y=x, sr=SR, n_fft=4096, hop_length=2048).mean(axis=1)

@@ -23,6 +23,9 @@ class DnsMos:
     def __init__(self, p: QualityParams = QualityParams()):
         import onnxruntime as ort
         from importlib.metadata import version
+        from processors.numba_cache import safe_librosa
+
+        safe_librosa()                          # speechmos imports librosa
         from speechmos import dnsmos
 
         models = os.path.join(os.path.dirname(dnsmos.__file__), "dnsmos_models")

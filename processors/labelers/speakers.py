@@ -41,9 +41,11 @@ class Diarizer:
     def __init__(self, p: SpeakerParams = SpeakerParams()):
         from importlib.metadata import version
 
-        from resemblyzer import VoiceEncoder
-
+        from processors.numba_cache import safe_librosa
         from processors.vad import SileroVad
+
+        safe_librosa()                       # resemblyzer imports librosa
+        from resemblyzer import VoiceEncoder
 
         self.encoder = VoiceEncoder("cpu", verbose=False)
         self.vad = SileroVad()
