@@ -32,7 +32,7 @@ from pipelines.output import Output, OutputError
 from pipelines.passes import _exists, commit_layer, read_rows, write_rows
 from pipelines.progress import Progress
 from pipelines.runtime import RayConfig, cluster_cpus, init_ray, say
-from pipelines.stage import Resources, Stage, apply, dataset, run_pass
+from pipelines.stage import Resources, Stage, StageFn, apply, dataset, run_pass
 from pipelines.stages.build import BuildExamples, BuildJob, PackExamples, PackExamplesJob, ScanSegments
 from processors.builders import chat, pretrain
 from processors.builders.examples import (BuildParams, CaptionParams, DecontaminateParams, DpoParams, MixParams,
@@ -233,7 +233,7 @@ def run(cfg: BuildConfig) -> dict[str, Any]:
         counts: Counter = Counter()
         for b in built:
             counts.update({c.name: c.n for c in b.counts})
-        shards = _pack(out, rows, cfg.shards, cpus, progress, cfg.ray.max_pass_retries)
+        shards = _pack(out, rows, cfg.shards, cfg.ray.pack_tasks_on(cpus), progress, cfg.ray.max_pass_retries)
         out.remove_stale_shards({s.name for s in shards})
         by_key = {r.key: r for _, r in rows}
         index = [ExampleIndexRow(key=k, shard=s.name, offset=o, size=z, stage=by_key[k].stage, task=by_key[k].task,
@@ -271,21 +271,28 @@ def _input_units(cfg: BuildConfig, parents: list[Manifest]) -> tuple[list[UnitRe
     return units, rejects
 
 
-def _scan(units: list[UnitResult], progress, retries: int) -> list[ScanRow]:
-    stage = Stage("scan", ScanSegments, PartRef, ScanRow, Resources(num_cpus=0.5))
+def _scan(units: list[UnitResult], progress, retries: int, fn: type[StageFn] = ScanSegments) -> list[ScanRow]:
+    """One ``ScanRow`` per segment. A rerun after a lost worker scans only the parts not yet fully in, and a
+    row that arrives twice (its part was resent) is kept and counted once."""
+    stage = Stage("scan", fn, PartRef, ScanRow, Resources(num_cpus=0.5))
     parts = [PartRef(u.unit, u.uri, u.file_sha256, u.part, u.segments, tuple(Patch() for _ in u.segments))
              for u in units if u.segments]
-    rows: list[ScanRow] = []
+    rows: dict[str, ScanRow] = {}
     bar = progress("scan", sum(len(p.segments) for p in parts), "segments")
 
     def on_row(r: ScanRow) -> None:
-        rows.append(r)
-        bar.update(1, audio_s=r.duration_s)
+        if r.key not in rows:
+            rows[r.key] = r
+            bar.update(1, audio_s=r.duration_s)
+
+    def make():
+        left = [p for p in parts if any(s.key not in rows for s in p.segments)]
+        return apply(dataset(left, PartRef), stage)
 
     if parts:
-        run_pass("scan", lambda: apply(dataset(parts, PartRef), stage), ScanRow, on_row, retries, say)
+        run_pass("scan", make, ScanRow, on_row, retries, say)
     bar.close()
-    return sorted(rows, key=lambda r: r.key)
+    return sorted(rows.values(), key=lambda r: r.key)
 
 
 def _build(out: Output, work: list[BuildUnit], stage: Stage, progress, retries: int) -> list[BuiltUnit]:
@@ -312,7 +319,7 @@ def _build(out: Output, work: list[BuildUnit], stage: Stage, progress, retries: 
     return [built[u.unit] for u in work]
 
 
-def _pack(out: Output, rows: list[tuple[str, ExampleRow]], shards: ExampleShards, cpus: int, progress,
+def _pack(out: Output, rows: list[tuple[str, ExampleRow]], shards: ExampleShards, tasks: int, progress,
           retries: int) -> list[ExampleShardResult]:
     by_folder: dict[str, list[tuple[str, ExampleRow]]] = defaultdict(list)
     for tar, r in rows:
@@ -325,7 +332,7 @@ def _pack(out: Output, rows: list[tuple[str, ExampleRow]], shards: ExampleShards
             plans.append(ExampleShardPlan(posixpath.join(folder, f"{shards.prefix}-{n:06d}.tar"),
                                           tuple(PlannedSample(r.key, tar, r.offset, r.size) for tar, r in chunk)))
     stage = Stage("pack_examples", PackExamples, ExampleShardPlan, ExampleShardResult,
-                  Resources(num_cpus=1, tasks=cpus), PackExamplesJob(out.url))
+                  Resources(num_cpus=1, tasks=tasks), PackExamplesJob(out.url))
     results: dict[str, ExampleShardResult] = {}
     bar = progress("pack", len(plans), "shards")
 

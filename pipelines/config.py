@@ -32,7 +32,10 @@ class ConfigError(ValueError):
 
 
 def parse_overrides(pairs: list[str]) -> tuple[dict[str, Any], list[str]]:
-    """``["vad.threshold=0.6", "name=x"]`` → ({"vad": {"threshold": 0.6}, "name": "x"}, problems)."""
+    """``["vad.threshold=0.6", "name=x"]`` → ({"vad": {"threshold": 0.6}, "name": "x"}, problems).
+
+    A mapping merges into what it names, as a config file's mapping does: ``train.stage_steps={dpo: 3}``
+    after ``train.stage_steps={sft: 5, dpo: 2}`` gives ``{sft: 5, dpo: 3}``, not ``{dpo: 3}``."""
     tree: dict[str, Any] = {}
     problems = []
     for pair in pairs:
@@ -52,7 +55,8 @@ def parse_overrides(pairs: list[str]) -> tuple[dict[str, Any], list[str]]:
                 problems.append(f"override {pair!r} conflicts with another override")
                 break
         else:
-            node[parts[-1]] = value
+            have = node.get(parts[-1])
+            node[parts[-1]] = deep_merge(have, value) if isinstance(have, dict) and isinstance(value, dict) else value
     return tree, problems
 
 

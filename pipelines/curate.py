@@ -26,7 +26,7 @@ from pipelines.config import PREFIX_RE, ConfigError, ShardConfig, config_hash, n
 from pipelines.output import Output, OutputError
 from pipelines.passes import SegmentPasses
 from pipelines.progress import Progress
-from pipelines.runtime import RayConfig, cluster_cpus, cluster_gpus, init_ray, say
+from pipelines.runtime import IngestRayConfig, cluster_cpus, cluster_gpus, init_ray, say
 from pipelines.stage import Resources, Stage, apply, dataset, run_pass
 from pipelines.stages.ingest import IngestJob, IngestStage, marker_url, read_marker
 from pipelines.stages.label import KeepLabels, LabelerError, ReadSegments, expand, labeler_stages, model_problem
@@ -98,7 +98,7 @@ class CurateConfig:
     vad: VadParams = VadParams()
     segment: SegmentParams = SegmentParams()
     shards: ShardConfig = ShardConfig()
-    ray: RayConfig = RayConfig()
+    ray: IngestRayConfig = IngestRayConfig()
     errors: ErrorConfig = ErrorConfig()
 
     def all_sources(self) -> list[SourceSpec]:
@@ -190,7 +190,7 @@ def stages(cfg: CurateConfig, work: str, cpus: int, gpus: float = 0.0) -> dict[s
         out["keep_labels"] = Stage("keep_labels", KeepLabels, SegmentAudio, SegmentLabels,
                                    Resources(num_cpus=0.25))
     out["pack"] = Stage("pack", PackStage, ShardPlan, ShardResult,
-                        Resources(num_cpus=1, tasks=r.pack_tasks or cpus), PackJob(cfg.output.rstrip("/")))
+                        Resources(num_cpus=1, tasks=r.pack_tasks_on(cpus)), PackJob(cfg.output.rstrip("/")))
     return out
 
 

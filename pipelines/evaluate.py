@@ -55,6 +55,12 @@ def evaluate_checkpoint(checkpoint: str, examples: str, before: str | None = Non
     from trainer.model import load_pretrained
     from trainer.recipe import evaluate, stage_shards
 
+    from trainer.model import checkpoint_problem
+
+    problems = [p for p in (checkpoint_problem(checkpoint, "CHECKPOINT"),
+                            before and checkpoint_problem(before, "--before")) if p]
+    if problems:
+        raise ValueError("; ".join(problems))
     root, _ = resolve(examples, registry)
     stages = [s for s in stages if stage_shards(root, s, held_out=True)]
     if not stages:

@@ -103,7 +103,7 @@ def run(cfg: LabelConfig) -> dict[str, Any]:
         stages = {"read": Stage("read", ReadSegments, PartRef, SegmentAudio, Resources(num_cpus=0.25))}
         stages.update({s.name: s for s in labeler_stages(cfg.labelers, cfg.label, cpus, gpus)})
         stages["keep_labels"] = Stage("keep_labels", KeepLabels, SegmentAudio, SegmentLabels, Resources(num_cpus=0.25))
-        stages["pack"] = Stage("pack", PackStage, ShardPlan, ShardResult, Resources(num_cpus=1, tasks=cpus),
+        stages["pack"] = Stage("pack", PackStage, ShardPlan, ShardResult, Resources(num_cpus=1, tasks=cfg.ray.pack_tasks_on(cpus)),
                                PackJob(cfg.output.rstrip("/")))
         progress = lambda *a: Progress(*a, every_s=cfg.ray.progress_every_s, enabled=cfg.ray.progress)  # noqa: E731
         passes = SegmentPasses(out, stages, cfg.ray, progress)

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from pipelines.config import _build
-from pipelines.runtime import RayConfig, init_ray, say
+from pipelines.runtime import IngestRayConfig, init_ray, say
 from processors.sources import SourceSpec
 
 PHASES = ("curate", "publish segments", "build", "publish examples", "train", "eval")
@@ -38,7 +38,7 @@ class RunConfig:
     train: dict[str, Any] = dataclasses.field(default_factory=dict)    # any audiomill train setting
     registry: str = ""                 # "" → ROOT/registry
     eval_max_examples: int = 200
-    ray: RayConfig = RayConfig()
+    ray: IngestRayConfig = IngestRayConfig()
 
     def paths(self) -> dict[str, str]:
         root = self.root.rstrip("/")
@@ -60,7 +60,7 @@ class RunConfig:
         from pipelines.build import BuildConfig
 
         data = {**self.build, "name": f"{self.name}-examples", "inputs": [self.paths()["segments"]],
-                "output": self.paths()["examples"], "ray": dataclasses.asdict(self.ray)}
+                "output": self.paths()["examples"], "ray": self.ray.common()}
         # The segments do not exist before the run: only that check is left to the build phase.
         return _sub(BuildConfig, data, "build", problems,
                     ignore=(f"input {self.paths()['segments']!r} is not a finished", "output: "))

@@ -10,28 +10,49 @@ import sys
 
 @dataclasses.dataclass(frozen=True)
 class RayConfig:
+    """Config section ``ray`` of every job that writes shards (label, build); curate adds its ingest keys."""
+
     address: str = ""            # "" → RAY_ADDRESS if set, else an embedded local Ray
     num_cpus: int = 0            # embedded Ray only; 0 → all cores
     object_store_mb: int = 1024  # embedded Ray only
-    ingest_workers: int = 0      # ingest tasks at once; 0 → one per CPU of the cluster
-    ingest_num_cpus: float = 1.0
-    pack_tasks: int = 0          # 0 → one per CPU of the cluster
+    pack_tasks: int = 0          # shards packed at once; 0 → one per CPU of the cluster
     max_pass_retries: int = 2    # a pass that loses a worker is rerun (finished units are kept)
     progress: bool = True
     progress_every_s: float = 10.0
 
     def problems(self) -> list[str]:
         out = []
-        for name in ("num_cpus", "ingest_workers", "pack_tasks", "max_pass_retries"):
+        for name in ("num_cpus", "pack_tasks", "max_pass_retries"):
             if getattr(self, name) < 0:
                 out.append(f"ray.{name}: must be ≥ 0, got {getattr(self, name)}")
         if self.object_store_mb < 80:
             out.append(f"ray.object_store_mb: Ray needs at least 80 MB, got {self.object_store_mb}")
-        if not 0 < self.ingest_num_cpus <= 64:
-            out.append(f"ray.ingest_num_cpus: must be in (0, 64], got {self.ingest_num_cpus}")
         if not self.progress_every_s > 0:
             out.append(f"ray.progress_every_s: must be > 0, got {self.progress_every_s}")
         return out
+
+    def pack_tasks_on(self, cpus: int) -> int:
+        return self.pack_tasks or cpus
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestRayConfig(RayConfig):
+    """Config section ``ray`` of the jobs that ingest raw audio (curate, run)."""
+
+    ingest_workers: int = 0      # ingest tasks at once; 0 → one per CPU of the cluster
+    ingest_num_cpus: float = 1.0
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.ingest_workers < 0:
+            out.append(f"ray.ingest_workers: must be ≥ 0, got {self.ingest_workers}")
+        if not 0 < self.ingest_num_cpus <= 64:
+            out.append(f"ray.ingest_num_cpus: must be in (0, 64], got {self.ingest_num_cpus}")
+        return out
+
+    def common(self) -> dict:
+        """The keys every job's ``ray`` section has (what the run hands to build)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(RayConfig)}
 
 
 def say(msg: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from trainer.model import LARGE_PRESETS, PRESETS
+from trainer.model import LARGE_PRESETS, PRESETS, checkpoint_problem
 
 STAGES = ("pretrain", "sft", "dpo")
 MODULES = ("encoder", "projector", "lm")
@@ -64,6 +64,10 @@ class TrainConfig:
             problems.append(f"preset: {self.preset!r} is not one of {', '.join([*PRESETS, *LARGE_PRESETS])}")
         if self.preset in LARGE_PRESETS and not self.model_dir:
             problems.append(f"model_dir: preset {self.preset} loads a local HF-format checkpoint; set model_dir")
+        if self.model_dir:
+            problem = checkpoint_problem(self.model_dir)
+            if problem:
+                problems.append(problem)
         bad = [m for m in self.train_modules if m not in MODULES]
         if bad:
             problems.append(f"train_modules: {bad} not in {', '.join(MODULES)}")

@@ -101,6 +101,40 @@ def build_model(preset: Preset, tokenizer, seed: int = 0):
     return Qwen2AudioForConditionalGeneration(cfg)
 
 
+SUPPORTED_MODEL_TYPES = ("qwen2_audio",)
+# What a checkpoint folder needs beside config.json, each by the files that can hold it.
+CHECKPOINT_FILES = {"weights": ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"),
+                    "tokenizer": ("tokenizer.json", "vocab.json"), "processor config": ("preprocessor_config.json",
+                                                                                        "processor_config.json")}
+
+
+def checkpoint_problem(path: str, key: str = "model_dir") -> str | None:
+    """Why ``path`` is not a checkpoint the trainer can load, in one line (None when it is): a missing folder
+    or config.json, or a model type the trainer does not support (transformers would otherwise build a
+    default-size random Qwen2-Audio from a text-only config)."""
+    import json
+    import os
+
+    config = os.path.join(path, "config.json")
+    if not os.path.isdir(path):
+        return f"{key}: {path!r} is not a folder"
+    try:
+        with open(config, encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    except FileNotFoundError:
+        return f"{key}: {path!r} holds no config.json (not a save_pretrained checkpoint)"
+    except (OSError, ValueError, AttributeError) as e:
+        return f"{key}: {config!r} cannot be read as a model config ({type(e).__name__})"
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return (f"{key}: {path!r} holds a {model_type!r} checkpoint; supported model types: "
+                f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    missing = [name for name, options in CHECKPOINT_FILES.items()
+               if not any(os.path.exists(os.path.join(path, o)) for o in options)]
+    if missing:
+        return f"{key}: {path!r} is missing its {' and '.join(missing)}"
+    return None
+
+
 def load_pretrained(path: str, dtype=None):
     """Model and processor from a directory written by ``save_pretrained`` (ours or Qwen's)."""
     from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor

@@ -83,3 +83,23 @@ def test_overrides_may_follow_the_config_option(tmp_path):
                           "--config", str(tmp_path / "c.yaml"), "vad.threshold=high"], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 2 and "vad.threshold: expected a number" in out.stderr and "does not exist" in out.stderr
+
+
+def test_a_mapping_override_merges_into_what_it_names(tmp_path):
+    """``train.stage_steps={dpo: 3}`` changes DPO's steps and keeps the other stages' (it used to drop them
+    when an earlier override or the command line had set them), from a file or from earlier overrides."""
+    tree, problems = parse_overrides(["train.stage_steps={pretrain: 3, sft: 4, dpo: 2}", "train.stage_steps={dpo: 5}"])
+    assert tree == {"train": {"stage_steps": {"pretrain": 3, "sft": 4, "dpo": 5}}} and problems == []
+    tree, _ = parse_overrides(["train.stage_steps.sft=7", "train.stage_steps={dpo: 5}", "train.lr=0.1"])
+    assert tree == {"train": {"stage_steps": {"sft": 7, "dpo": 5}, "lr": 0.1}}
+    from trainer.config import TrainConfig
+
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("stage_steps: {pretrain: 10, sft: 20, dpo: 30}\ntask_weights: {lid: 2.0, asr: 1.0}\n")
+    c = load_config(TrainConfig, str(cfg), ["stage_steps={dpo: 5}", "task_weights={asr: 0.5}"],
+                    {"examples": "e", "output": "o"})
+    assert c.stage_steps == {"pretrain": 10, "sft": 20, "dpo": 5}
+    assert c.task_weights == {"lid": 2.0, "asr": 0.5}
+    # A scalar still replaces a scalar, and a value where a mapping was is the value.
+    tree, _ = parse_overrides(["name=a", "name=b", "mix={a: 1}", "mix=none"])
+    assert tree == {"name": "b", "mix": "none"}

@@ -34,3 +34,34 @@ def test_cli_reports_bad_train_config_before_work(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pipelines.cli", "train", str(tmp_path), str(tmp_path / "o"),
                           "stage=nope", "bogus=1"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "stage: 'nope'" in out.stderr and "bogus: unknown key" in out.stderr
+
+
+def _text_only_qwen2(path: Path) -> Path:
+    """A real (tiny, random) text-only Qwen2 checkpoint, as save_pretrained writes it."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(path)
+    return path
+
+
+def test_a_model_dir_that_is_not_qwen2_audio_fails_at_once_naming_what_it_holds(tmp_path):
+    """It used to warn, then build a default-size (7B) random Qwen2-Audio, killed at 18.5 GB."""
+    qwen2 = _text_only_qwen2(tmp_path / "qwen2")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "noweights").mkdir()
+    (tmp_path / "noweights" / "config.json").write_text('{"model_type": "qwen2_audio"}')
+    for folder, needle in [(qwen2, "holds a 'qwen2' checkpoint; supported model types: qwen2_audio"),
+                           (tmp_path / "empty", "holds no config.json"), (tmp_path / "missing", "is not a folder"),
+                           (tmp_path / "noweights", "is missing its weights and tokenizer and processor config")]:
+        with pytest.raises(ConfigError) as e:
+            load_config(TrainConfig, None, [f"model_dir={folder}"], {"examples": "e", "output": "o"})
+        assert needle in str(e.value), (folder, e.value)
+    # Through the CLI: exit 2 and one line, before any model is built; eval the same.
+    for cmd in (["train", str(tmp_path), str(tmp_path / "o"), f"model_dir={qwen2}"],
+                ["eval", str(qwen2), str(tmp_path)], ["eval", str(tmp_path / "empty"), str(tmp_path)]):
+        out = subprocess.run([sys.executable, "-m", "pipelines.cli", *cmd], capture_output=True, text=True, timeout=120,
+                             cwd=ROOT)
+        assert out.returncode == 2, (cmd, out.stderr[-1000:])
+        assert "Traceback" not in out.stderr and ("'qwen2' checkpoint" in out.stderr or "config.json" in out.stderr)
+        assert not (tmp_path / "o").exists()
