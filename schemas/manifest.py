@@ -50,8 +50,13 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Manifest":
-        if d.get("schema") != MANIFEST_SCHEMA:
-            raise ValueError(f"not a {MANIFEST_SCHEMA} manifest: schema={d.get('schema')!r}")
+        schema = d.get("schema")
+        family, _, number = str(schema).rpartition("/")
+        if family == MANIFEST_SCHEMA.rpartition("/")[0] and number.isdigit() and int(number) > 1:
+            raise ValueError(f"manifest format {number} is newer than this audiomill reads ({MANIFEST_SCHEMA}): "
+                             "upgrade audiomill to read it")
+        if schema != MANIFEST_SCHEMA:
+            raise ValueError(f"not a {MANIFEST_SCHEMA} manifest: schema={schema!r}")
         return cls(layer=d["layer"], name=d["name"], version=d["version"], config_hash=d["config_hash"],
                    summary=d["summary"], shards=tuple(ShardEntry(**s) for s in d["shards"]),
                    parent_version=d.get("parent_version"), code_version=d.get("code_version", ""))
