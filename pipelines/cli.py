@@ -269,6 +269,8 @@ def _versions_cmd(args: argparse.Namespace) -> int:
             print(f"deleted {args.ref}")
     except (RegistryError, ValueError, FileNotFoundError) as e:
         return _fail(args.command, str(e), EXIT_USAGE)
+    except ImportError as e:              # an fsspec URL whose filesystem package is not installed
+        return _fail(args.command, f"{e} (the s3 and gcs extras install them)", EXIT_USAGE)
     return 0
 
 

@@ -66,6 +66,8 @@ class LabelConfig:
                     problems.append(f"input {self.input!r} is not a finished segments output (no manifest.json)")
                 elif manifest.layer != "segments":
                     problems.append(f"input {self.input!r} holds the {manifest.layer} layer, not segments")
+                else:
+                    problems += damaged_input(self.input, manifest)
         problems += name_problems(name=self.name, version=self.version)
         if not PREFIX_RE.fullmatch(self.shards.prefix):
             problems.append(f"shards.prefix: {show(self.shards.prefix)} must be letters, digits, '-' and '_'")
@@ -142,6 +144,36 @@ def input_units(url: str, manifest: Manifest) -> list[UnitResult]:
         unit = hashlib.sha256(f"{part}\0{entry.sha256}".encode()).hexdigest()[:24]
         units.append(UnitResult(unit=unit, uri=part, file_sha256=entry.sha256, part=part, segments=segs))
     return units
+
+
+def damaged_input(url: str, manifest: Manifest) -> list[str]:
+    """What is wrong with a finished segments output's files against its manifest, before any work: a shard
+    missing or of another size than recorded, an index row outside its shard. Sizes only: reading every
+    byte for its checksum is ``audiomill verify``'s work."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    fs, root = fsspec.core.url_to_fs(url)
+    sizes = {e.name: e.bytes for e in manifest.shards}
+    out = []
+    for name, size in sizes.items():
+        try:
+            have = fs.size(posixpath.join(root, name))
+        except FileNotFoundError:
+            out.append(f"input {url!r}: its shard {name} is missing")
+            continue
+        if have != size:
+            out.append(f"input {url!r}: its shard {name} has {have} bytes where its manifest says {size}")
+    try:
+        with fs.open(posixpath.join(root, "index.parquet"), "rb") as f:
+            rows = pq.read_table(f, columns=["key", "shard", "offset", "size"]).to_pylist()
+    except (OSError, ValueError, KeyError) as e:
+        return out + [f"input {url!r}: its index.parquet cannot be read ({type(e).__name__})"]
+    bad = [r for r in rows if r["shard"] not in sizes or r["offset"] + r["size"] > sizes[r["shard"]]]
+    if bad:
+        out.append(f"input {url!r}: its index.parquet names {len(bad)} sample(s) outside their shards "
+                   f"(first: {bad[0]['key']} in {bad[0]['shard']})")
+    return out
 
 
 def _parent_rejects(url: str) -> list[dict]:

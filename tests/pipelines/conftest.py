@@ -36,3 +36,19 @@ def outputs(ray_cluster, tmp_path_factory):
     return seg, seg2, ex
 
 
+
+
+@pytest.fixture
+def stage_tasks(monkeypatch):
+    """``stage_tasks(module)`` → a dict that fills with each stage's task count as ``module`` applies it
+    (the real step still runs)."""
+    def watch(module) -> dict[str, int]:
+        seen, real = {}, module.apply
+
+        def apply(ds, stage):
+            seen[stage.name] = stage.resources.tasks
+            return real(ds, stage)
+
+        monkeypatch.setattr(module, "apply", apply)
+        return seen
+    return watch

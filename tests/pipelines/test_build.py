@@ -428,19 +428,13 @@ def test_a_scan_that_loses_its_worker_counts_every_segment_once(labelled, tmp_pa
     assert bars[0].audio_s == pytest.approx(sum(r.duration_s for r in rows))
 
 
-def test_every_ray_key_build_offers_acts_and_ingest_keys_are_not_offered(labelled, tmp_path, monkeypatch):
+def test_every_ray_key_build_offers_acts_and_ingest_keys_are_not_offered(labelled, tmp_path, stage_tasks):
     import pipelines.build
 
     _, segments = labelled
     with pytest.raises(ConfigError) as e:
         _cfg(segments, tmp_path / "o", "ray.ingest_workers=2", "ray.ingest_num_cpus=0.5")
     assert "ray.ingest_workers: unknown key" in str(e.value) and "ray.ingest_num_cpus: unknown key" in str(e.value)
-    seen, real = {}, pipelines.build.apply
-
-    def apply(ds, stage):                     # the real step, its tasks noted
-        seen[stage.name] = stage.resources.tasks
-        return real(ds, stage)
-
-    monkeypatch.setattr(pipelines.build, "apply", apply)
+    seen = stage_tasks(pipelines.build)
     run(_cfg(segments, tmp_path / "one", "ray.pack_tasks=1", "shards.per_shard=2", "tasks=[lid]"))
     assert seen["pack_examples"] == 1

@@ -79,7 +79,7 @@ def test_label_refuses_what_is_not_a_segments_output(tmp_path):
         _cfg(tmp_path / "empty", tmp_path / "o", "labelers=[events]")
 
 
-def test_every_ray_key_label_offers_acts_and_ingest_keys_are_not_offered(segments, tmp_path, monkeypatch):
+def test_every_ray_key_label_offers_acts_and_ingest_keys_are_not_offered(segments, tmp_path, stage_tasks):
     """``ray.pack_tasks`` sets how many shards are packed at once; label ingests nothing, so the ingest
     keys are unknown keys (they used to be offered and ignored)."""
     import pipelines.passes
@@ -87,12 +87,6 @@ def test_every_ray_key_label_offers_acts_and_ingest_keys_are_not_offered(segment
     with pytest.raises(ConfigError) as e:
         _cfg(segments, tmp_path / "o", "labelers=[events]", "ray.ingest_workers=2", "ray.ingest_num_cpus=0.5")
     assert "ray.ingest_workers: unknown key" in str(e.value) and "ray.ingest_num_cpus: unknown key" in str(e.value)
-    seen, real = {}, pipelines.passes.apply
-
-    def apply(ds, stage):                     # the real step, its tasks noted
-        seen[stage.name] = stage.resources.tasks
-        return real(ds, stage)
-
-    monkeypatch.setattr(pipelines.passes, "apply", apply)
+    seen = stage_tasks(pipelines.passes)
     run(_cfg(segments, tmp_path / "one", "labelers=[events]", "ray.pack_tasks=1", "shards.max_samples=1"))
     assert seen["pack"] == 1
