@@ -32,7 +32,7 @@ from pipelines.output import Output, OutputError
 from pipelines.passes import _exists, commit_layer, read_rows, write_rows
 from pipelines.progress import Progress
 from pipelines.runtime import RayConfig, cluster_cpus, init_ray, say
-from pipelines.stage import Resources, Stage, StageFn, apply, dataset, run_pass
+from pipelines.stage import Resources, Stage, apply, dataset, run_pass
 from pipelines.stages.build import BuildExamples, BuildJob, PackExamples, PackExamplesJob, ScanSegments
 from processors.builders import chat, pretrain
 from processors.builders.examples import (BuildParams, CaptionParams, DecontaminateParams, DpoParams, MixParams,
@@ -273,10 +273,10 @@ def _input_units(cfg: BuildConfig, parents: list[Manifest]) -> tuple[list[UnitRe
     return units, rejects
 
 
-def _scan(units: list[UnitResult], progress, retries: int, fn: type[StageFn] = ScanSegments) -> list[ScanRow]:
+def _scan(units: list[UnitResult], progress, retries: int) -> list[ScanRow]:
     """One ``ScanRow`` per segment. A rerun after a lost worker scans only the parts not yet fully in, and a
     row that arrives twice (its part was resent) is kept and counted once."""
-    stage = Stage("scan", fn, PartRef, ScanRow, Resources(num_cpus=0.5))
+    stage = Stage("scan", ScanSegments, PartRef, ScanRow, Resources(num_cpus=0.5))
     parts = [PartRef(u.unit, u.uri, u.file_sha256, u.part, u.segments, tuple(Patch() for _ in u.segments))
              for u in units if u.segments]
     rows: dict[str, ScanRow] = {}

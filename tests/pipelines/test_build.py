@@ -403,31 +403,6 @@ def test_eval_scores_a_checkpoint_per_held_out_task_beside_chance_and_before(lab
     assert "Foundation: spoken language identification" in table(rows)
 
 
-def test_a_scan_that_loses_its_worker_counts_every_segment_once(labelled, tmp_path):
-    """The scan pass is rerun after a worker dies mid-pass; the parts whose rows had arrived are not resent,
-    and no row is counted twice (the retry used to resend every part and append their rows again)."""
-    import dataclasses
-
-    from pipelines.build import _scan
-    from pipelines.label import input_units
-    from pipelines.progress import Progress
-    from schemas.manifest import read_manifest
-    from tests.pipelines.toy_labelers import ScanDiesOnce
-
-    _, segments = labelled
-    units = [dataclasses.replace(u, unit=f"{u.unit}-{i}", segments=(s,))
-             for u in input_units(str(segments), read_manifest(str(segments))) for i, s in enumerate(u.segments)]
-    assert len(units) >= 6
-    dies = type("ScanDiesOnLast", (ScanDiesOnce,), {"last": units[-1].unit})
-    bars = []
-    progress = lambda *a: bars.append(Progress(*a, every_s=60, enabled=False)) or bars[-1]  # noqa: E731
-    rows = _scan(units, progress, retries=2, fn=dies)
-    assert (segments.parent / ".scan-died").exists()
-    assert sorted(r.key for r in rows) == sorted(s.key for u in units for s in u.segments)
-    assert bars[0].done == len(units)
-    assert bars[0].audio_s == pytest.approx(sum(r.duration_s for r in rows))
-
-
 def test_every_ray_key_build_offers_acts_and_ingest_keys_are_not_offered(labelled, tmp_path, stage_tasks):
     import pipelines.build
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 
 import numpy as np
 
 from pipelines.stage import Resources, StageFn
-from pipelines.stages.build import ScanSegments
 from processors.audio import decode_flac
 from schemas.labels import Caption
 from schemas.segment import SegmentAudio
@@ -49,17 +47,3 @@ class DiesOnce(ZeroCrossing):
             os._exit(1)
         return super().__call__(segments)
 
-
-class ScanDiesOnce(ScanSegments):
-    """The build job's scan, killing its own worker once, on the last part of the pass, after the other
-    parts' rows had time to arrive (a flag file beside the segments folder remembers)."""
-
-    last = ""
-
-    def __call__(self, parts):
-        flag = os.path.join(os.path.dirname(os.path.dirname(parts[0].part)), ".scan-died")
-        if parts[-1].unit == self.last and not os.path.exists(flag):
-            time.sleep(3)
-            open(flag, "w").close()
-            os._exit(1)
-        return super().__call__(parts)
