@@ -27,7 +27,7 @@ import numpy as np
 
 from pipelines.config import PREFIX_RE, config_hash, name_problems, positive, show
 from pipelines.curate import job_config
-from pipelines.label import damaged_input, input_units
+from pipelines.label import input_units, segments_input_problems
 from pipelines.output import Output, OutputError
 from pipelines.passes import _exists, commit_layer, read_rows, write_rows
 from pipelines.progress import Progress
@@ -97,17 +97,7 @@ class BuildConfig:
         if not self.output:
             problems.append("output: an OUTPUT_DIR is required")
         for url in self.inputs:
-            try:
-                manifest = read_manifest(url)
-            except (ValueError, KeyError, OSError) as e:
-                problems.append(f"input {url!r}: its manifest.json cannot be read ({e})"[:300])
-                continue
-            if manifest is None:
-                problems.append(f"input {url!r} is not a finished segments output (no manifest.json)")
-            elif manifest.layer != "segments":
-                problems.append(f"input {url!r} holds the {manifest.layer} layer, not segments")
-            else:
-                problems += damaged_input(url, manifest)
+            problems += segments_input_problems(url)
         if len(set(self.inputs)) != len(self.inputs):
             problems.append("inputs: a SEGMENTS_DIR is listed twice")
         problems += name_problems(name=self.name, version=self.version)

@@ -52,10 +52,8 @@ def evaluate_checkpoint(checkpoint: str, examples: str, before: str | None = Non
 
     from pipelines.versions import resolve
     from trainer.config import TrainConfig
-    from trainer.model import load_pretrained
+    from trainer.model import checkpoint_problem, load_pretrained
     from trainer.recipe import evaluate, stage_shards
-
-    from trainer.model import checkpoint_problem
 
     problems = [p for p in (checkpoint_problem(checkpoint, "CHECKPOINT"),
                             before and checkpoint_problem(before, "--before")) if p]

@@ -10,7 +10,8 @@ So no two processes ever write into one cache folder:
 - each process caches into a private folder (``NUMBA_CACHE_DIR``), removed when it exits, and the folders of
   processes that died are swept by the next one;
 - a node keeps one finished cache, built by a single process under a file lock and published by a rename,
-  and a new process starts from a copy of it: ~2 s to load what takes ~15 s to compile;
+  and a process that imports librosa starts from a copy of it: librosa's import and a first tempo and key
+  then take ~2 s, against ~25 s compiled from nothing;
 - cache files a crashed run left beside librosa's sources (its ``__pycache__``) are never read.
 
     librosa = safe_librosa()      # instead of ``import librosa``, before anything that imports it
@@ -35,7 +36,6 @@ LIBROSA_NUMBA_MODULES = ("librosa.util.utils", "librosa.util.matching", "librosa
                          "librosa.core.audio", "librosa.core.pitch", "librosa.core.spectrum", "librosa.core.constantq")
 
 _private: dict[int, Path] = {}        # pid → this process's cache folder (a forked child makes its own)
-_seeded: set[int] = set()             # pids whose folder holds a copy of the node's cache
 
 
 def _version(package: str) -> str:
@@ -53,8 +53,8 @@ def cache_root() -> Path:
 
 
 def isolate() -> Path:
-    """Point numba at this process's own cache folder, seeded from the node's finished cache if there is
-    one; idempotent per process. Returns the folder."""
+    """Point numba at a new, empty cache folder of this process's own; idempotent per process. Cheap (no
+    copy), so that every process can do it before anything imports librosa. Returns the folder."""
     pid = os.getpid()
     if pid in _private:
         return _private[pid]
@@ -73,7 +73,6 @@ def isolate() -> Path:
     numba = sys.modules.get("numba")
     if numba is not None:
         numba.core.config.CACHE_DIR = str(private)
-    _seed(root / "ready", private)
     return private
 
 
@@ -85,27 +84,20 @@ def safe_librosa() -> ModuleType:
         return sys.modules["librosa"]
     root = cache_root()
     ready = root / "ready"
-    if not ready.is_dir():
-        try:
+    try:
+        if not ready.is_dir():
             with open(root / ".lock", "a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
-                if ready.is_dir():
-                    _seed(ready, private)
-                else:
+                if not ready.is_dir():
                     _warm()
                     _publish(private, ready)
-        except OSError:
-            pass                      # no lock here (an unwritable or lock-less filesystem): compile privately
+        if "librosa" not in sys.modules:      # not the process that just built it
+            shutil.copytree(ready, private, dirs_exist_ok=True)
+    except OSError:
+        pass                      # no lock or no node cache here (an unwritable filesystem): compile privately
     import librosa
 
     return librosa
-
-
-def _seed(ready: Path, private: Path) -> None:
-    pid = os.getpid()
-    if pid not in _seeded and ready.is_dir():
-        shutil.copytree(ready, private, dirs_exist_ok=True)
-        _seeded.add(pid)
 
 
 def _warm() -> None:

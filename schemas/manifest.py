@@ -52,7 +52,8 @@ class Manifest:
     def from_dict(cls, d: dict[str, Any]) -> "Manifest":
         schema = d.get("schema")
         family, _, number = str(schema).rpartition("/")
-        if family == MANIFEST_SCHEMA.rpartition("/")[0] and number.isdigit() and int(number) > 1:
+        ours, _, our_number = MANIFEST_SCHEMA.rpartition("/")
+        if family == ours and number.isdigit() and int(number) > int(our_number):
             raise ValueError(f"manifest format {number} is newer than this audiomill reads ({MANIFEST_SCHEMA}): "
                              "upgrade audiomill to read it")
         if schema != MANIFEST_SCHEMA:

@@ -44,3 +44,25 @@ def write(path: Path, x: np.ndarray, sr: int = SR, subtype: str | None = None) -
 def ffmpeg(src: Path, dst: Path, *args: str) -> Path:
     subprocess.run(["ffmpeg", "-nostdin", "-y", "-v", "error", "-i", str(src), *args, str(dst)], check=True)
     return dst
+
+
+def tiny_checkpoint(folder: Path, texts: list[str], vocab_size: int = 400):
+    """A random Qwen2-Audio of the tiny preset as audiomill train exports it (save_pretrained, with its
+    processor and a tokenizer trained on ``texts``); returns the tokenizer."""
+    from trainer.model import PRESETS, build_model, build_processor, train_tokenizer
+
+    tok = train_tokenizer(texts, vocab_size=vocab_size)
+    preset = PRESETS["tiny"]
+    build_model(preset, tok).save_pretrained(folder)
+    build_processor(tok, preset.chunk_s, preset.num_mel_bins).save_pretrained(folder)
+    return tok
+
+
+def tiny_text_lm(folder: Path, vocab_size: int):
+    """A random one-layer text-only Qwen2 causal LM, saved with save_pretrained; returns the model."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    lm = Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    lm.save_pretrained(folder)
+    return lm

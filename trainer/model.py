@@ -104,8 +104,8 @@ def build_model(preset: Preset, tokenizer, seed: int = 0):
 SUPPORTED_MODEL_TYPES = ("qwen2_audio",)
 # What a checkpoint folder needs beside config.json, each by the files that can hold it.
 CHECKPOINT_FILES = {"weights": ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"),
-                    "tokenizer": ("tokenizer.json", "vocab.json"), "processor config": ("preprocessor_config.json",
-                                                                                        "processor_config.json")}
+                    "tokenizer": ("tokenizer.json", "vocab.json"),
+                    "processor config": ("preprocessor_config.json", "processor_config.json")}
 
 
 def checkpoint_problem(path: str, key: str = "model_dir") -> str | None:

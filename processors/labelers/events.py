@@ -109,8 +109,8 @@ class YamNet:
         self.input = self.session.get_inputs()[0].name
         from processors.numba_cache import safe_librosa
 
-        self.mel = safe_librosa().filters.mel(sr=SR, n_fft=512, n_mels=64, fmin=125.0, fmax=7500.0, htk=True,
-                                       norm=None).astype(np.float32)
+        self.mel = safe_librosa().filters.mel(sr=SR, n_fft=N_FFT, n_mels=64, fmin=125.0, fmax=7500.0, htk=True,
+                                              norm=None).astype(np.float32)
         # A 25 ms periodic Hann window in the middle of each 512-sample frame (torch.stft's padding of it).
         self.window = np.pad(np.hanning(401)[:-1], ((N_FFT - 400) // 2,) * 2).astype(np.float32)
         self.p = p

@@ -35,6 +35,13 @@ def snapshot(root: Path) -> dict:
     return out
 
 
+def changed_outside(before: dict, after: dict, out: Path) -> list[bytes]:
+    """The entries of two snapshots that differ, other than ``out`` and what lies in it."""
+    mine = os.fsencode(out)
+    changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+    return sorted(k for k in changed if k != mine and not k.startswith(mine + b"/"))
+
+
 def _args(case: Case, case_dir: Path) -> list[str]:
     return [a.replace("{case}", str(case_dir)) for a in case.args]
 
@@ -87,8 +94,7 @@ def test_cli_refuses_with_one_clear_line_and_its_exit_code(ray_cluster, tmp_path
     assert run.stderr.startswith("audiomill curate: ") and case.message in run.stderr, run.stderr[-2000:]
     assert "Traceback" not in run.stderr and len(run.stderr) < 4000
     after = snapshot(tmp_path)
-    changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
-    outside = [k for k in changed if k != os.fsencode(out) and not k.startswith(os.fsencode(out) + b"/")]
+    outside = changed_outside(before, after, out)
     assert not outside, outside
     assert not [k for k in after if k.endswith(b".tmp") or b".tmp-" in k]
     if case.exit_code == 2:

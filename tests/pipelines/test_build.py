@@ -19,7 +19,7 @@ from pipelines.config import ConfigError, load_config
 from pipelines.curate import CurateConfig
 from pipelines.curate import run as curate
 from pipelines.output import OutputConflict
-from tests.factories import chord_music, ffmpeg, silence, tts, write
+from tests.factories import chord_music, ffmpeg, silence, tiny_checkpoint, tiny_text_lm, tts, write
 
 pytestmark = pytest.mark.integration
 
@@ -305,22 +305,12 @@ def test_bad_config_lists_every_problem_before_any_work(labelled, tmp_path):
 
 def tiny_models(root):
     """A policy as audiomill train exports it (random weights, the tiny preset) and a random causal LM."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from trainer.model import PRESETS, build_model, build_processor, train_tokenizer
-
     texts = ["There is one speaker.", "There are 2 speakers.", "I can hear speech and music.",
              "The speech is in English.", "A woman speaks English.", "Rewritten: a man speaks."] * 20
-    tok = train_tokenizer(texts, vocab_size=400)
-    preset = PRESETS["tiny"]
-    policy = root / "policy"
-    build_model(preset, tok).save_pretrained(policy)
-    build_processor(tok, preset.chunk_s, preset.num_mel_bins).save_pretrained(policy)
-    lm = root / "lm"
-    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(lm)
-    tok.save_pretrained(lm)
-    return policy, lm
+    tok = tiny_checkpoint(root / "policy", texts)
+    tiny_text_lm(root / "lm", len(tok))
+    tok.save_pretrained(root / "lm")
+    return root / "policy", root / "lm"
 
 
 def test_sampled_pairs_and_reworded_captions_come_from_local_checkpoints_and_are_checked(labelled, tmp_path):
@@ -401,6 +391,7 @@ def test_eval_scores_a_checkpoint_per_held_out_task_beside_chance_and_before(lab
     likely = scored[("dpo", "pairs/likelihood")]
     assert likely["n"] == pairs["n"] and likely["value"] == likely["before"]
     assert "Foundation: spoken language identification" in table(rows)
+
 
 
 def test_every_ray_key_build_offers_acts_and_ingest_keys_are_not_offered(labelled, tmp_path, stage_tasks):

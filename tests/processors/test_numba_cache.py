@@ -21,6 +21,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # What each labeler that uses librosa runs on 10 s of noise, in a fresh process.
 LABELERS = """
+import numba.core.event as ev
+compiled = []
+
+
+class Compiles(ev.Listener):             # numba announces a compile only where no cache had it
+    def on_start(self, event):
+        compiled.append(event.data["dispatcher"].py_func.__qualname__)
+
+    def on_end(self, event):
+        pass
+
+
+ev.register("numba:compile", Compiles())
 import numpy as np
 from processors.labelers.music import musical_key, tempo_bpm
 from processors.labelers.events import EventParams, YamNet
@@ -29,6 +42,7 @@ x = np.random.default_rng(0).standard_normal(160000).astype(np.float32) * 0.1
 print(musical_key(x), tempo_bpm(x), YamNet(EventParams()).patches(x).shape, DnsMos().scores(x)[2] > 0)
 from resemblyzer.audio import wav_to_mel_spectrogram
 print(wav_to_mel_spectrogram(x).shape)
+print("compiled", len(compiled))
 """
 # librosa alone, as a user's process without audiomill would run it.
 PLAIN = """
@@ -62,7 +76,8 @@ def _clear_in_tree(site: Path) -> None:
 
 def test_cold_caches_under_concurrent_first_use_never_crash(librosa_copy, tmp_path):
     """Three processes at once run every labeler that uses librosa, twice from cold caches (librosa's own
-    and the node's, cleared) and once from the node's cache the first round left."""
+    and the node's, cleared) and once from the node's cache the second round left; one process compiles
+    and the others wait for it and start from its copy."""
     home = tmp_path / "cache"
     for round_ in ("cold", "cold", "warm"):
         if round_ == "cold":
@@ -72,7 +87,11 @@ def test_cold_caches_under_concurrent_first_use_never_crash(librosa_copy, tmp_pa
             done = list(pool.map(lambda _: _run(LABELERS, librosa_copy, home), range(3)))
         for p in done:
             assert p.returncode == 0, (round_, p.returncode, p.stderr[-2000:])
-        assert len({p.stdout for p in done}) == 1, [p.stdout for p in done]     # the same labels in each
+        labels = {p.stdout.rsplit("compiled", 1)[0] for p in done}
+        assert len(labels) == 1, [p.stdout for p in done]                         # the same labels in each
+        # Cold: one process compiled under the lock and the two others loaded what it published; warm: none.
+        compiled = sorted(int(p.stdout.rsplit("compiled", 1)[1]) for p in done)
+        assert compiled[:2] == [0, 0] and (compiled[2] > 0) == (round_ == "cold"), (round_, compiled)
         node = home / "audiomill" / "numba" / numba_cache.cache_root().name
         assert (node / "ready").is_dir()
         # Each process cached privately and removed its folder on exit; nothing was written beside librosa.

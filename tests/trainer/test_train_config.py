@@ -36,18 +36,12 @@ def test_cli_reports_bad_train_config_before_work(tmp_path):
     assert out.returncode == 2 and "stage: 'nope'" in out.stderr and "bogus: unknown key" in out.stderr
 
 
-def _text_only_qwen2(path: Path) -> Path:
-    """A real (tiny, random) text-only Qwen2 checkpoint, as save_pretrained writes it."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(path)
-    return path
-
-
 def test_a_model_dir_that_is_not_qwen2_audio_fails_at_once_naming_what_it_holds(tmp_path):
     """It used to warn, then build a default-size (7B) random Qwen2-Audio, killed at 18.5 GB."""
-    qwen2 = _text_only_qwen2(tmp_path / "qwen2")
+    from tests.factories import tiny_text_lm
+
+    qwen2 = tmp_path / "qwen2"
+    tiny_text_lm(qwen2, 64)
     (tmp_path / "empty").mkdir()
     (tmp_path / "noweights").mkdir()
     (tmp_path / "noweights" / "config.json").write_text('{"model_type": "qwen2_audio"}')
