@@ -271,6 +271,8 @@ def _versions_cmd(args: argparse.Namespace) -> int:
         return _fail(args.command, str(e), EXIT_USAGE)
     except ImportError as e:              # an fsspec URL whose filesystem package is not installed
         return _fail(args.command, f"{e} (the s3 and gcs extras install them)", EXIT_USAGE)
+    except OSError as e:                  # a read-only or full store: what is published stays whole
+        return _fail(args.command, _io_message(e), EXIT_IO)
     return 0
 
 

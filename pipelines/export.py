@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
+from pipelines.output import Output, OutputError
 from pipelines.versions import load, resolve
 from processors.exports import llama_factory_entry, llama_factory_row, swift_row
 
@@ -38,8 +39,18 @@ def export(ref: str, fmt: str, out: str, registry: str | None = None) -> list[st
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     out = os.path.abspath(out)
+    try:
+        out.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{os.fsencode(out)!r}: the rows name their audio by path in UTF-8 JSON, and this path is not "
+                         "UTF-8; export into a folder whose name is") from None
     if os.path.exists(out) and os.listdir(out):
         raise ValueError(f"{out} is not empty; export into a new folder")
+    source, _ = resolve(ref, registry)
+    try:
+        Output(out, "export").check_apart_from([source])
+    except OutputError as e:
+        raise ValueError(str(e).replace("OUTPUT_DIR", "OUT")) from None
     os.makedirs(os.path.join(out, "audio"), exist_ok=True)
     rows: dict[str, list] = defaultdict(list)
     for split, rec, audios in records(ref, registry):

@@ -153,7 +153,7 @@ class Registry:
                 continue
             for p in sorted(self.fs.ls(folder, detail=False)):
                 if p.endswith(".json"):
-                    out.append(Version.from_dict(json.loads(self.fs.cat(p))))
+                    out.append(self._record(p))
         return sorted(out, key=lambda v: (v.name, v.created, v.version))
 
     def get(self, ref: str) -> Version:
@@ -164,7 +164,14 @@ class Registry:
         if not self.fs.exists(path):
             known = ", ".join(v.ref for v in self.versions(name)) or "none"
             raise RegistryError(f"{ref} is not in {self.url} (versions of {name}: {known})")
-        return Version.from_dict(json.loads(self.fs.cat(path)))
+        return self._record(path)
+
+    def _record(self, path: str) -> Version:
+        """The version record at ``path``; one that is not a record (edited by hand) names its file."""
+        try:
+            return Version.from_dict(json.loads(self.fs.cat(path)))
+        except (ValueError, KeyError, TypeError) as e:
+            raise RegistryError(f"{path}: not a readable version record ({type(e).__name__}: {e})"[:300]) from e
 
     def data_url(self, v: Version) -> str:
         return self.url_of(v.name, v.data)

@@ -21,7 +21,7 @@ from typing import Any
 import fsspec
 
 from pipelines.card import read_table
-from pipelines.registry import Registry, RegistryError, Version, sha256_of
+from pipelines.registry import Registry, RegistryError, Version, content_hash, sha256_of
 from processors.shards import iter_tar, read_sample
 
 POSITION = ("shard", "offset", "size")
@@ -58,6 +58,9 @@ def verify(registry: str, ref: str) -> list[str]:
     root = reg.data_url(v)
     fs, base = fsspec.core.url_to_fs(root)
     problems = []
+    if content_hash(list(v.files)) != v.content_hash or not v.content_hash.startswith(v.version):
+        problems.append(f"{v.name}/versions/{v.version}.json: its files do not hash to its version "
+                        "(the record was edited)")
     for f in v.files:
         path = posixpath.join(base, f.path)
         if not fs.exists(path):
@@ -113,6 +116,9 @@ def diff(a: str, b: str, registry: str | None = None) -> dict[str, Any]:
     is stored) from ``a`` to ``b``, and hours by kind, stage/task and language on each side."""
     ua, _ = resolve(a, registry)
     ub, _ = resolve(b, registry)
+    la, lb = manifest_of(ua)["layer"], manifest_of(ub)["layer"]
+    if la != lb:
+        raise RegistryError(f"diff compares two versions of one layer: {a} holds {la}, {b} holds {lb}")
     ra = {r["key"]: r for r in read_table(posixpath.join(ua, "index.parquet"))}
     rb = {r["key"]: r for r in read_table(posixpath.join(ub, "index.parquet"))}
     strip = lambda r: {k: v for k, v in r.items() if k not in POSITION}  # noqa: E731
@@ -208,6 +214,8 @@ def load(ref: str, registry: str | None = None, as_: str = "webdataset", stage: 
     ``datasets`` dataset (``as_="hf"``), or a Ray Dataset (``as_="ray"``), any fsspec URL."""
     root, _ = resolve(ref, registry)
     urls = shard_urls(root, stage, held_out)
+    if not urls:
+        raise ValueError(f"{ref} holds no shards{f' of {stage}' if stage else ''}: nothing to load")
     if as_ == "webdataset":
         import webdataset as wds
 

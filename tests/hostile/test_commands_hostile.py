@@ -1,4 +1,4 @@
-"""The hostile sweep of the commands after curate: build, publish / versions / verify / diff, train-all, eval
+"""The hostile sweep of the commands after curate: build, publish / verify / diff, export, train-all, eval
 and run. Each row makes a bad input in its own folder, runs the command, and checks the exit code (the
 README's table), a one-line message without a traceback, and that nothing outside the command's output
 changed."""
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.factories import silence, tiny_checkpoint, tone, tts, write
+from tests.factories import silence, tiny_checkpoint, tiny_text_lm, tone, tts, write
 from tests.hostile.test_hostile import changed_outside, snapshot
 
 pytestmark = pytest.mark.integration
@@ -26,13 +26,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def segments(ray_cluster, tmp_path_factory) -> Path:
-    """A finished segments output of three short inputs (several shards), published nowhere."""
+    """A finished segments output of three short inputs, one shard each, two with a transcript and language
+    from their sidecars (so examples can be built without labelers); published nowhere."""
     from pipelines.config import load_config
     from pipelines.curate import CurateConfig, run
 
     raw = tmp_path_factory.mktemp("raw")
-    for i in range(2):
-        write(raw / f"s{i}.wav", np.concatenate([tts(f"Sweep sentence number {i}.", "en-us"), silence(0.3)]))
+    for i, text in enumerate(["The river was calm this morning.", "Please close the window before you leave."]):
+        write(raw / f"s{i}.wav", np.concatenate([silence(0.3), tts(text, "en-us"), silence(0.3)]))
+        (raw / f"s{i}.json").write_text(json.dumps({"text": text, "language": "en"}))
     write(raw / "tone.wav", tone(2.0))
     out = tmp_path_factory.mktemp("seg") / "segments"
     run(load_config(CurateConfig, None, ["ray.progress=false", "labelers=[none]", "name=sweep", "shards.max_samples=1"],
@@ -40,10 +42,33 @@ def segments(ray_cluster, tmp_path_factory) -> Path:
     return out
 
 
+def _build(segments: Path, out: Path, *overrides: str) -> Path:
+    from pipelines.build import BuildConfig, run
+    from pipelines.config import load_config
+
+    run(load_config(BuildConfig, None, ["ray.progress=false", "sft.voice_chat=false", "sft.mixed_scene=0", *overrides],
+                    {"inputs": [str(segments)], "output": str(out)}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def outputs(segments) -> dict[str, Path]:
+    """The segments, examples built from them, and an examples output with no example at all."""
+    return {"segments": segments, "examples": _build(segments, segments.parent / "examples", "split.eval_fraction=0.3"),
+            "empty": _empty_examples(segments.parent / "empty")}
+
+
+def _empty_examples(out: Path) -> Path:
+    from processors.builders.writer import write_examples
+
+    write_examples(str(out), {}, name="empty", config_hash="empty", per_shard=10)
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
     name: str
-    prepare: Callable[[Path, Path], list[str]]     # (segments, case folder) → the command's arguments
+    prepare: Callable[[dict, Path], list[str]]     # (the outputs fixture, case folder) → the arguments
     exit_code: int
     message: str
     every: tuple[str, ...] = ()                    # more that the message must hold (every problem at once)
@@ -54,13 +79,43 @@ def _copy(segments: Path, case: Path) -> Path:
     return case / "seg"
 
 
+def _published(segments: Path, case: Path) -> tuple[Path, str, Path]:
+    """(registry, version ref, its data folder) of ``segments`` published into a new registry."""
+    from pipelines.registry import Registry
+
+    reg = Registry(str(case / "reg"))
+    v, _ = reg.publish(str(segments))
+    return case / "reg", v.ref, Path(reg.data_url(v))
+
+
+def _verify_on(damage: Callable[[Path, str, Path], None]) -> Callable[[dict, Path], list[str]]:
+    def prepare(outs: dict, case: Path) -> list[str]:
+        reg, ref, data = _published(outs["segments"], case)
+        damage(reg, ref, data)
+        return ["verify", str(reg), ref]
+    return prepare
+
+
+def _edit_record(reg: Path, ref: str, data: Path) -> None:
+    name, version = ref.split("@")
+    path = reg / name / "versions" / f"{version}.json"
+    record = json.loads(path.read_text())
+    next(f for f in record["files"] if f["path"] == "index.parquet")["sha256"] = "0" * 64
+    path.write_text(json.dumps(record))
+
+
+def _garble_record(reg: Path, ref: str, data: Path) -> None:
+    name, version = ref.split("@")
+    (reg / name / "versions" / f"{version}.json").write_text("{edited")
+
+
 def _shard(seg: Path) -> Path:
     return sorted(seg.glob("segments-*.tar"))[0]
 
 
-def _build_on(damage: Callable[[Path], None]) -> Callable[[Path, Path], list[str]]:
-    def prepare(segments: Path, case: Path) -> list[str]:
-        seg = _copy(segments, case)
+def _build_on(damage: Callable[[Path], None]) -> Callable[[dict, Path], list[str]]:
+    def prepare(outs: dict, case: Path) -> list[str]:
+        seg = _copy(outs["segments"], case)
         damage(seg)
         return ["build", str(seg), str(case / "out"), "ray.progress=false"]
     return prepare
@@ -86,12 +141,43 @@ def _newer_format(seg: Path) -> None:
     (seg / "manifest.json").write_text(json.dumps(m))
 
 
-def _config(text: str, *args: str) -> Callable[[Path, Path], list[str]]:
-    def prepare(segments: Path, case: Path) -> list[str]:
+def _config(text: str, *args: str) -> Callable[[dict, Path], list[str]]:
+    def prepare(outs: dict, case: Path) -> list[str]:
         case.mkdir(parents=True, exist_ok=True)
-        (case / "c.yaml").write_text(text.replace("{case}", str(case)).replace("{seg}", str(segments)))
-        return [a.replace("{case}", str(case)).replace("{seg}", str(segments)) for a in args]
+        fill = lambda t: t.replace("{case}", str(case)).replace("{seg}", str(outs["segments"]))  # noqa: E731
+        (case / "c.yaml").write_text(fill(text))
+        return [fill(a) for a in args]
     return prepare
+
+
+def _cli(*args: str) -> Callable[[dict, Path], list[str]]:
+    """A command line with {seg}, {ex} and {case} filled in ({ckpt}: a tiny checkpoint made in the case)."""
+    def prepare(outs: dict, case: Path) -> list[str]:
+        case.mkdir(parents=True, exist_ok=True)
+        if any("{ckpt}" in a for a in args):
+            _tiny_checkpoint(case)
+        return [a.replace("{seg}", str(outs["segments"])).replace("{ex}", str(outs["examples"]))
+                .replace("{empty}", str(outs["empty"]))
+                .replace("{case}", str(case)).replace("{ckpt}", str(case / "ckpt")) for a in args]
+    return prepare
+
+
+def _checkpoint_without(name: str) -> Callable[[dict, Path], list[str]]:
+    def prepare(outs: dict, case: Path) -> list[str]:
+        (_tiny_checkpoint(case) / name).unlink()
+        return ["eval", str(case / "ckpt"), str(outs["examples"])]
+    return prepare
+
+
+def _user_folder(outs: dict, case: Path) -> list[str]:
+    (case / "mine").mkdir(parents=True)
+    (case / "mine" / "notes.txt").write_text("a user's file")
+    return ["export", str(outs["examples"]), "hf", str(case / "mine")]
+
+
+def _text_only_checkpoint(outs: dict, case: Path) -> list[str]:
+    tiny_text_lm(case / "qwen2", 64)
+    return ["eval", str(case / "qwen2"), str(outs["examples"])]
 
 
 RUN_TYPOS = """root: {case}/out
@@ -130,11 +216,24 @@ ROWS = [
                                      "--config", "{case}/c.yaml"), 2, "did you mean 'preset'", ("'rpo_alpha'",)),
     Row("run_config_names_a_missing_source", _config("root: {case}/out\ninputs: [{case}/nope]\n", "run", "{case}/c.yaml"),
         2, "does not exist"),
-    Row("eval_examples_version_that_does_not_exist",
-        lambda seg, case: ["eval", str(_tiny_checkpoint(case)), "nosuch@7", "--registry", str(case / "reg")], 2,
-        "nosuch"),
-    Row("publish_to_an_uninstalled_scheme", lambda seg, case: ["publish", str(seg), "gs://bucket/reg"], 2,
-        "install gcsfs"),
+    Row("eval_examples_version_that_does_not_exist", _cli("eval", "{ckpt}", "nosuch@7", "--registry", "{case}/reg"), 2,
+        "nosuch@7 is not in"),
+    Row("eval_checkpoint_of_another_model_type", _text_only_checkpoint, 2,
+        "holds a 'qwen2' checkpoint; supported model types: qwen2_audio"),
+    Row("eval_checkpoint_missing_its_weights", _checkpoint_without("model.safetensors"), 2, "is missing its weights"),
+    Row("train_all_on_segments_not_examples", _cli("train-all", "{seg}", "{case}/out"), 2,
+        "has no example shards for pretrain, sft, dpo"),
+    Row("export_of_an_empty_version", _cli("export", "{empty}", "ms-swift", "{case}/out"), 2, "holds no shards"),
+    Row("publish_to_an_uninstalled_scheme", _cli("publish", "{seg}", "gs://bucket/reg"), 2, "install gcsfs"),
+    Row("verify_card_edited_by_hand", _verify_on(lambda reg, ref, data: (data / "README.md").write_text("edited")),
+        1, "README.md: sha256"),
+    Row("verify_record_edited_by_hand", _verify_on(_edit_record), 1, "its files do not hash to its version"),
+    Row("verify_record_not_json", _verify_on(_garble_record), 2, "not a readable version record"),
+    Row("diff_of_two_layers", _cli("diff", "{seg}", "{ex}"), 2, "holds segments", ("holds examples",)),
+    Row("export_into_its_own_input", _cli("export", "{ex}", "ms-swift", "{ex}/out"), 2, "is inside the input"),
+    Row("export_into_a_folder_of_user_files", _user_folder, 2, "is not empty"),
+    Row("export_into_a_path_that_is_not_utf8", _cli("export", "{ex}", "ms-swift", "{case}/caf\udce9"), 2,
+        "is not UTF-8"),
 ]
 
 
@@ -143,18 +242,55 @@ def _tiny_checkpoint(case: Path) -> Path:
     return case / "ckpt"
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
-def test_each_command_refuses_bad_input_in_one_line_and_touches_nothing_else(segments, tmp_path, row):
+def _sweep_run(args: list[str]) -> subprocess.CompletedProcess:
     import ray
 
-    case = tmp_path / "case"
-    args = row.prepare(segments, case)
-    before = snapshot(tmp_path)
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    p = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env,
-                       cwd=ROOT, timeout=300)
-    assert p.returncode == row.exit_code, (p.returncode, p.stderr[-3000:])
-    assert row.message in p.stderr and "Traceback" not in p.stderr and len(p.stderr) < 4000, p.stderr[-3000:]
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, env=env, cwd=ROOT,
+                          timeout=300, errors="backslashreplace")
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
+def test_each_command_refuses_bad_input_in_one_line_and_touches_nothing_else(outputs, tmp_path, row):
+    case = tmp_path / "case"
+    args = row.prepare(outputs, case)
+    before, outside = snapshot(tmp_path), {k: snapshot(v) for k, v in outputs.items()}
+    p = _sweep_run(args)
+    said = p.stdout + p.stderr
+    assert p.returncode == row.exit_code, (p.returncode, said[-3000:])
+    assert row.message in said and "Traceback" not in said and len(p.stderr) < 4000, said[-3000:]
     for needle in row.every:
-        assert needle in p.stderr, (needle, p.stderr)
+        assert needle in said, (needle, said)
     assert not changed_outside(before, snapshot(tmp_path), case / "out")
+    assert {k: snapshot(v) for k, v in outputs.items()} == outside
+
+
+def test_export_handles_audio_paths_with_spaces_and_quotes(outputs, tmp_path):
+    out = tmp_path / "sp ace 'q\"x"
+    p = _sweep_run(["export", str(outputs["examples"]), "ms-swift", str(out)])
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "sft.jsonl").read_text().splitlines()]
+    assert rows and all(Path(a).is_file() and Path(a).parent == out / "audio" for r in rows for a in r["audios"])
+
+
+@pytest.fixture
+def store(tmp_path):
+    from tests.hostile import inputs as mk
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    yield tmp_path / "store", mk
+    mk.unmount(tmp_path / "store")
+
+
+@pytest.mark.parametrize("how,exit_code,message", [("ro", 4, "cannot write"), ("full", 4, "no space left")])
+def test_publish_to_a_read_only_or_full_store_is_one_line_and_leaves_no_version(segments, store, how, exit_code,
+                                                                                message):
+    from pipelines.registry import Registry
+
+    folder, mk = store
+    if not mk.mount_tmpfs(folder, "16k" if how == "full" else "1m", readonly=how == "ro"):
+        pytest.skip("mounting a tmpfs is not allowed here")
+    p = _sweep_run(["publish", str(segments), str(folder / "reg")])
+    assert p.returncode == exit_code and message in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert Registry(str(folder / "reg")).versions() == []            # no record: no version
