@@ -301,18 +301,7 @@ class Registry:
         # every folder listed here whose publisher is alive has a marker the listing below sees.
         folders = self.fs.ls(data_root, detail=False)
         named = {v.data for v in self.versions(name)}
-        live = set()
-        stage = self._p(name, "staging")
-        for p in self.fs.ls(stage, detail=False) if self.fs.exists(stage) else []:
-            token = posixpath.basename(p).removesuffix(".json")
-            try:
-                held = json.loads(self.fs.cat(p))
-            except (OSError, ValueError):
-                held = {}
-            if _alive(held, stale_s):
-                live.add(token)
-            else:
-                self._rm(p)
+        live = set(self._publishing(name, stale_s))
         removed = []
         for p in folders:
             rel = f"data/{posixpath.basename(p.rstrip('/'))}"
@@ -321,6 +310,21 @@ class Registry:
                 self._remove(p)
                 removed.append(rel)
         return removed
+
+    def _publishing(self, name: str, stale_s: float = STALE_S) -> dict[str, dict]:
+        """The publishes of ``name`` in progress: token → staging marker; the markers of dead ones go."""
+        live = {}
+        stage = self._p(name, "staging")
+        for p in self.fs.ls(stage, detail=False) if self.fs.exists(stage) else []:
+            try:
+                held = json.loads(self.fs.cat(p))
+            except (OSError, ValueError):
+                held = {}
+            if _alive(held, stale_s):
+                live[posixpath.basename(p).removesuffix(".json")] = held
+            else:
+                self._rm(p)
+        return live
 
     def _remove(self, path: str) -> None:
         try:
@@ -335,11 +339,19 @@ class Registry:
             pass
 
     def gc(self, ref: str) -> None:
-        """Delete a version, refused while another version names it as a parent."""
+        """Delete a version, refused while another version names it as a parent or any publish is running."""
         v = self.get(ref)
         users = self.children(ref)
         if users:
             raise RegistryError(f"{ref} is the parent of {', '.join(u.ref for u in users)}; delete those first")
+        # A publish in progress may be of a child of this version, whose record does not exist yet.
+        folders = self.fs.ls(self.root, detail=False) if self.fs.exists(self.root) else []
+        running = [(posixpath.basename(f.rstrip("/")), held) for f in folders
+                   for held in self._publishing(posixpath.basename(f.rstrip("/"))).values()]
+        if running:
+            n, held = running[0]
+            raise RegistryError(f"a publish is running in {self.url} ({n}, pid {held.get('pid')} on {held.get('host')}); "
+                                f"run gc after it ends (what it writes may name {ref} as its parent)")
         self.fs.rm(self._p(v.name, "versions", f"{v.version}.json"))
         self._remove(self._p(v.name, v.data))
 

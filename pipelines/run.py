@@ -126,6 +126,15 @@ def _stage_weights(trn, stages: list[str]) -> dict[str, dict[str, float]]:
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
+    """Every phase, holding ``ROOT/.audiomill-lock`` throughout: the phases' own locks cover curate and build,
+    and this one keeps a second run on the same ROOT from training beside the first."""
+    from pipelines.output import Output
+
+    with Output(cfg.root, "run").lock():
+        return _phases(cfg)
+
+
+def _phases(cfg: RunConfig) -> dict[str, Any]:
     from pipelines.build import run as build
     from pipelines.curate import run as curate
     from pipelines.evaluate import evaluate_checkpoint, table

@@ -294,3 +294,34 @@ def test_publish_to_a_read_only_or_full_store_is_one_line_and_leaves_no_version(
     p = _sweep_run(["publish", str(segments), str(folder / "reg")])
     assert p.returncode == exit_code and message in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert Registry(str(folder / "reg")).versions() == []            # no record: no version
+
+
+def test_gc_while_a_publish_is_running_is_refused(outputs, tmp_path):
+    """The examples being published name the segments version as their parent, and have no record yet:
+    gc of the segments version waits for the publish instead of deleting what it will name."""
+    import threading
+
+    from pipelines.registry import Registry, RegistryError
+
+    reg = Registry(str(tmp_path / "reg"))
+    seg, _ = reg.publish(str(outputs["segments"]), "sweep")
+    copied, release = threading.Event(), threading.Event()
+
+    def hold(step: str) -> None:
+        if step == "verify":                # copied, its record not yet written
+            copied.set()
+            release.wait(60)
+
+    publishing = threading.Thread(target=reg.publish, args=(str(outputs["examples"]), "sweep-examples", hold))
+    publishing.start()
+    try:
+        assert copied.wait(60)
+        p = _sweep_run(["gc", str(tmp_path / "reg"), seg.ref])
+        assert p.returncode == 2 and "a publish is running" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    finally:
+        release.set()
+        publishing.join(60)
+    examples = reg.versions("sweep-examples")
+    assert [v.parents for v in examples] == [(seg.ref,)] and reg.get(seg.ref)
+    with pytest.raises(RegistryError, match="is the parent of"):              # and afterwards, by its record
+        reg.gc(seg.ref)

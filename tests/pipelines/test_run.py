@@ -86,7 +86,45 @@ def test_one_command_from_raw_audio_to_an_evaluated_checkpoint_and_a_rerun_skips
     assert json.loads((root / "train" / "dpo" / "done.json").read_text())["eval"]["examples"] > 0
 
 
-def test_a_kill_in_any_phase_then_a_rerun_gives_the_same_versions(first_run, tmp_path):
+def test_a_second_run_on_one_root_is_refused_while_the_first_holds_it(first_run, tmp_path):
+    """The data phases lock their own outputs; without a lock on ROOT, a second run would skip them (done)
+    and train beside the first."""
+    import ray
+    import yaml
+
+    raw, root, _, _ = first_run
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"root": str(root), "inputs": [str(raw)], "name": "tiny"}))
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", str(config), *SETTINGS]
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    first = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lock = root / ".audiomill-lock"
+    deadline = time.monotonic() + 120
+    while not lock.exists() and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)          # it holds the lock, paused, for as long as the second needs
+    try:
+        second = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    assert second.returncode == 2 and "is being written by pid" in second.stderr, second.stderr[-2000:]
+    assert not lock.exists()
+
+
+def test_a_rerun_after_the_registry_moved_gives_the_same_versions(first_run, tmp_path, capsys):
+    import shutil
+
+    raw, root, first, _ = first_run
+    moved = tmp_path / "registry"
+    shutil.move(root / "registry", moved)
+    assert run(_cfg(raw, root))["versions"] == first["versions"]           # published again, same content
+    assert run(_cfg(raw, root, f"registry={moved}"))["versions"] == first["versions"]
+    assert "already published" in capsys.readouterr().out
+
+
+def test_a_ctrl_c_or_a_kill_in_any_phase_then_a_rerun_gives_the_same_versions(first_run, tmp_path):
     import ray
     import yaml
 
@@ -104,14 +142,18 @@ def test_a_kill_in_any_phase_then_a_rerun_gives_the_same_versions(first_run, tmp
         "build": (lambda: (root / "examples").exists(), root / "examples" / "manifest.json"),
         "train": (lambda: any((root / "train" / "sft" / "checkpoints").glob("step-*")), root / "train" / "dpo" / "final"),
     }
+    # In each phase a Ctrl-C (exit 130, one line), then a kill, then the next phase.
     for phase, (ready, unfinished) in kill_when.items():
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not ready() and proc.poll() is None:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert not unfinished.exists(), f"killed too late in {phase}"
+        for sig in (signal.SIGINT, signal.SIGKILL):
+            proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and not ready() and proc.poll() is None:
+                time.sleep(0.02)
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=180)
+            if sig == signal.SIGINT:
+                assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, (phase, err[-2000:])
+            assert not unfinished.exists(), f"stopped too late in {phase}"
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((root / "eval.json").read_text())
