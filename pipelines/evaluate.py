@@ -53,7 +53,7 @@ def evaluate_checkpoint(checkpoint: str, examples: str, before: str | None = Non
     from pipelines.versions import resolve
     from trainer.config import TrainConfig
     from trainer.model import checkpoint_problem, load_pretrained
-    from trainer.recipe import evaluate, stage_shards
+    from trainer.recipe import evaluate, foreign_shards, stage_shards
 
     problems = [p for p in (checkpoint_problem(checkpoint, "CHECKPOINT"),
                             before and checkpoint_problem(before, "--before")) if p]
@@ -61,6 +61,9 @@ def evaluate_checkpoint(checkpoint: str, examples: str, before: str | None = Non
         raise ValueError("; ".join(problems))
     root, _ = resolve(examples, registry)
     stages = [s for s in stages if stage_shards(root, s, held_out=True)]
+    foreign = foreign_shards(root, stages)
+    if foreign:
+        raise ValueError(foreign)
     if not stages:
         return []
     cpu = torch.device("cpu")

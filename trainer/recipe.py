@@ -118,10 +118,29 @@ def stage_tasks(cfg: TrainConfig, limit: int = 2000) -> set[str]:
     return tasks
 
 
+def foreign_shards(examples: str, stages) -> str | None:
+    """Why the folders of ``stages`` (training and held-out) do not each hold their own stage's shards, or
+    None: a shard whose first example is of another stage. One sample read per shard."""
+    found = []
+    for stage in stages:
+        for url in stage_shards(examples, stage) + stage_shards(examples, stage, held_out=True):
+            first = next(read_all([url]), None)
+            if first is not None and first[0].stage != stage:
+                found.append(f"{os.path.relpath(url, examples)} holds {first[0].stage} examples")
+    if not found:
+        return None
+    return (f"{examples} holds shards in another stage's folder ({'; '.join(found[:3])}"
+            f"{' …' if len(found) > 3 else ''}); each stage's shards go in its own folder")
+
+
 def check_data(cfg: TrainConfig) -> None:
-    """Before any training: the stage has shards, and task_weights name tasks the data holds."""
+    """Before any training: the stage has shards, each of them its own stage's, and task_weights name tasks
+    the data holds."""
     if not stage_shards(cfg.examples, cfg.stage):
         raise TrainDataError(layout_problem(cfg.examples, [cfg.stage]))
+    foreign = foreign_shards(cfg.examples, [cfg.stage])
+    if foreign:
+        raise TrainDataError(foreign)
     if cfg.task_weights:
         tasks = stage_tasks(cfg)
         unknown = sorted(set(cfg.task_weights) - tasks)
@@ -1049,6 +1068,9 @@ def run_all(cfg: TrainConfig) -> dict[str, Any]:
     results, model_dir = {}, cfg.model_dir
     if not any(stage_shards(cfg.examples, stage) for stage in STAGES):
         raise TrainDataError(layout_problem(cfg.examples, STAGES))
+    foreign = foreign_shards(cfg.examples, STAGES)          # before any stage trains, not when one is reached
+    if foreign:
+        raise TrainDataError(foreign)
     for stage in STAGES:
         if not stage_shards(cfg.examples, stage):
             print(f"[audiomill] no {stage} shards in {cfg.examples}: stage skipped", flush=True)

@@ -169,6 +169,15 @@ def _checkpoint_without(name: str) -> Callable[[dict, Path], list[str]]:
     return prepare
 
 
+def _eval_on_misplaced_shards(outs: dict, case: Path) -> list[str]:
+    """An examples folder whose sft/ holds pretrain's shards (train and held-out)."""
+    ex = case / "ex"
+    shutil.copytree(outs["examples"], ex)
+    shutil.rmtree(ex / "sft")
+    shutil.copytree(ex / "pretrain", ex / "sft")
+    return ["eval", str(_tiny_checkpoint(case)), str(ex)]
+
+
 def _user_folder(outs: dict, case: Path) -> list[str]:
     (case / "mine").mkdir(parents=True)
     (case / "mine" / "notes.txt").write_text("a user's file")
@@ -221,6 +230,8 @@ ROWS = [
     Row("eval_checkpoint_of_another_model_type", _text_only_checkpoint, 2,
         "holds a 'qwen2' checkpoint; supported model types: qwen2_audio"),
     Row("eval_checkpoint_missing_its_weights", _checkpoint_without("model.safetensors"), 2, "is missing its weights"),
+    Row("eval_on_a_stage_folder_of_another_stages_shards", _eval_on_misplaced_shards, 2,
+        "holds pretrain examples"),
     Row("train_all_on_segments_not_examples", _cli("train-all", "{seg}", "{case}/out"), 2,
         "has no example shards for pretrain, sft, dpo"),
     Row("export_of_an_empty_version", _cli("export", "{empty}", "ms-swift", "{case}/out"), 2, "holds no shards"),

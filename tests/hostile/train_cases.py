@@ -78,6 +78,14 @@ def _wrong_layout(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _sft_folder_of_pretrain_shards(src: Path, dst: Path) -> Path:
+    ex = copy()(src, dst)
+    for shard in (ex / "sft").glob("*.tar"):
+        shard.unlink()
+    shutil.copy(sorted((ex / "pretrain").glob("*.tar"))[0], ex / "sft" / "examples-000000.tar")
+    return ex
+
+
 def _eval_json(stage: str, **expect):
     def check(out: Path) -> None:
         result = json.loads((out / stage / "eval.json").read_text())
@@ -102,6 +110,9 @@ TRAIN = [
     TrainCase("missing_examples_dir", lambda src, dst: dst / "nope", ("train-all", "{ex}", "{out}"), 2, "does not exist"),
     TrainCase("examples_dir_of_another_layout", _wrong_layout, ("train-all", "{ex}", "{out}"), 2,
               "found ['segments-000000.tar']"),
+    TrainCase("a_stage_folder_of_another_stages_shards", _sft_folder_of_pretrain_shards,
+              ("train-all", "{ex}", "{out}", "max_steps=2"), 2,
+              "sft/examples-000000.tar holds pretrain examples); each stage's shards go in its own folder"),
     TrainCase("bad_training_shards", _bad_shards, ("train", "{ex}", "{out}", "stage=pretrain", "max_steps=3"), 0,
               check=_eval_json("pretrain", steps=3, **{"eval.examples": 4})),
     TrainCase("bad_held_out_shard", _bad_held_out, ("train", "{ex}", "{out}", "stage=pretrain", "max_steps=2"), 0,
