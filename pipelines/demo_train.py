@@ -30,7 +30,31 @@ WORDS = {
     "spanish": ("es", ["casa", "agua", "jardín", "mañana", "ventana", "amarillo", "verano", "maestro", "río",
                        "pan", "montaña", "cocina", "amigo", "noche", "animal", "carta", "invierno", "médico"]),
 }
-VOICE_VARIANTS = ["", "+m3", "+f2"]
+# More words of each language, after ``WORDS``: data for measuring what a model learned of the language
+# alone, on many words never seen in training (``build_language_id(..., words=80)``).
+MORE_WORDS = {
+    "english": """table chair pencil candle basket button ladder pocket blanket bottle carpet forest island valley
+        ocean meadow thunder lightning rainbow shadow silver copper marble feather pillow kettle hammer needle
+        orange cherry lemon butter cheese honey pepper carrot potato onion tomato sugar coffee village castle
+        bridge tower market harbor station ticket journey holiday sister brother mother father daughter
+        neighbor captain soldier farmer singer rabbit""".split(),
+    "french": """table chaise crayon bougie panier bouton échelle poche couverture bouteille tapis forêt île vallée
+        océan prairie tonnerre éclair arc ombre argent cuivre marbre plume oreiller bouilloire marteau aiguille
+        orange cerise citron beurre miel poivre carotte pomme oignon tomate sucre café village pont tour marché
+        port gare billet voyage vacances sœur frère mère père fille voisin capitaine soldat fermier chanteur
+        grenouille papillon lapin""".split(),
+    "german": """Tisch Stuhl Bleistift Kerze Korb Knopf Leiter Tasche Decke Flasche Teppich Wald Insel Tal Ozean
+        Wiese Donner Blitz Regenbogen Schatten Silber Kupfer Marmor Feder Kissen Kessel Hammer Nadel Kirsche
+        Zitrone Butter Käse Honig Pfeffer Karotte Kartoffel Zwiebel Tomate Zucker Kaffee Dorf Burg Brücke Turm
+        Markt Hafen Bahnhof Fahrkarte Reise Urlaub Schwester Bruder Mutter Vater Tochter Nachbar Kapitän
+        Soldat Bauer Sänger Frosch Schmetterling""".split(),
+    "spanish": """mesa silla lápiz vela cesta botón escalera bolsillo manta botella alfombra bosque isla valle
+        océano pradera trueno relámpago arcoíris sombra plata cobre mármol pluma almohada tetera martillo aguja
+        naranja cereza limón mantequilla queso miel pimienta zanahoria patata cebolla tomate azúcar café pueblo
+        castillo puente torre mercado puerto estación billete viaje vacaciones hermana hermano madre padre hija
+        vecino capitán soldado granjero cantante conejo""".split(),
+}
+VOICE_VARIANTS = ["", "+m3", "+f2", "+f4"]    # the demo speaks each word in the first three
 PROMPT = "Detect the language:"
 QUESTION = "Which language is spoken?"
 
@@ -40,38 +64,60 @@ def _clip(word: str, voice: str):
     return x[: 4 * 16000]
 
 
-def build_language_id(root: Path, held_out: int = 4, seed: int = 0) -> dict[str, int]:
-    """Write pretrain, sft and dpo shards (train + eval) under ``root``; return example counts."""
+def vocabulary(language: str, words: int) -> list[str]:
+    """The first ``words`` words of ``language`` (``WORDS``, then ``MORE_WORDS``)."""
+    found = WORDS[language][1] + MORE_WORDS[language]
+    if words > len(found):
+        raise ValueError(f"{language} has {len(found)} words, not {words}")
+    return found[:words]
+
+
+def build_language_id(root: Path, held_out: int = 4, seed: int = 0, words: int = 18, voices: int = 3,
+                      held_out_voices: int = 1, held_out_root: Path | None = None) -> dict[str, int]:
+    """Write pretrain, sft and dpo shards under ``root``; return example counts. Of each language's ``words``
+    words, the last ``held_out`` are never trained on: spoken by ``held_out_voices`` voices they form the
+    held-out set, in ``<stage>/eval`` or, with ``held_out_root``, as that folder's ``<stage>/eval`` (``root``
+    then has no held-out set of its own). The others are spoken by ``voices`` voice variants each. Every
+    example names its word as the transcript of its audio."""
     rng = random.Random(seed)
     splits: dict[str, list] = {"train": [], "eval": []}
-    for language, (code, words) in WORDS.items():
-        for i, word in enumerate(words):
-            split = "eval" if i >= len(words) - held_out else "train"
-            for variant in VOICE_VARIANTS if split == "train" else VOICE_VARIANTS[:1]:
+    for language, (code, _) in WORDS.items():
+        vocab = vocabulary(language, words)
+        for i, word in enumerate(vocab):
+            split = "eval" if i >= len(vocab) - held_out else "train"
+            for variant in VOICE_VARIANTS[:voices if split == "train" else held_out_voices]:
                 splits[split].append((language, word, _clip(word, code + variant), variant))
-    counts, folders = {}, {}
+    counts, folders = {}, {"train": {}, "eval": {}}
     for split, items in splits.items():
         rng.shuffle(items)
         per_stage: dict[str, list] = {"pretrain": [], "sft": [], "dpo": []}
         for language, word, audio, variant in items:
             seg = f"seg-{language[:2]}-{word}-{variant.strip('+') or 'x'}"
             ref = [AudioRef("audio0.flac", seg, round(len(audio) / 16000, 3))]
+            provenance = {"segments": [seg], "transcript": word}
             wrong = rng.choice([lang for lang in WORDS if lang != language])
             per_stage["pretrain"].append((Example(
                 id=example_id("pretrain", "lid", [seg], "lid.v1"), stage="pretrain", task="lid", audio=ref,
-                prompt=PROMPT, target=language, template="lid.v1"), [audio]))
+                prompt=PROMPT, target=language, template="lid.v1", provenance=provenance), [audio]))
             per_stage["sft"].append((Example(
                 id=example_id("sft", "lid", [seg], "lid-chat.v1"), stage="sft", task="lid", audio=ref,
-                messages=[user_audio_turn(QUESTION), assistant_turn(language)], template="lid-chat.v1"), [audio]))
+                messages=[user_audio_turn(QUESTION), assistant_turn(language)], template="lid-chat.v1",
+                provenance=provenance), [audio]))
             per_stage["dpo"].append((Example(
                 id=example_id("dpo", "lid", [seg], "lid-pref.v1"), stage="dpo", task="lid", audio=ref,
                 messages=[user_audio_turn(QUESTION)], chosen=language, rejected=wrong,
-                rejected_kind="wrong_label", template="lid-pref.v1"), [audio]))
+                rejected_kind="wrong_label", template="lid-pref.v1", provenance=provenance), [audio]))
         for stage, examples in per_stage.items():
-            folders[stage + ("/eval" if split == "eval" else "")] = examples
+            folders[split][stage + ("/eval" if split == "eval" else "")] = examples
             counts[f"{stage}/{split}"] = len(examples)
-    write_examples(str(root), folders, name="audiomill-demo-lid", config_hash=f"demo-lid-{seed}-{held_out}",
-                   per_shard=40)
+    config = f"demo-lid-{seed}-{held_out}-{words}-{voices}-{held_out_voices}"
+    if held_out_root is None:
+        write_examples(str(root), {**folders["train"], **folders["eval"]}, name="audiomill-demo-lid",
+                       config_hash=config, per_shard=40)
+    else:
+        write_examples(str(root), folders["train"], name="audiomill-demo-lid", config_hash=config, per_shard=40)
+        write_examples(str(held_out_root), folders["eval"], name="audiomill-demo-lid-held-out",
+                       config_hash=config, per_shard=40)
     return counts
 
 

@@ -140,7 +140,7 @@ def _phases(cfg: RunConfig) -> dict[str, Any]:
     from pipelines.evaluate import evaluate_checkpoint, table
     from pipelines.registry import Registry
     from trainer.config import STAGES
-    from trainer.recipe import run_stage, stage_shards
+    from trainer.recipe import run_stage, stage_checkpoint, stage_shards
 
     t0 = time.monotonic()
     problems: list[str] = []
@@ -189,7 +189,7 @@ def _phases(cfg: RunConfig) -> dict[str, Any]:
             result = run_stage(stage_cfg, echo=True)
             with open(done, "w") as f:
                 json.dump({"key": key, "eval": result.get("eval")}, f, indent=2, default=str)
-        model_dir = finals[stage] = posixpath.join(paths["train"], stage, "final")
+        model_dir = finals[stage] = stage_checkpoint(paths["train"], stage)
     timings["train"] = time.monotonic() - t
     t = phase(6, "eval")
     # Each stage's checkpoint on its own held-out sets beside the checkpoint before it; DPO's on the SFT
@@ -207,8 +207,8 @@ def _phases(cfg: RunConfig) -> dict[str, Any]:
                "wall_seconds": round(time.monotonic() - t0, 1)}
     with open(posixpath.join(cfg.root, "eval.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
-    print(f"\nheld-out results: each stage's checkpoint under {paths['train']}/<stage>/final, 'before' the one "
-          "of the stage before it; dpo/ rows score the final checkpoint")
+    print(f"\nheld-out results: each stage's checkpoint under {paths['train']}/<stage>/ (best/, the export with "
+          "the best held-out score, else final/), 'before' the one of the stage before it")
     print(table(rows))
     print("\nphase seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + f"; total {summary['wall_seconds']:.0f}")
     return summary

@@ -13,6 +13,9 @@ MODULES = ("encoder", "projector", "lm")
 DEFAULT_TRAIN = {"pretrain": ("encoder", "projector"), "sft": ("projector", "lm"), "dpo": ("projector", "lm")}
 DEFAULT_STEPS = {"pretrain": 1000, "sft": 500, "dpo": 200}
 DEFAULT_LR = {"pretrain": 1e-3, "sft": 5e-4, "dpo": 5e-5}
+# Passes over the stage's training examples at most (0: no cap). DPO over-optimises when it sees its pairs
+# many times: the policy moves away from what SFT taught while its reward accuracy still rises.
+DEFAULT_EPOCHS = {"pretrain": 0.0, "sft": 0.0, "dpo": 1.0}
 TRANSCRIPTION_TASKS = ("asr", "transcribe", "s2tt")
 
 
@@ -24,6 +27,7 @@ class TrainConfig:
     preset: str = "tiny"             # tiny | small | qwen2-audio-7b
     model_dir: str = ""              # start from this checkpoint ("" → a new model of the preset)
     max_steps: int | None = None     # None → the stage's default; 0 → export and evaluate the starting model
+    max_epochs: float | None = None  # at most this many passes over the training examples (None → the stage's default, 0 → no cap)
     stage_steps: dict[str, int] = dataclasses.field(default_factory=dict)   # train-all: steps per stage (over max_steps)
     lr: float = 0.0                  # 0 → the stage's default
     warmup_steps: int = 20
@@ -34,12 +38,13 @@ class TrainConfig:
     train_modules: list[str] = dataclasses.field(default_factory=list)   # [] → the stage's default
     task_weights: dict[str, float] = dataclasses.field(default_factory=dict)  # sampling weight per task
     beta: float = 0.1                # DPO
-    rpo_alpha: float = 0.0           # DPO: weight of the chosen reply's per-token NLL (RPO); 0 → plain DPO
+    rpo_alpha: float = 1.0           # DPO: weight of the chosen reply's per-token NLL (RPO); 0 → plain DPO
     seed: int = 0
     shuffle_buffer: int = 64
     loader_workers: int = 0          # DataLoader worker processes that decode, encode and collate (0 → in-process)
     checkpoint_every: int = 200
     keep_best: bool = True           # score each checkpoint's export on the held-out set; keep the best in best/
+    patience: int = 2                # with keep_best: stop after this many held-out scores in a row below the best (0 → never)
     eval_max_examples: int = 200
     eval_holdout: float = 0.05       # without a <stage>/eval/ set: this seeded share of sources is held out
     max_bad_fraction: float = 0.5    # stop when more of the data than this cannot be read
@@ -80,6 +85,10 @@ class TrainConfig:
                 problems.append(f"{name}: must be > 0")
         if self.loader_workers < 0:
             problems.append("loader_workers: must be ≥ 0")
+        if self.max_epochs is not None and self.max_epochs < 0:
+            problems.append(f"max_epochs: must be ≥ 0, got {self.max_epochs}")
+        if self.patience < 0:
+            problems.append(f"patience: must be ≥ 0, got {self.patience}")
         if self.rpo_alpha < 0:
             problems.append(f"rpo_alpha: must be ≥ 0, got {self.rpo_alpha}")
         if (self.max_steps is not None and self.max_steps < 0) or self.lr < 0:
@@ -100,6 +109,9 @@ class TrainConfig:
 
     def steps(self) -> int:
         return DEFAULT_STEPS[self.stage] if self.max_steps is None else self.max_steps
+
+    def epochs(self) -> float:
+        return DEFAULT_EPOCHS[self.stage] if self.max_epochs is None else self.max_epochs
 
     def learning_rate(self) -> float:
         return self.lr or DEFAULT_LR[self.stage]

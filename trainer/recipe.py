@@ -15,6 +15,7 @@ import functools
 import glob
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -30,8 +31,9 @@ import torch
 from trainer.config import DEFAULT_TRAIN, STAGES, TRANSCRIPTION_TASKS, TrainConfig
 from trainer.data import (DataError, Encoder, PairEncoded, SkipCounter, collate, decode_sample, read_all,
                           reference_answer, sample_stream, token_batches)
-from trainer import parallel
+from trainer import holdout, parallel
 from trainer.features import LogMel
+from trainer.holdout import HoldoutPlan, load_or_plan
 from trainer.losses import IGNORE, DPOLoss, count_targets, nll_sum, sequence_logprob
 from trainer.model import PRESETS, build_model, build_processor, chunk_seconds, load_pretrained, train_tokenizer
 
@@ -81,23 +83,20 @@ def corpus_texts(examples: str, errors: SkipCounter | None = None) -> Iterator[s
                         yield c["text"]
 
 
-def source_key(ex) -> str:
-    """What ties examples to one source recording: the provenance's sources, else its segments."""
-    prov = ex.provenance or {}
-    sources = prov.get("sources") or prov.get("segments") or [a.segment_id for a in ex.audio] or [ex.id]
-    return ",".join(map(str, sources))
-
-
 def held_out_slice(cfg: TrainConfig) -> bool:
-    """Without a ``<stage>/eval`` set, a seeded share of sources is held out of training for evaluation."""
+    """Without a ``<stage>/eval`` set, groups of examples that share a source recording or content are held
+    out of training for evaluation (``trainer/holdout.py``)."""
     return cfg.eval_holdout > 0 and not stage_shards(cfg.examples, cfg.stage, held_out=True)
 
 
-def in_holdout(ex, cfg: TrainConfig) -> bool:
-    import hashlib
+def holdout_plan(cfg: TrainConfig) -> HoldoutPlan:
+    """The held-out groups, planned over the training shards of every stage (one split for all stages)."""
+    urls = [u for stage in STAGES for u in stage_shards(cfg.examples, stage)]
+    return load_or_plan(cfg.output, urls, cfg.eval_holdout, cfg.seed, cfg.max_bad_fraction)
 
-    h = int.from_bytes(hashlib.sha256(f"{cfg.seed}:{source_key(ex)}".encode()).digest()[:8], "big")
-    return h / 2**64 < cfg.eval_holdout
+
+def in_holdout(ex, cfg: TrainConfig) -> bool:
+    return holdout.in_holdout(ex, holdout_plan(cfg).keys)
 
 
 def stage_tasks(cfg: TrainConfig, limit: int = 2000) -> set[str]:
@@ -269,7 +268,7 @@ def encoded_stream(cfg: TrainConfig, encoder: Encoder, dist: Dist, skip: int, er
         raise TrainDataError(layout_problem(cfg.examples, [cfg.stage]))
     weights = cfg.task_weights
     top = max(weights.values()) if weights else 1.0
-    holdout = held_out_slice(cfg)
+    hold = held_out_slice(cfg)
     for position, sample in sample_stream(urls, cfg.seed, dist.rank, dist.world, cfg.shuffle_buffer, skip, errors):
         try:
             ex, audios = decode_sample(sample)
@@ -277,7 +276,7 @@ def encoded_stream(cfg: TrainConfig, encoder: Encoder, dist: Dist, skip: int, er
             errors(e)
             continue
         errors.ok()
-        if holdout and in_holdout(ex, cfg):
+        if hold and in_holdout(ex, cfg):
             continue
         # The draw depends on the position only, so a resumed run makes the same choices.
         if weights and random.Random(f"mix:{cfg.seed}:{dist.rank}:{position}").random() >= weights.get(ex.task, 0.0) / top:
@@ -285,6 +284,39 @@ def encoded_stream(cfg: TrainConfig, encoder: Encoder, dist: Dist, skip: int, er
         item = encoder.encode(ex, audios)
         item.position = position
         yield item
+
+
+class _Length:
+    """Stands in for a waveform where only its length counts (``Encoder`` sizes audio by it)."""
+
+    def __init__(self, duration_s: float):
+        self.n = int(round(duration_s * 16000))
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def epoch_steps(cfg: TrainConfig, encoder: Encoder, world: int, sample: int = 512) -> int | None:
+    """Optimiser steps that make ``cfg.epochs()`` passes over the stage's training examples (after the
+    held-out groups and the ``task_weights`` draw), or None without a cap. One pass reads the records (not
+    the audio); the micro-batch size is that of the first ``sample`` examples batched by the token budget."""
+    epochs = cfg.epochs()
+    if epochs <= 0:
+        return None
+    weights = cfg.task_weights
+    top = max(weights.values()) if weights else 1.0
+    hold = held_out_slice(cfg)
+    count, items = 0.0, []
+    for ex in holdout.read_examples(stage_shards(cfg.examples, cfg.stage), SkipCounter(cfg.max_bad_fraction)):
+        if hold and in_holdout(ex, cfg):
+            continue
+        count += weights.get(ex.task, 0.0) / top if weights else 1.0
+        if len(items) < sample:
+            items.append(encoder.encode(ex, [_Length(a.duration_s) for a in ex.audio]))
+    if not items:
+        return None
+    per_batch = len(items) / sum(1 for _ in token_batches(iter(items), cfg.max_tokens, cfg.max_batch))
+    return max(1, math.ceil(epochs * count / (per_batch * cfg.grad_accum * world)))
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------
@@ -537,7 +569,8 @@ def held_out_examples(cfg: TrainConfig) -> tuple[list, str]:
         where = f"{cfg.stage}/eval"
     elif cfg.eval_holdout > 0:
         found = ((ex, a) for ex, a in read_all(stage_shards(cfg.examples, cfg.stage), errors) if in_holdout(ex, cfg))
-        where = f"a held-out {cfg.eval_holdout:.0%} of the sources in {cfg.stage}/ (there is no {cfg.stage}/eval)"
+        where = (f"groups sharing no source recording or content with training, held out of {cfg.stage}/ "
+                 f"(there is no {cfg.stage}/eval)")
     else:
         return [], f"no {cfg.stage}/eval set and eval_holdout=0: evaluation skipped"
     examples = list(itertools.islice(found, cfg.eval_max_examples))
@@ -650,8 +683,10 @@ class Session:
     loss_fn: DPOLoss
     fe: Any                    # the batched log-mel front end (built once; a step collates with it)
     step: int = 0
+    total: int = 0             # steps of this stage: max_steps, or fewer where max_epochs caps them
     consumed: dict[str, Any] = dataclasses.field(default_factory=dict)
     best: dict[str, Any] | None = None      # {"step", "score"} of the export in ``best/``
+    behind: int = 0            # held-out scores in a row below the best (early stopping)
 
 
 def setup(cfg: TrainConfig, dist: Dist) -> Session:
@@ -685,10 +720,17 @@ def setup(cfg: TrainConfig, dist: Dist) -> Session:
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay)
     from transformers import get_cosine_schedule_with_warmup
 
-    sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.steps() // 10 + 1), max(1, cfg.steps()))
+    total = cfg.steps()
+    capped = epoch_steps(cfg, Encoder(processor.tokenizer, chunk_seconds(processor)), dist.world) if total else None
+    if capped is not None and capped < total:
+        _say(dist, f"{cfg.stage}: {capped} steps make {cfg.epochs():g} pass(es) over the training examples "
+                   f"(max_epochs), fewer than max_steps={total}")
+        total = capped
+    sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup_steps, total // 10 + 1), max(1, total))
     s = Session(cfg, dist, stage_dir, model, processor, ref, ref_dir, mode, modules, n_trainable, params, opt, sched,
                 functools.partial(parallel.autocast, mode, dist.device, cfg.bf16), DPOLoss(cfg.beta, cfg.rpo_alpha),
-                LogMel(processor.feature_extractor), consumed={"positions": [0] * max(1, cfg.loader_workers), "batches": 0}, best=_best_so_far(stage_dir))
+                LogMel(processor.feature_extractor), total=total,
+                consumed={"positions": [0] * max(1, cfg.loader_workers), "batches": 0}, best=_best_so_far(stage_dir))
     if dist.rank == 0:
         remove_unfinished(stage_dir)
     resume, step, consumed = resume_latest(stage_dir, model, opt, sched, dist)
@@ -697,7 +739,11 @@ def setup(cfg: TrainConfig, dist: Dist) -> Session:
             raise ValueError(f"{resume} was written with {len(consumed['positions'])} loader workers; "
                              f"resume with loader_workers={len(consumed['positions'])}")
         s.step, s.consumed = step, consumed
+        s.behind = s.best.get("behind", 0) if s.best else 0
         _say(dist, f"resuming {cfg.stage} from {resume} (step {step}, stream positions {consumed['positions']})")
+    elif cfg.stage == "dpo" and cfg.keep_best and dist.rank == 0 and s.best is None:
+        # The starting (SFT) model is the first candidate: DPO's best/ is never worse than where it began.
+        consider_best(s, ref_dir, evaluate_export(cfg, ref_dir, ref_dir, dist.device, before=False), copy=True)
     return s
 
 
@@ -732,6 +778,17 @@ def checkpoint(s: Session, metrics: dict[str, Any]) -> str | None:
     return folder
 
 
+def stop_early(s: Session) -> bool:
+    """Collective: whether ``patience`` held-out scores in a row fell below the best (rank 0 scores, every
+    rank follows)."""
+    stop = bool(s.cfg.keep_best and s.cfg.patience and s.behind >= s.cfg.patience)
+    if s.dist.world > 1:
+        flag = torch.tensor([int(stop)], device=s.dist.device)
+        torch.distributed.broadcast(flag, src=0)
+        stop = bool(flag.item())
+    return stop
+
+
 def export(s: Session, model_state: dict[str, Any], folder: str, last: bool = False) -> None:
     """Rank 0: the model (``save_pretrained``, in bf16 when training in bf16) and processor into ``folder``.
     Mid-run the live model keeps its fp32 master weights: a copy is converted (under FSDP, whose live
@@ -757,17 +814,35 @@ def consider_best(s: Session, folder: str, result: dict[str, Any], copy: bool = 
     import shutil
 
     score = held_out_score(result)
+    if score is not None:
+        with open(os.path.join(s.stage_dir, "held_out.jsonl"), "a") as f:
+            f.write(json.dumps({"step": s.step, "score": score}) + "\n")
     if score is None or (s.best is not None and score < s.best["score"]):
+        if score is not None:
+            s.behind += 1
+            _record_behind(s)
         if not copy:
             shutil.rmtree(folder, ignore_errors=True)
         return
+    s.behind = 0
     best = os.path.join(s.stage_dir, "best")
     shutil.rmtree(best, ignore_errors=True)
     shutil.copytree(folder, best) if copy else os.replace(folder, best)
     s.best = {"step": s.step, "score": score}
     with open(os.path.join(best, "best.json"), "w") as f:
-        json.dump({**s.best, "eval": result}, f, indent=2)
+        json.dump({**s.best, "behind": 0, "eval": result}, f, indent=2)
     _say(s.dist, f"{s.cfg.stage} step {s.step}: held-out score {score:.3f} is the best so far, exported to {best}")
+
+
+def _record_behind(s: Session) -> None:
+    """Keep the count of scores below the best in ``best.json``, so a resumed run stops where it would have."""
+    path = os.path.join(s.stage_dir, "best", "best.json")
+    with contextlib.suppress(OSError, ValueError):
+        with open(path) as f:
+            found = json.load(f)
+        found["behind"] = s.behind
+        with open(path, "w") as f:
+            json.dump(found, f, indent=2)
 
 
 def headline_metric(scores: dict[str, Any]) -> str:
@@ -792,7 +867,7 @@ def _best_so_far(stage_dir: str) -> dict[str, Any] | None:
     try:
         with open(os.path.join(stage_dir, "best", "best.json")) as f:
             found = json.load(f)
-        return {"step": int(found["step"]), "score": float(found["score"])}
+        return {"step": int(found["step"]), "score": float(found["score"]), "behind": int(found.get("behind", 0))}
     except (OSError, ValueError, KeyError):
         return None
 
@@ -824,8 +899,8 @@ def finish(s: Session, history: list[dict[str, Any]], errors: SkipCounter) -> tu
 
 
 def train_loop(cfg: TrainConfig, dist: Dist | None = None) -> dict[str, Any]:
-    """One worker's stage: set-up, steps until ``cfg.steps()``, a checkpoint every ``checkpoint_every``, the
-    export and its held-out eval. ``dist`` is this worker's place in the group (one rank without it)."""
+    """One worker's stage: set-up, steps until ``s.total`` (or early stopping), a checkpoint every
+    ``checkpoint_every``, the export and its held-out eval. ``dist`` is this worker's place in the group (one rank without it)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()   # the loop reports its own progress
@@ -841,13 +916,13 @@ def train_loop(cfg: TrainConfig, dist: Dist | None = None) -> dict[str, Any]:
     batches = micro_batches(cfg, encoder, dist, s.consumed["positions"], s.consumed["batches"],
                             s.processor.tokenizer.pad_token_id, s.fe, errors)
     writer = _writer(s.stage_dir) if dist.rank == 0 else None
-    _say(dist, f"{cfg.stage}: training {', '.join(s.modules)} ({s.n_trainable:,} parameters) for {cfg.steps()} steps "
+    _say(dist, f"{cfg.stage}: training {', '.join(s.modules)} ({s.n_trainable:,} parameters) for {s.total} steps "
                f"on {dist.world} worker(s) ({s.mode}), device {dist.device}{', bf16' if cfg.bf16 else ''}")
     history: list[dict[str, Any]] = []
-    progress = _Progress(cfg.stage, s.step, cfg.steps(), dist)
+    progress = _Progress(cfg.stage, s.step, s.total, dist)
     s.model.train()
     with _Interrupt(enabled=not dist.ray) as interrupt:
-        while s.step < cfg.steps():
+        while s.step < s.total:
             if interrupt.requested:
                 folder, _ = save_checkpoint(s.stage_dir, s.step, s.model, s.opt, s.sched, s.consumed, s.processor, dist)
                 raise KeyboardInterrupt(f"{cfg.stage} interrupted at step {s.step}; checkpoint {folder} saved")
@@ -858,10 +933,14 @@ def train_loop(cfg: TrainConfig, dist: Dist | None = None) -> dict[str, Any]:
                 with open(os.path.join(s.stage_dir, "train_log.jsonl"), "a") as f:
                     f.write(json.dumps({"step": s.step, **metrics}) + "\n")
             progress.tokens += sum(len(e) for m in micro for e in m)
-            if s.step % 10 == 0 or s.step == cfg.steps():
+            if s.step % 10 == 0 or s.step == s.total:
                 progress.log(writer, s.step, metrics)
-            if s.step % cfg.checkpoint_every == 0 and s.step < cfg.steps():
+            if s.step % cfg.checkpoint_every == 0 and s.step < s.total:
                 checkpoint(s, metrics)
+                if stop_early(s):
+                    _say(dist, f"{cfg.stage}: stopped early at step {s.step}: {s.behind} held-out scores in a row "
+                               f"below the best ({s.best['score']:.3f} at step {s.best['step']})")
+                    break
     result, final_ckpt = finish(s, history, errors)
     if writer:
         writer.close()
@@ -1007,10 +1086,11 @@ def run_stage(cfg: TrainConfig, echo: bool = False) -> dict[str, Any]:
     cfg = dataclasses.replace(cfg, **{k: os.path.abspath(getattr(cfg, k)) for k in ("examples", "output", "model_dir")
                                       if getattr(cfg, k) and "://" not in getattr(cfg, k)})
     check_data(cfg)
-    if not stage_shards(cfg.examples, cfg.stage, held_out=True):
-        print(f"[audiomill] {cfg.stage}: no {cfg.stage}/eval set; " + (
-            f"holding out {cfg.eval_holdout:.0%} of the sources (seeded) for evaluation" if cfg.eval_holdout > 0
-            else "evaluation skipped (eval_holdout=0)"), flush=True)
+    if held_out_slice(cfg):
+        print(f"[audiomill] {cfg.stage}: no {cfg.stage}/eval set; held out for evaluation by content: "
+              f"{holdout_plan(cfg).summary()}", flush=True)
+    elif not stage_shards(cfg.examples, cfg.stage, held_out=True):
+        print(f"[audiomill] {cfg.stage}: no {cfg.stage}/eval set; evaluation skipped (eval_holdout=0)", flush=True)
     config = dataclasses.asdict(cfg)
     if cfg.launcher == "local":
         return train_loop(cfg)
@@ -1064,7 +1144,7 @@ def _trainer_without_cleaner():
 
 
 def run_all(cfg: TrainConfig) -> dict[str, Any]:
-    """pretrain → SFT → DPO, each stage starting from the previous stage's final export."""
+    """pretrain → SFT → DPO, each stage starting from the previous stage's ``stage_checkpoint``."""
     results, model_dir = {}, cfg.model_dir
     if not any(stage_shards(cfg.examples, stage) for stage in STAGES):
         raise TrainDataError(layout_problem(cfg.examples, STAGES))
@@ -1078,5 +1158,12 @@ def run_all(cfg: TrainConfig) -> dict[str, Any]:
         stage_cfg = dataclasses.replace(cfg, stage=stage, model_dir=model_dir,
                                         max_steps=cfg.stage_steps.get(stage, cfg.max_steps))
         results[stage] = run_stage(stage_cfg)
-        model_dir = os.path.join(cfg.output, stage, "final")
+        model_dir = stage_checkpoint(cfg.output, stage)
     return results
+
+
+def stage_checkpoint(output: str, stage: str) -> str:
+    """What a stage hands to the next one and to evaluation: ``best/`` (the export with the best held-out
+    score, when checkpoints were scored), else ``final/``."""
+    best = os.path.join(output, stage, "best")
+    return best if os.path.exists(os.path.join(best, "best.json")) else os.path.join(output, stage, "final")

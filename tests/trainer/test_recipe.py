@@ -168,7 +168,7 @@ def test_setup_step_checkpoint_and_resume_are_separate_parts_of_the_loop(example
 
     again = setup(cfg, Dist())
     assert again.step == 1 and again.consumed == {"positions": [10], "batches": 1}
-    assert again.best == {"step": 1, "score": best["score"]}
+    assert again.best == {"step": 1, "score": best["score"], "behind": 0}
     for n, p in again.model.named_parameters():
         assert torch.equal(p, dict(s.model.named_parameters())[n]), n
 
@@ -178,7 +178,8 @@ def test_a_checkpoint_becomes_best_only_when_its_held_out_score_beats_the_best(t
 
     from trainer.recipe import consider_best
 
-    s = SimpleNamespace(stage_dir=str(tmp_path), best=None, step=0, dist=Dist(), cfg=SimpleNamespace(stage="sft"))
+    s = SimpleNamespace(stage_dir=str(tmp_path), best=None, step=0, dist=Dist(), cfg=SimpleNamespace(stage="sft"),
+                        behind=0)
 
     def offer(step, accuracy):
         s.step = step
@@ -190,13 +191,74 @@ def test_a_checkpoint_becomes_best_only_when_its_held_out_score_beats_the_best(t
         return (tmp_path / "best" / "weights").read_text()
 
     assert offer(10, 0.5) == "10"
-    assert offer(20, 0.3) == "10" and s.best == {"step": 10, "score": 0.5}
-    assert offer(30, 0.5) == "30"                # a tie goes to the later step
+    assert offer(20, 0.3) == "10" and s.best == {"step": 10, "score": 0.5} and s.behind == 1
+    assert json.loads((tmp_path / "best" / "best.json").read_text())["behind"] == 1    # for a resumed run
+    assert offer(30, 0.5) == "30" and s.behind == 0     # a tie goes to the later step
     assert offer(40, 0.8) == "40" and json.loads((tmp_path / "best" / "best.json").read_text())["step"] == 40
     s.step = 50
     (tmp_path / "candidate").mkdir()
     consider_best(s, str(tmp_path / "candidate"), {"examples": 0})     # nothing held out: nothing to compare
     assert (tmp_path / "best" / "weights").read_text() == "40" and not (tmp_path / "candidate").exists()
+
+
+def _scores_by_step(monkeypatch, scores):
+    """Held-out scores as given per step (the evaluation itself still runs on the real export)."""
+    import trainer.recipe as recipe
+
+    state = {}
+    real_consider = recipe.consider_best
+
+    def consider(s, folder, result, copy=False):
+        state["step"] = s.step
+        return real_consider(s, folder, result, copy)
+
+    monkeypatch.setattr(recipe, "consider_best", consider)
+    monkeypatch.setattr(recipe, "held_out_score", lambda result: scores[state["step"]])
+
+
+def test_training_stops_after_patience_scores_below_the_best_and_hands_on_the_best(examples, tmp_path, monkeypatch):
+    from trainer.recipe import stage_checkpoint, train_loop
+
+    _scores_by_step(monkeypatch, {1: 0.5, 2: 0.4, 3: 0.45, 4: 0.9})
+    cfg = TrainConfig(examples=str(examples), output=str(tmp_path), stage="sft", max_steps=10, checkpoint_every=1,
+                      patience=2, launcher="local", warmup_steps=0, eval_max_examples=2, max_tokens=600)
+    result = train_loop(cfg)
+    assert result["steps"] == 3           # not 10 (no early stopping), not 2 (stopping at the first drop)
+    lines = [json.loads(x) for x in (tmp_path / "sft" / "held_out.jsonl").read_text().splitlines()]
+    assert [(x["step"], x["score"]) for x in lines] == [(1, 0.5), (2, 0.4), (3, 0.45), (3, 0.45)]
+    assert json.loads((tmp_path / "sft" / "best" / "best.json").read_text())["step"] == 1
+    assert stage_checkpoint(str(tmp_path), "sft") == str(tmp_path / "sft" / "best")
+
+
+def test_dpo_keeps_its_starting_model_as_best_when_training_only_lowers_the_held_out_score(examples, tmp_path,
+                                                                                          monkeypatch):
+    from safetensors.torch import load_file
+
+    from trainer.recipe import train_loop
+
+    _scores_by_step(monkeypatch, {0: 0.8, 1: 0.6, 2: 0.7})
+    cfg = TrainConfig(examples=str(examples), output=str(tmp_path), stage="dpo", max_steps=10, checkpoint_every=1,
+                      patience=2, launcher="local", warmup_steps=0, eval_max_examples=2, max_tokens=600)
+    result = train_loop(cfg)
+    assert result["steps"] == 2 and result["best"]["step"] == 0
+    best, reference = (load_file(str(tmp_path / "dpo" / d / "model.safetensors")) for d in ("best", "reference"))
+    final = load_file(str(tmp_path / "dpo" / "final" / "model.safetensors"))
+    assert all(torch.equal(best[k], reference[k]) for k in reference)
+    assert any(not torch.equal(final[k], reference[k]) for k in reference)     # it did train
+
+
+def test_dpo_makes_one_pass_over_its_pairs_by_default_whatever_max_steps_says(examples, tmp_path):
+    from trainer.recipe import train_loop
+
+    cfg = TrainConfig(examples=str(examples), output=str(tmp_path), stage="dpo", max_steps=1000, launcher="local",
+                      keep_best=False, max_tokens=600, shuffle_buffer=8)
+    pairs = sum(1 for _ in read_all(stage_shards(str(examples), "dpo")))
+    result = train_loop(cfg)
+    state = torch.load(next((tmp_path / "dpo" / "checkpoints").glob("step-*/state.pt")), weights_only=True)
+    read = state["ranks"][0]["positions"][0]        # samples the run's stream read
+    assert 10 < result["steps"] < 1000 and 0.9 * pairs <= read <= 1.1 * pairs + 8, (result["steps"], read, pairs)
+    no_cap = TrainConfig(**{**cfg.__dict__, "output": str(tmp_path / "b"), "max_steps": 3, "max_epochs": 0.0})
+    assert train_loop(no_cap)["steps"] == 3
 
 
 def test_held_out_score_is_the_mean_task_score_and_reward_accuracy_only_without_tasks():

@@ -85,7 +85,7 @@ def test_ctrl_c_stops_promptly_with_a_checkpoint_and_exit_130(examples, tmp_path
     assert not (out / "pretrain" / "final").exists()
 
 
-def test_without_a_held_out_set_a_seeded_slice_of_sources_is_held_out(examples, tmp_path):
+def test_without_a_held_out_set_groups_of_content_are_held_out_of_training(examples, tmp_path):
     from trainer.config import TrainConfig
     from trainer.recipe import Dist, encoded_stream, held_out_examples, in_holdout
     from trainer.data import SkipCounter, read_all
@@ -97,7 +97,10 @@ def test_without_a_held_out_set_a_seeded_slice_of_sources_is_held_out(examples, 
     held = {e.id for e, _ in everything if in_holdout(e, cfg)}
     assert 0.1 * len(everything) < len(held) < 0.3 * len(everything)
     examples_, note = held_out_examples(cfg)
-    assert {e.id for e, _ in examples_} == held and "held-out 20%" in note
+    assert {e.id for e, _ in examples_} == held and "sharing no source recording or content" in note
+    # Every recording of a held-out word is held out: no word is on both sides.
+    words = {e.provenance["transcript"] for e, _ in everything if e.id in held}
+    assert words and not words & {e.provenance["transcript"] for e, _ in everything if e.id not in held}
 
     class Recorder:
         def __init__(self):
@@ -113,5 +116,5 @@ def test_without_a_held_out_set_a_seeded_slice_of_sources_is_held_out(examples, 
         next(stream)
     assert set(rec.ids) == {e.id for e, _ in everything} - held
     run = _train(["train", str(ex), str(tmp_path / "out"), "stage=pretrain", "max_steps=2", *FAST])
-    assert run.returncode == 0 and "holding out 5% of the sources" in run.stdout
+    assert run.returncode == 0 and "held out for evaluation by content" in run.stdout, run.stdout
     assert json.loads((tmp_path / "out" / "pretrain" / "eval.json").read_text())["eval"]["examples"] > 0
