@@ -34,13 +34,38 @@ def unseen_accuracy(checkpoint: Path, test: Path, stage: str) -> tuple[float, in
     return row["value"], row["n"]
 
 
+def curve(stage_dir: Path, test: Path, stage: str) -> list[tuple[int, float, float | None]]:
+    """(step, unseen accuracy, the trainer's own held-out score) of every checkpoint the stage kept: its
+    weights (``state.pt``) loaded into the final export's model."""
+    import shutil
+
+    import torch
+
+    from trainer.model import load_pretrained
+
+    own = {}
+    if (stage_dir / "held_out.jsonl").exists():
+        own = {r["step"]: r["score"] for r in map(json.loads, (stage_dir / "held_out.jsonl").read_text().splitlines())}
+    rows = []
+    for state_pt in sorted((stage_dir / "checkpoints").glob("step-*/state.pt")):
+        step = int(state_pt.parent.name.split("-")[1])
+        model, processor = load_pretrained(str(stage_dir / "final"))
+        model.load_state_dict(torch.load(state_pt, weights_only=True, map_location="cpu")["model"])
+        folder = stage_dir / f"curve-{step}"
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        rows.append((step, unseen_accuracy(folder, test, stage)[0], own.get(step)))
+        shutil.rmtree(folder)
+    return rows
+
+
 def own_score(stage_dir: Path, which: str) -> float | None:
-    """The trainer's held-out score of ``final/`` (its eval.json) or of ``best/`` (best.json)."""
-    if which == "best":
-        path = stage_dir / "best" / "best.json"
-        return json.loads(path.read_text())["score"] if path.exists() else None
-    ev = json.loads((stage_dir / "eval.json").read_text())["eval"]
-    tasks = ev.get("tasks") or {}
+    """The trainer's own held-out accuracy of ``final/`` (its eval.json) or of ``best/`` (best.json); after
+    DPO, on the SFT held-out set."""
+    path = stage_dir / "best" / "best.json" if which == "best" else stage_dir / "eval.json"
+    if not path.exists():
+        return None
+    tasks = json.loads(path.read_text())["eval"].get("tasks") or {}
     return tasks["lid"]["accuracy"] if "lid" in tasks else None
 
 
@@ -50,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--held-out", type=int, default=16)
     ap.add_argument("--voices", type=int, default=4)
     ap.add_argument("--max-steps", type=int, default=1500)
+    ap.add_argument("--curve", action="store_true", help="also score every checkpoint on the unseen words")
+    ap.add_argument("--skip-training", action="store_true", help="score what --keep already holds")
     ap.add_argument("--keep", type=Path, help="work here and keep it (default: a temporary folder)")
     ap.add_argument("overrides", nargs="*", help="key=value for train-all")
     args = ap.parse_args(argv)
@@ -64,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "pipelines.cli", "train-all", str(ex), str(out), "preset=tiny",
                f"max_steps={args.max_steps}", *args.overrides]
         print("[bench] " + " ".join(cmd[2:]), flush=True)
-        subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parent.parent)
+        if not args.skip_training:
+            subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parent.parent)
         train_s = time.monotonic() - t0
         print("\nspoken-language ID, chance 0.25; unseen = words never trained on; own = the trainer's held-out "
               "score (groups of training content it held out)")
@@ -84,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
                         else json.loads((stage_dir / "eval.json").read_text())["steps"])
                 table[f"{stage}/{which}"] = {"step": step, "unseen": acc, "n": n, "own": own}
                 print(f"{stage + '/' + which:16s} {step:5d} {acc:7.3f} {n:4d} {'-' if own is None else f'{own:.3f}':>6s}")
+        if args.curve:
+            for stage in ("pretrain", "sft", "dpo"):
+                if (out / stage / "final").exists():
+                    for step, acc, own in curve(out / stage, test, "pretrain" if stage == "pretrain" else "sft"):
+                        print(f"curve {stage:8s} step {step:5d} unseen {acc:.3f} own {own if own is None else round(own, 3)}")
         print(f"[bench] train-all {train_s:.0f} s")
         print(json.dumps(table))
     return 0

@@ -852,11 +852,15 @@ def headline_metric(scores: dict[str, Any]) -> str:
 
 def held_out_score(result: dict[str, Any]) -> float | None:
     """One number per held-out eval, higher is better: the mean over tasks of their headline metric
-    (``headline_metric``), 1 − WER (capped at 0) for transcription; after DPO the generation tasks come first (what SFT taught must stay),
-    reward accuracy only where there are none. None without held-out examples."""
+    (``headline_metric``), 1 − WER (capped at 0) for transcription. After DPO, the SFT tasks (what SFT taught
+    must stay) and the held-out preference accuracy (how often the chosen reply is the likelier one: a
+    DPO that only learned its training pairs lowers it) count alike; reward accuracy (0.5 for the starting
+    model by definition, so no comparison) only where there is neither. None without held-out examples."""
     tasks = result.get("tasks") or {}
-    if tasks:
-        vals = [max(0.0, 1.0 - r["wer"]) if (m := headline_metric(r)) == "wer" else r[m] for r in tasks.values()]
+    vals = [max(0.0, 1.0 - r["wer"]) if (m := headline_metric(r)) == "wer" else r[m] for r in tasks.values()]
+    if "preference_accuracy" in result:
+        vals.append(float(result["preference_accuracy"]))
+    if vals:
         return sum(vals) / len(vals)
     if "reward_accuracy" in result:
         return float(result["reward_accuracy"])

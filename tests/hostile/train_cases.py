@@ -128,6 +128,6 @@ TRAIN = [
     TrainCase("negative_max_steps", copy(("pretrain",)), ("train", "{ex}", "{out}", "stage=pretrain", "max_steps=-1"), 2,
               "max_steps and lr: must be ≥ 0"),
     TrainCase("no_held_out_set", copy(("pretrain",), eval_sets=False),
-              ("train", "{ex}", "{out}", "stage=pretrain", "max_steps=2"), 0, "holding out 5% of the sources",
+              ("train", "{ex}", "{out}", "stage=pretrain", "max_steps=2"), 0, "held out for evaluation by content",
               _eval_json("pretrain", **{"eval.examples": lambda n: n > 0})),
 ]

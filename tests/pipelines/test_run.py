@@ -58,7 +58,8 @@ def first_run(ray_cluster, tmp_path_factory):
 def test_one_command_from_raw_audio_to_an_evaluated_checkpoint_and_a_rerun_skips_it_all(first_run, capsys):
     raw, root, first, out = first_run
     assert (root / "train" / "dpo" / "final" / "config.json").exists()
-    assert first["checkpoint"].endswith("dpo/final") and first["compared_with"].endswith("sft/final")
+    # Each stage hands on its export with the best held-out score (DPO's starting model is its first candidate).
+    assert first["checkpoint"].endswith("dpo/best") and first["compared_with"].endswith("sft/best")
     assert first["versions"]["segments"].startswith("tiny@") and first["versions"]["examples"].startswith("tiny-examples@")
     from pipelines.registry import Registry
 

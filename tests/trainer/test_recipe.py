@@ -268,6 +268,13 @@ def test_held_out_score_is_the_mean_task_score_and_reward_accuracy_only_without_
     assert held_out_score({"tasks": tasks, "reward_accuracy": 1.0}) == pytest.approx((0.5 + 0.75 + 0.0) / 3)
     assert held_out_score({"reward_accuracy": 0.75}) == 0.75
     assert held_out_score({"examples": 0}) is None
+    # After DPO: the SFT tasks and held-out preference accuracy alike, never reward accuracy (0.5 for the
+    # starting model whatever it knows). A DPO that keeps the tasks but prefers the chosen reply on fewer
+    # held-out pairs than its starting model scores below it.
+    start = {"tasks": {"lid": {"accuracy": 0.8}}, "reward_accuracy": 0.5, "preference_accuracy": 0.9}
+    dpo = {"tasks": {"lid": {"accuracy": 0.8}}, "reward_accuracy": 0.95, "preference_accuracy": 0.85}
+    assert held_out_score(start) == pytest.approx(0.85) and held_out_score(dpo) < held_out_score(start)
+    assert held_out_score({"reward_accuracy": 0.9, "preference_accuracy": 0.7}) == 0.7
 
 
 def test_held_out_preference_accuracy_compares_the_policy_with_the_reference_itself(examples, tiny):

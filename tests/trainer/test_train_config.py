@@ -18,13 +18,22 @@ def test_shipped_train_config_lists_every_key_with_its_default():
     assert shipped == defaults
 
 
+def test_the_defaults_keep_dpo_from_undoing_sft():
+    """RPO's NLL term, one pass over the pairs, early stopping on the held-out task score (not on reward
+    accuracy, which keeps rising while DPO over-optimises)."""
+    dpo = TrainConfig(stage="dpo", max_steps=1500)
+    assert dpo.rpo_alpha == 1.0 and dpo.epochs() == 1.0 and dpo.patience == 2 and dpo.keep_best
+    assert TrainConfig(stage="sft").epochs() == 0 and TrainConfig(stage="dpo", max_epochs=0.0).epochs() == 0
+
+
 def test_train_config_errors_are_all_reported():
     with pytest.raises(ConfigError) as e:
         load_config(TrainConfig, None, ["stage=finetune", "preset=huge", "max_tokens=0", "train_modules=[decoder]",
-                                        "lr=fast"], {})
+                                        "lr=fast", "max_epochs=-1", "patience=-2"], {})
     text = "\n".join(e.value.problems)
     for needle in ["examples: an EXAMPLES_DIR is required", "stage: 'finetune'", "preset: 'huge'",
-                   "max_tokens: must be > 0", "train_modules", "lr: expected a number"]:
+                   "max_tokens: must be > 0", "train_modules", "lr: expected a number", "max_epochs: must be ≥ 0",
+                   "patience: must be ≥ 0"]:
         assert needle in text, needle
     with pytest.raises(ConfigError, match="model_dir"):
         load_config(TrainConfig, None, ["preset=qwen2-audio-7b"], {"examples": "e", "output": "o"})
