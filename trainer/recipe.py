@@ -808,16 +808,16 @@ def export(s: Session, model_state: dict[str, Any], folder: str, last: bool = Fa
 
 
 def consider_best(s: Session, folder: str, result: dict[str, Any], copy: bool = False) -> None:
-    """Keep ``folder``'s export as ``best/`` when its held-out score beats the best so far (ties go to the
-    later step: it has seen more data). The folder is moved there, or with ``copy`` copied and left as is;
+    """Keep ``folder``'s export as ``best/`` when its held-out score (then, after DPO, its preference
+    accuracy) beats the best so far (ties go to the later step: it has seen more data). The folder is moved there, or with ``copy`` copied and left as is;
     a folder that is not kept and not to be left is removed."""
     import shutil
 
-    score = held_out_score(result)
+    score, tiebreak = held_out_score(result), held_out_tiebreak(result)
     if score is not None:
         with open(os.path.join(s.stage_dir, "held_out.jsonl"), "a") as f:
-            f.write(json.dumps({"step": s.step, "score": score}) + "\n")
-    if score is None or (s.best is not None and score < s.best["score"]):
+            f.write(json.dumps({"step": s.step, "score": score, "tiebreak": tiebreak}) + "\n")
+    if score is None or (s.best is not None and (score, tiebreak) < (s.best["score"], s.best.get("tiebreak", 0.0))):
         if score is not None:
             s.behind += 1
             _record_behind(s)
@@ -828,7 +828,7 @@ def consider_best(s: Session, folder: str, result: dict[str, Any], copy: bool = 
     best = os.path.join(s.stage_dir, "best")
     shutil.rmtree(best, ignore_errors=True)
     shutil.copytree(folder, best) if copy else os.replace(folder, best)
-    s.best = {"step": s.step, "score": score}
+    s.best = {"step": s.step, "score": score, "tiebreak": tiebreak}
     with open(os.path.join(best, "best.json"), "w") as f:
         json.dump({**s.best, "behind": 0, "eval": result}, f, indent=2)
     _say(s.dist, f"{s.cfg.stage} step {s.step}: held-out score {score:.3f} is the best so far, exported to {best}")
@@ -852,26 +852,32 @@ def headline_metric(scores: dict[str, Any]) -> str:
 
 def held_out_score(result: dict[str, Any]) -> float | None:
     """One number per held-out eval, higher is better: the mean over tasks of their headline metric
-    (``headline_metric``), 1 − WER (capped at 0) for transcription. After DPO, the SFT tasks (what SFT taught
-    must stay) and the held-out preference accuracy (how often the chosen reply is the likelier one: a
-    DPO that only learned its training pairs lowers it) count alike; reward accuracy (0.5 for the starting
-    model by definition, so no comparison) only where there is neither. None without held-out examples."""
+    (``headline_metric``), 1 − WER (capped at 0) for transcription; after DPO, the SFT tasks (what SFT taught
+    must stay). Without tasks, held-out preference accuracy (how often the chosen reply is the likelier one),
+    else reward accuracy (0.5 for the starting model by definition). None without held-out examples."""
     tasks = result.get("tasks") or {}
-    vals = [max(0.0, 1.0 - r["wer"]) if (m := headline_metric(r)) == "wer" else r[m] for r in tasks.values()]
-    if "preference_accuracy" in result:
-        vals.append(float(result["preference_accuracy"]))
-    if vals:
+    if tasks:
+        vals = [max(0.0, 1.0 - r["wer"]) if (m := headline_metric(r)) == "wer" else r[m] for r in tasks.values()]
         return sum(vals) / len(vals)
-    if "reward_accuracy" in result:
-        return float(result["reward_accuracy"])
+    for key in ("preference_accuracy", "reward_accuracy"):
+        if key in result:
+            return float(result[key])
     return None
+
+
+def held_out_tiebreak(result: dict[str, Any]) -> float:
+    """What decides between two equal task scores after DPO: held-out preference accuracy. A DPO that keeps
+    the tasks but only learned its training pairs prefers the chosen reply on fewer held-out pairs than
+    its starting model, and is not kept."""
+    return float(result.get("preference_accuracy", 0.0)) if result.get("tasks") else 0.0
 
 
 def _best_so_far(stage_dir: str) -> dict[str, Any] | None:
     try:
         with open(os.path.join(stage_dir, "best", "best.json")) as f:
             found = json.load(f)
-        return {"step": int(found["step"]), "score": float(found["score"]), "behind": int(found.get("behind", 0))}
+        return {"step": int(found["step"]), "score": float(found["score"]),
+                "tiebreak": float(found.get("tiebreak", 0.0)), "behind": int(found.get("behind", 0))}
     except (OSError, ValueError, KeyError):
         return None
 
