@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", type=Path, help="work here and keep it (default: a temporary folder)")
     ap.add_argument("overrides", nargs="*", help="key=value for train-all")
     args = ap.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         ex, test, out = root / "examples", root / "unseen", root / "train"
