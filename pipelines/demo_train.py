@@ -144,8 +144,7 @@ def train(examples: Path, out: Path, launcher: str = "ray", scale: float = 1.0) 
     from trainer.config import TrainConfig
     from trainer.recipe import run_stage
 
-    # rpo_alpha: DPO keeps the chosen reply's likelihood up, so it does not cost what SFT taught.
-    cfg = TrainConfig(examples=str(examples), output=str(out), launcher=launcher, max_tokens=2000, rpo_alpha=1.0)
+    cfg = TrainConfig(examples=str(examples), output=str(out), launcher=launcher, max_tokens=2000)
     results, model_dir = {}, ""
     for stage, n in STEPS.items():
         steps = max(1, round(n * scale))
