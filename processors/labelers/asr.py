@@ -112,15 +112,16 @@ class _Ct2:
         if again:
             for i, r in zip(again, self._run([audios[i] for i in again], WINDOW)):
                 out[i] = r
-        return out
+        # Text that still repeats itself in the full window is a failed decode (Whisper would resample it at a
+        # higher temperature; a label is better without it): "1,5,5,5,…" made up from white noise.
+        return [dataclasses.replace(r, text="") if _repeats(r.text) else r for r in out]
 
     def _unsure(self, r: AsrResult) -> bool:
         """Whisper's own signs of a wrong decode: an unsure language, or text that repeats itself (gzip
         compresses it better than 2.4:1, faster-whisper's threshold for a temperature fallback)."""
         if not self.p.language and self.multilingual and r.language_prob < self.p.recheck_below:
             return True
-        raw = r.text.encode()
-        return len(raw) > 0 and len(raw) / len(zlib.compress(raw)) > 2.4
+        return _repeats(r.text)
 
     def _run(self, audios: list[np.ndarray], window: int) -> list[AsrResult]:
         import ctranslate2
@@ -150,6 +151,13 @@ class _Ct2:
         n = len(r.sequences_ids[0])
         avg_logprob = r.scores[0] * n / (n + 1)          # scores are length-normalised (length_penalty 1)
         return r.no_speech_prob > self.p.no_speech_threshold and avg_logprob < self.p.log_prob_threshold
+
+
+def _repeats(text: str) -> bool:
+    """Text that repeats itself: gzip compresses it better than 2.4:1, faster-whisper's threshold for a
+    temperature fallback."""
+    raw = text.encode()
+    return len(raw) > 0 and len(raw) / len(zlib.compress(raw)) > 2.4
 
 
 class _Hf:

@@ -85,9 +85,17 @@ def test_short_clips_get_a_shorter_window_and_unsure_ones_are_run_again_at_30_s(
     assert all(r.language == "en" for r in got) and disagreement(" ".join(said), " ".join(r.text for r in got)) <= 0.35
 
 
+def test_text_that_repeats_itself_is_a_failed_decode():
+    from processors.labelers.asr import _repeats
+
+    assert _repeats("1," + "5," * 60) and _repeats("you you you you you you you you you you you you you")
+    assert not _repeats("Please call Stella and ask her to bring these things.") and not _repeats("")
+
+
 def test_noise_and_tones_give_no_text_while_speech_does():
-    """Whisper makes up "you" or "Thank you." from sounds without speech; its own no-speech rule (no-speech
-    probability over 0.6 and an unsure decode) leaves them without text."""
+    """Whisper makes up "you" or "Thank you." from sounds without speech, and "1,5,5,5,…" from white noise
+    on some CPUs; its own no-speech rule (no-speech probability over 0.6 and an unsure decode) and its
+    repetition rule leave them without text."""
     from processors.tts import piper
 
     sr = 16000
