@@ -27,7 +27,7 @@ class TrainConfig:
     preset: str = "tiny"             # tiny | small | qwen2-audio-7b
     model_dir: str = ""              # start from this checkpoint ("" → a new model of the preset)
     max_steps: int | None = None     # None → the stage's default; 0 → export and evaluate the starting model
-    max_epochs: float | None = None  # at most this many passes over the training examples (None → the stage's default, 0 → no cap)
+    max_epochs: float | None = None  # at most this many passes over the examples (None → the stage's, 0 → no cap)
     stage_steps: dict[str, int] = dataclasses.field(default_factory=dict)   # train-all: steps per stage (over max_steps)
     lr: float = 0.0                  # 0 → the stage's default
     warmup_steps: int = 20
@@ -44,7 +44,7 @@ class TrainConfig:
     loader_workers: int = 0          # DataLoader worker processes that decode, encode and collate (0 → in-process)
     checkpoint_every: int = 200
     keep_best: bool = True           # score each checkpoint's export on the held-out set; keep the best in best/
-    patience: int = 2                # with keep_best: stop after this many held-out scores in a row below the best (0 → never)
+    patience: int = 2                # keep_best: stop after this many held-out scores in a row below the best
     eval_max_examples: int = 200
     eval_holdout: float = 0.05       # without a <stage>/eval/ set: this seeded share of sources is held out
     max_bad_fraction: float = 0.5    # stop when more of the data than this cannot be read

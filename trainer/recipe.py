@@ -742,7 +742,7 @@ def setup(cfg: TrainConfig, dist: Dist) -> Session:
         s.behind = s.best.get("behind", 0) if s.best else 0
         _say(dist, f"resuming {cfg.stage} from {resume} (step {step}, stream positions {consumed['positions']})")
     elif cfg.stage == "dpo" and cfg.keep_best and dist.rank == 0 and s.best is None:
-        # The starting (SFT) model is the first candidate: DPO's best/ is never worse than where it began.
+        # The starting (SFT) model is the first candidate: DPO's best/ never scores below where it began.
         consider_best(s, ref_dir, evaluate_export(cfg, ref_dir, ref_dir, dist.device, before=False), copy=True)
     return s
 
@@ -809,8 +809,9 @@ def export(s: Session, model_state: dict[str, Any], folder: str, last: bool = Fa
 
 def consider_best(s: Session, folder: str, result: dict[str, Any], copy: bool = False) -> None:
     """Keep ``folder``'s export as ``best/`` when its held-out score (then, after DPO, its preference
-    accuracy) beats the best so far (ties go to the later step: it has seen more data). The folder is moved there, or with ``copy`` copied and left as is;
-    a folder that is not kept and not to be left is removed."""
+    accuracy) beats the best so far (ties go to the later step: it has seen more data). The folder is moved
+    there, or with ``copy`` copied and left as is; a folder that is not kept and not to be left is removed.
+    Every score is appended to ``held_out.jsonl``; ``s.behind`` counts the scores in a row below the best."""
     import shutil
 
     score, tiebreak = held_out_score(result), held_out_tiebreak(result)
