@@ -46,7 +46,7 @@ class TrainConfig:
     keep_best: bool = True           # score each checkpoint's export on the held-out set; keep the best in best/
     patience: int = 2                # keep_best: stop after this many held-out scores in a row below the best
     eval_max_examples: int = 200
-    eval_holdout: float = 0.05       # without a <stage>/eval/ set: this seeded share of sources is held out
+    eval_holdout: float = 0.05       # no <stage>/eval/: this share held out, in groups by content (holdout.py)
     max_bad_fraction: float = 0.5    # stop when more of the data than this cannot be read
     eval_max_new_tokens: int = 32
     num_workers: int = 1             # Ray Train workers
