@@ -98,7 +98,12 @@ def build_model(preset: Preset, tokenizer, seed: int = 0):
     cfg = Qwen2AudioConfig(audio_config=enc, text_config=lm,
                            audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"))
     torch.manual_seed(seed)
-    return Qwen2AudioForConditionalGeneration(cfg)
+    model = Qwen2AudioForConditionalGeneration(cfg)
+    # A reply ends with <|im_end|>: plain ``generate`` stops there, as Qwen2-Audio-Instruct's generation
+    # config makes it (otherwise it runs on into "english<|im_end|>english…" up to max_new_tokens).
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
 
 
 SUPPORTED_MODEL_TYPES = ("qwen2_audio",)

@@ -107,3 +107,13 @@ def test_logmel_matches_the_whisper_feature_extractor(chunk_s, lengths_s):
     for i, a in enumerate(audios):
         alone, _ = LogMel(fe)([a])
         assert (alone[0] - feats[i]).abs().max().item() < 1e-5
+
+
+def test_a_saved_model_stops_generating_at_the_end_of_its_reply(proc, tmp_path):
+    """Plain ``generate`` on an export stops at <|im_end|>: a chat reply ends there, as it does for
+    Qwen2-Audio-Instruct (without it a reply ran on into "english<|im_end|>english…")."""
+    from transformers import GenerationConfig
+
+    build_model(PRESETS["tiny"], proc.tokenizer).save_pretrained(tmp_path)
+    eos = GenerationConfig.from_pretrained(tmp_path).eos_token_id
+    assert set(eos) == {proc.tokenizer.eos_token_id, proc.tokenizer.convert_tokens_to_ids("<|im_end|>")}
