@@ -31,8 +31,8 @@ import os
 from collections.abc import Iterable, Iterator
 
 from schemas.example import Example
-
-TRANSCRIPTION_TASKS = ("asr", "transcribe", "s2tt")
+from trainer.config import TRANSCRIPTION_TASKS
+from trainer.data import reference_answer
 PLAN_FILE = "holdout.json"
 
 
@@ -50,17 +50,9 @@ def content_keys(ex: Example) -> list[str]:
         keys.append(f"text:{_text(str(prov['transcript']))}")
     if prov.get("instruction"):
         keys.append(f"instruction:{prov['instruction']}")
-    if ex.task in TRANSCRIPTION_TASKS:
-        answer = ex.target if ex.stage == "pretrain" else ex.chosen if ex.stage == "dpo" else _last_reply(ex)
-        if answer:
-            keys.append(f"text:{_text(answer)}")
+    if ex.task in TRANSCRIPTION_TASKS and reference_answer(ex):
+        keys.append(f"text:{_text(reference_answer(ex))}")
     return [hashlib.sha256(k.encode()).hexdigest()[:16] for k in keys]
-
-
-def _last_reply(ex: Example) -> str:
-    replies = [m for m in ex.messages if m["role"] == "assistant"]
-    content = replies[-1]["content"] if replies else ""
-    return content if isinstance(content, str) else "".join(c.get("text", "") for c in content if c["type"] == "text")
 
 
 @dataclasses.dataclass(frozen=True)
