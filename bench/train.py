@@ -27,7 +27,10 @@ from pipelines.demo_train import build_language_id  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import Encoder, SkipCounter, collate, token_batches  # noqa: E402
 from trainer.features import LogMel  # noqa: E402
-from trainer.recipe import Dist, encoded_stream, lm_step, load_or_build, micro_batches, set_trainable  # noqa: E402
+from trainer.parallel import Dist  # noqa: E402
+from trainer.loader import encoded_stream, micro_batches  # noqa: E402
+from trainer.steps import lm_step  # noqa: E402
+from trainer.recipe import load_or_build, set_trainable  # noqa: E402
 
 
 def measure(examples: Path, preset: str, steps: int, max_tokens: int, loader_workers: int = 0) -> dict[str, float]:

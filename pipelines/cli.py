@@ -187,7 +187,8 @@ def _train(args: argparse.Namespace) -> int:
     if problems:
         return _fail(args.command, str(ConfigError(problems)), EXIT_USAGE)
     from trainer.data import TooMuchBadData
-    from trainer.recipe import TrainDataError, run_all, run_stage
+    from trainer.layout import TrainDataError
+    from trainer.launch import run_all, run_stage
 
     try:
         result = run_all(cfg) if args.command == "train-all" else {cfg.stage: run_stage(cfg)}

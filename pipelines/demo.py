@@ -272,7 +272,7 @@ def _loop(root: Path, segments: Path, policy: Path) -> None:
     """DPO pairs mined from the SFT policy's sampled replies, then a short DPO run on them from it."""
     from pipelines.config import load_config
     from trainer.config import TrainConfig
-    from trainer.recipe import run_stage
+    from trainer.launch import run_stage
 
     print(f"\n[audiomill] mine DPO pairs from {policy} → DPO", flush=True)
     mined = _build(root / "examples-mined", segments, f"dpo.policy_dir={policy}", "dpo.samples=4",

@@ -142,7 +142,7 @@ def train(examples: Path, out: Path, launcher: str = "ray", scale: float = 1.0) 
     import dataclasses
 
     from trainer.config import TrainConfig
-    from trainer.recipe import run_stage
+    from trainer.launch import run_stage
 
     cfg = TrainConfig(examples=str(examples), output=str(out), launcher=launcher, max_tokens=2000)
     results, model_dir = {}, ""

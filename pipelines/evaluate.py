@@ -31,7 +31,7 @@ AIR_BENCH = {
     "voice_chat": "Chat: speech (spoken instruction)",
     "mixed_scene": "Chat: mixed audio",
 }
-# An analysis chat's last question, by topic (``trainer.recipe.eval_task``): the foundation task it asks.
+# An analysis chat's last question, by topic (``trainer.scoring.eval_task``): the foundation task it asks.
 AIR_BENCH.update({
     "analysis/language": "Foundation: spoken language identification (in chat)",
     "analysis/events": "Foundation: vocal sound / acoustic scene classification (in chat)",
@@ -53,7 +53,8 @@ def evaluate_checkpoint(checkpoint: str, examples: str, before: str | None = Non
     from pipelines.versions import resolve
     from trainer.config import TrainConfig
     from trainer.model import checkpoint_problem, load_pretrained
-    from trainer.recipe import evaluate, foreign_shards, stage_shards
+    from trainer.scoring import evaluate
+    from trainer.layout import foreign_shards, stage_shards
 
     problems = [p for p in (checkpoint_problem(checkpoint, "CHECKPOINT"),
                             before and checkpoint_problem(before, "--before")) if p]
@@ -97,7 +98,7 @@ def evaluate_checkpoint(checkpoint: str, examples: str, before: str | None = Non
 
 def _rows(stage: str, after: dict[str, dict], before: dict[str, dict]) -> list[dict[str, Any]]:
     """A row per task: its headline metric, chance level and the value before."""
-    from trainer.recipe import headline_metric
+    from trainer.scoring import headline_metric
 
     rows = []
     for task, r in sorted(after.items()):

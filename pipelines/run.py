@@ -115,7 +115,7 @@ def _stage_hash(cfg) -> str:
 def _stage_weights(trn, stages: list[str]) -> dict[str, dict[str, float]]:
     """``train.task_weights`` split by stage: each stage takes the weights of the tasks it holds (a stage
     none of whose tasks is named is not weighted); a task that no stage holds is an error."""
-    from trainer.recipe import TrainDataError, stage_tasks
+    from trainer.layout import TrainDataError, stage_tasks
 
     held = {st: stage_tasks(dataclasses.replace(trn, stage=st)) for st in stages}
     unknown = sorted(set(trn.task_weights) - set().union(*held.values()))
@@ -140,7 +140,9 @@ def _phases(cfg: RunConfig) -> dict[str, Any]:
     from pipelines.evaluate import evaluate_checkpoint, table
     from pipelines.registry import Registry
     from trainer.config import STAGES
-    from trainer.recipe import run_stage, stage_checkpoint, stage_shards
+    from trainer.launch import run_stage
+    from trainer.checkpoints import stage_checkpoint
+    from trainer.layout import stage_shards
 
     t0 = time.monotonic()
     problems: list[str] = []

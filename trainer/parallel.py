@@ -16,11 +16,22 @@ and the other way round. Gathering is collective: every rank calls ``full_state`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any
 
 import torch
 
 from trainer.model import LARGE_PRESETS
+
+
+@dataclasses.dataclass
+class Dist:
+    """One worker's place in the training group."""
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+    ray: bool = False
+    console: str = ""      # rank 0 also appends what it says to this file (the stage's console.log)
 
 
 def strategy(parallel: str, preset: str, world: int) -> str:

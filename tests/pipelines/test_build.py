@@ -194,7 +194,7 @@ def test_build_writes_examples_that_agree_with_their_labels_and_train_all_trains
     assert 1 <= div["templates"] <= div["of"] and 0 <= div["entropy_bits"] <= div["max_bits"]
 
     from trainer.config import TrainConfig
-    from trainer.recipe import run_all
+    from trainer.launch import run_all
 
     trained = run_all(load_config(TrainConfig, None, ["max_steps=2", "launcher=local"],
                                   {"examples": str(out), "output": str(tmp_path / "train")}))

@@ -179,7 +179,7 @@ def test_bad_settings_in_any_section_are_listed_together(tmp_path):
 def test_task_weights_go_to_the_stages_that_hold_their_tasks(tmp_path):
     from pipelines.run import _stage_weights
     from trainer.config import TrainConfig
-    from trainer.recipe import TrainDataError
+    from trainer.layout import TrainDataError
 
     (tmp_path / "manifest.json").write_text(json.dumps({"summary": {"examples_by_stage_task": {
         "pretrain/lid": 3, "pretrain/asr": 2, "pretrain/eval/caption": 1, "sft/analysis": 4, "sft/voice_chat": 1}}}))

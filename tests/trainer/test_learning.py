@@ -12,7 +12,8 @@ from pipelines.demo_train import WORDS, answer, build_language_id, vocabulary
 from pipelines.evaluate import evaluate_checkpoint
 from processors.tts import espeak
 from trainer.config import TrainConfig
-from trainer.recipe import run_all, stage_checkpoint
+from trainer.launch import run_all
+from trainer.checkpoints import stage_checkpoint
 
 pytestmark = pytest.mark.slow
 

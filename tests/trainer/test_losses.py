@@ -45,7 +45,7 @@ def test_token_logprobs_pick_the_next_token_and_respect_the_mask():
 
 
 def test_scores_by_task_kind():
-    from trainer.recipe import score_task
+    from trainer.scoring import score_task
 
     asr = score_task("asr", ["the cat sat", "hello world"], ["the cat sit", "hello world"])
     assert asr["wer"] == pytest.approx(1 / 5) and asr["n"] == 2
@@ -60,7 +60,7 @@ def test_scores_by_task_kind():
 
 
 def test_voice_chat_replies_are_judged_by_whether_they_answer_the_request():
-    from trainer.recipe import headline_metric, score_task
+    from trainer.scoring import headline_metric, score_task
 
     refs = ["The capital of France is Paris.", "A leap year has 366 days.", "Bees make honey and wax."]
     keys = [["paris"], ["366"], ["honey", "wax"]]
@@ -78,7 +78,7 @@ def test_voice_chat_replies_are_judged_by_whether_they_answer_the_request():
 
 def test_an_analysis_chat_is_scored_under_the_kind_of_its_last_question():
     from schemas.example import AudioRef, Example, assistant_turn, user_audio_turn
-    from trainer.recipe import eval_task
+    from trainer.scoring import eval_task
 
     def ex(task, template):
         return Example(id="e", stage="sft", task=task, audio=[AudioRef("audio0.flac", "s", 1.0)], template=template,
@@ -92,7 +92,7 @@ def test_an_analysis_chat_is_scored_under_the_kind_of_its_last_question():
 def test_every_question_of_an_analysis_chat_is_scored_with_the_turns_before_it():
     from schemas.example import AudioRef, Example, assistant_turn, user_audio_turn
     from trainer.data import reference_answer
-    from trainer.recipe import eval_items, eval_task
+    from trainer.scoring import eval_items, eval_task
 
     msgs = [user_audio_turn("What language is being spoken?"), assistant_turn("The speech is in German."),
             {"role": "user", "content": [{"type": "text", "text": "What can you hear in this recording?"}]},
@@ -108,7 +108,7 @@ def test_every_question_of_an_analysis_chat_is_scored_with_the_turns_before_it()
 
 
 def test_an_analysis_answer_about_sounds_is_scored_by_the_names_it_lists():
-    from trainer.recipe import headline_metric, score_task
+    from trainer.scoring import headline_metric, score_task
 
     refs = ["I can hear explosion, gunshot, gunfire and fireworks.", "I can hear music and organ.", "I can hear bird."]
     hyps = ["I can hear gunshot, gunfire and explosion.", "I can hear music.", "I can hear telephone."]

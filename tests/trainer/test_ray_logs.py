@@ -28,7 +28,7 @@ def test_under_a_quiet_ray_the_training_lines_are_echoed_once(lid_examples, tmp_
         "import sys\n"
         "from pipelines.runtime import RayConfig, init_ray\n"
         "from trainer.config import TrainConfig\n"
-        "from trainer.recipe import run_stage\n"
+        "from trainer.launch import run_stage\n"
         "init_ray(RayConfig())\n"
         "run_stage(TrainConfig(examples=sys.argv[1], output=sys.argv[2], stage='pretrain', launcher='ray',\n"
         "                      max_steps=20, max_tokens=600, eval_max_examples=4), echo=True)\n")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trainer.config import TrainConfig
-from trainer.recipe import run_stage
+from trainer.launch import run_stage
 from pipelines.demo_train import build_language_id
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

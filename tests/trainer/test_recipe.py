@@ -13,7 +13,10 @@ import torch
 from trainer.config import TrainConfig
 from trainer.data import Encoder, read_all
 from trainer.losses import DPOLoss, IGNORE, nll_sum
-from trainer.recipe import Dist, dpo_step, lm_step, load_or_build, stage_shards
+from trainer.parallel import Dist
+from trainer.steps import dpo_step, lm_step
+from trainer.recipe import load_or_build
+from trainer.layout import stage_shards
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +146,10 @@ def test_resume_after_kill_continues_the_same_loss_curve(examples, tmp_path, loa
 def test_setup_step_checkpoint_and_resume_are_separate_parts_of_the_loop(examples, tmp_path):
     """One SFT step changes the projector and the LM and leaves the encoder; the checkpoint's export is
     scored and kept as best/; a new set-up resumes at that step with that best."""
-    from trainer.recipe import Batch, LogMel, _tensors, checkpoint, held_out_score, setup, train_step
+    from trainer.steps import Batch, _tensors
+    from trainer.features import LogMel
+    from trainer.recipe import checkpoint, setup, train_step
+    from trainer.scoring import held_out_score
 
     cfg = TrainConfig(examples=str(examples), output=str(tmp_path / "o"), stage="sft", max_steps=5, launcher="local",
                       warmup_steps=0, eval_max_examples=6, max_tokens=600)
@@ -217,7 +223,8 @@ def _scores_by_step(monkeypatch, scores):
 
 
 def test_training_stops_after_patience_scores_below_the_best_and_hands_on_the_best(examples, tmp_path, monkeypatch):
-    from trainer.recipe import stage_checkpoint, train_loop
+    from trainer.checkpoints import stage_checkpoint
+    from trainer.recipe import train_loop
 
     _scores_by_step(monkeypatch, {1: 0.5, 2: 0.4, 3: 0.45, 4: 0.9})
     cfg = TrainConfig(examples=str(examples), output=str(tmp_path), stage="sft", max_steps=10, checkpoint_every=1,
@@ -262,7 +269,7 @@ def test_dpo_makes_one_pass_over_its_pairs_by_default_whatever_max_steps_says(ex
 
 
 def test_held_out_score_is_the_mean_task_score_and_reward_accuracy_only_without_tasks():
-    from trainer.recipe import held_out_score
+    from trainer.scoring import held_out_score
 
     tasks = {"lid": {"accuracy": 0.5}, "asr": {"wer": 0.25}, "s2tt": {"wer": 1.5}}
     assert held_out_score({"tasks": tasks, "reward_accuracy": 1.0}) == pytest.approx((0.5 + 0.75 + 0.0) / 3)
@@ -305,7 +312,9 @@ def test_held_out_preference_accuracy_compares_the_policy_with_the_reference_its
     import copy
 
     from trainer.losses import sequence_logprob
-    from trainer.recipe import LogMel, _eval_dpo, _logits, _to
+    from trainer.features import LogMel
+    from trainer.scoring import _eval_dpo
+    from trainer.steps import _logits, _to
     from trainer.data import collate
 
     model, processor = tiny
@@ -335,7 +344,7 @@ def test_held_out_preference_accuracy_compares_the_policy_with_the_reference_its
 
 
 def test_progress_lines_come_at_most_every_few_seconds_and_at_the_last_step(monkeypatch, capsys):
-    import trainer.recipe as r
+    import trainer.console as r
 
     now = [0.0]
     monkeypatch.setattr(r.time, "monotonic", lambda: now[0])

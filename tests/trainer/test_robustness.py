@@ -25,18 +25,19 @@ def _train(args, timeout=600):
 
 
 def test_a_bug_while_reading_data_is_not_skipped_as_bad_data(examples, tmp_path, monkeypatch):
-    import trainer.recipe as recipe
+    import trainer.loader as loader
     from trainer.config import TrainConfig
     from trainer.data import SkipCounter
+    from trainer.parallel import Dist
 
     def buggy(sample):
         raise KeyError("a bug, not bad data")
 
-    monkeypatch.setattr(recipe, "decode_sample", buggy)
+    monkeypatch.setattr(loader, "decode_sample", buggy)
     cfg = TrainConfig(examples=str(examples), output=str(tmp_path), stage="pretrain")
     errors = SkipCounter()
     with pytest.raises(KeyError, match="a bug"):
-        next(recipe.encoded_stream(cfg, None, recipe.Dist(), 0, errors))
+        next(loader.encoded_stream(cfg, None, Dist(), 0, errors))
     assert errors.skipped == 0
 
 
@@ -87,7 +88,10 @@ def test_ctrl_c_stops_promptly_with_a_checkpoint_and_exit_130(examples, tmp_path
 
 def test_without_a_held_out_set_groups_of_content_are_held_out_of_training(examples, tmp_path):
     from trainer.config import TrainConfig
-    from trainer.recipe import Dist, encoded_stream, held_out_examples, in_holdout
+    from trainer.parallel import Dist
+    from trainer.loader import encoded_stream
+    from trainer.scoring import held_out_examples
+    from trainer.layout import in_holdout
     from trainer.data import SkipCounter, read_all
 
     ex = _copy(examples, tmp_path / "ex", stages=("pretrain",), eval_sets=False)
