@@ -139,21 +139,17 @@ STEPS = {"pretrain": 500, "sft": 150, "dpo": 60}
 
 def train(examples: Path, out: Path, launcher: str = "ray", scale: float = 1.0) -> dict[str, dict]:
     """pretrain → SFT → DPO of the ``tiny`` preset on the example set; each stage's ``eval.json`` content."""
-    import dataclasses
-
     from trainer.config import TrainConfig
-    from trainer.launch import run_stage
+    from trainer.launch import run_all
 
-    cfg = TrainConfig(examples=str(examples), output=str(out), launcher=launcher, max_tokens=2000)
-    results, model_dir = {}, ""
-    for stage, n in STEPS.items():
-        steps = max(1, round(n * scale))
-        results[stage] = run_stage(dataclasses.replace(cfg, stage=stage, max_steps=steps, model_dir=model_dir))
-        model_dir = str(out / stage / "final")
-    return results
+    steps = {stage: max(1, round(n * scale)) for stage, n in STEPS.items()}
+    return run_all(TrainConfig(examples=str(examples), output=str(out), launcher=launcher, max_tokens=2000,
+                               stage_steps=steps))
 
 
 def main(argv: list[str] | None = None) -> int:
+    from trainer.checkpoints import stage_checkpoint
+
     ap = argparse.ArgumentParser(prog="python -m pipelines.demo_train", description=__doc__.split("\n\n")[0])
     ap.add_argument("output", type=Path)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the steps of every stage")
@@ -167,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.output / "train"
     results = train(examples, out, args.launcher, args.scale)
     word = WORDS["french"][1][-1]                      # held out of training
-    reply = answer(out / "dpo" / "final", espeak(word, "fr"))
+    reply = answer(Path(stage_checkpoint(str(out), "dpo")), espeak(word, "fr"))
     print("\n[demo] spoken-language ID on held-out words (4 languages, espeak-ng voices)")
     print(f"{'stage':9s} {'steps':>5s}  {'held-out metric':28s} {'value':>6s} {'chance':>6s}")
     for stage in ("pretrain", "sft"):
@@ -182,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'':9s} {'':5s}  {'accuracy after DPO (SFT)':28s} {after['accuracy']:6.3f} {after['chance']:6.3f}"
               f"  ({before['accuracy']:.3f} before DPO)")
     print(f"[demo] plain transformers, held-out French word {word!r}: {QUESTION!r} → {reply!r} (expected 'french')")
-    print(f"[demo] exports in {out}/<stage>/final; {time.monotonic() - t0:.0f} s", flush=True)
+    print(f"[demo] exports in {out}/<stage>/ (best/, else final/); {time.monotonic() - t0:.0f} s", flush=True)
     return 0
 
 

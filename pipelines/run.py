@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import posixpath
 import time
 from typing import Any
@@ -104,27 +103,6 @@ def _sub(cls: type, data: dict, section: str, problems: list[str], ignore: tuple
     return value
 
 
-def _stage_hash(cfg) -> str:
-    from pipelines.config import config_hash
-
-    # Where it ran does not change what a stage learns, nor do the other stages' step counts (``max_steps``
-    # holds this stage's).
-    return config_hash(cfg, exclude=("launcher", "num_workers", "loader_workers", "stage_steps"))
-
-
-def _stage_weights(trn, stages: list[str]) -> dict[str, dict[str, float]]:
-    """``train.task_weights`` split by stage: each stage takes the weights of the tasks it holds (a stage
-    none of whose tasks is named is not weighted); a task that no stage holds is an error."""
-    from trainer.layout import TrainDataError, stage_tasks
-
-    held = {st: stage_tasks(dataclasses.replace(trn, stage=st)) for st in stages}
-    unknown = sorted(set(trn.task_weights) - set().union(*held.values()))
-    if unknown:
-        raise TrainDataError(f"train.task_weights names tasks no stage holds: {unknown}; "
-                             f"they hold {', '.join(f'{st}: {sorted(t)}' for st, t in held.items())}")
-    return {st: {t: w for t, w in trn.task_weights.items() if t in held[st]} for st in stages}
-
-
 def run(cfg: RunConfig) -> dict[str, Any]:
     """Every phase, holding ``ROOT/.audiomill-lock`` throughout: the phases' own locks cover curate and build,
     and this one keeps a second run on the same ROOT from training beside the first."""
@@ -139,10 +117,8 @@ def _phases(cfg: RunConfig) -> dict[str, Any]:
     from pipelines.curate import run as curate
     from pipelines.evaluate import evaluate_checkpoint, table
     from pipelines.registry import Registry
-    from trainer.config import STAGES
-    from trainer.launch import run_stage
+    from trainer.launch import run_all
     from trainer.checkpoints import stage_checkpoint
-    from trainer.layout import stage_shards
 
     t0 = time.monotonic()
     problems: list[str] = []
@@ -174,24 +150,8 @@ def _phases(cfg: RunConfig) -> dict[str, Any]:
     say(f"{e.ref} {'published' if new else 'already published'} (parent {', '.join(e.parents)})")
     timings["publish examples"] = time.monotonic() - t
     t = phase(5, "train")
-    model_dir, finals = trn.model_dir, {}
-    stages = [st for st in STAGES if stage_shards(paths["examples"], st)]
-    weights = _stage_weights(trn, stages)
-    for stage in STAGES:
-        if stage not in stages:
-            say(f"train {stage}: no {stage} shards; skipped")
-            continue
-        stage_cfg = dataclasses.replace(trn, stage=stage, model_dir=model_dir, task_weights=weights[stage],
-                                        max_steps=trn.stage_steps.get(stage, trn.max_steps))
-        done = posixpath.join(paths["train"], stage, "done.json")
-        key = {"config_hash": _stage_hash(stage_cfg), "examples": e.ref}
-        if os.path.exists(done) and json.load(open(done)).get("key") == key:
-            say(f"train {stage}: already trained for this config and {e.ref}")
-        else:
-            result = run_stage(stage_cfg, echo=True)
-            with open(done, "w") as f:
-                json.dump({"key": key, "eval": result.get("eval")}, f, indent=2, default=str)
-        model_dir = finals[stage] = stage_checkpoint(paths["train"], stage)
+    trained = run_all(trn, echo=True, version=e.ref)
+    finals = {stage: stage_checkpoint(paths["train"], stage) for stage in trained}
     timings["train"] = time.monotonic() - t
     t = phase(6, "eval")
     # Each stage's checkpoint on its own held-out sets beside the checkpoint before it; DPO's on the SFT

@@ -11,8 +11,8 @@ from typing import Any
 from trainer.checkpoints import stage_checkpoint
 from trainer.config import STAGES, TrainConfig
 from trainer.console import CONSOLE, _Echo
-from trainer.layout import (TrainDataError, stage_shards, layout_problem, held_out_slice, holdout_plan,
-                            foreign_shards, check_data)
+from trainer.layout import (TrainDataError, check_data, foreign_shards, held_out_slice, holdout_plan, layout_problem,
+                            stage_shards, stage_tasks)
 from trainer.parallel import Dist
 from trainer.recipe import train_loop
 
@@ -91,21 +91,64 @@ def _trainer_without_cleaner():
     return EmbeddedTorchTrainer
 
 
-def run_all(cfg: TrainConfig) -> dict[str, Any]:
-    """pretrain → SFT → DPO, each stage starting from the previous stage's ``stage_checkpoint``."""
-    results, model_dir = {}, cfg.model_dir
+def run_all(cfg: TrainConfig, echo: bool = False, version: str = "") -> dict[str, Any]:
+    """pretrain → SFT → DPO, each stage starting from the previous stage's ``stage_checkpoint``; a stage
+    without shards is skipped. ``task_weights`` are split by stage (each stage takes the weights of the tasks
+    it holds). With ``version`` (the examples' registry version), a finished stage leaves ``done.json`` with
+    its config, and a rerun with the same config and version skips it. ``echo`` as in ``run_stage``."""
     if not any(stage_shards(cfg.examples, stage) for stage in STAGES):
         raise TrainDataError(layout_problem(cfg.examples, STAGES))
     foreign = foreign_shards(cfg.examples, STAGES)          # before any stage trains, not when one is reached
     if foreign:
         raise TrainDataError(foreign)
+    stages = [stage for stage in STAGES if stage_shards(cfg.examples, stage)]
+    weights = stage_weights(cfg, stages)
+    results, model_dir = {}, cfg.model_dir
     for stage in STAGES:
-        if not stage_shards(cfg.examples, stage):
+        if stage not in stages:
             print(f"[audiomill] no {stage} shards in {cfg.examples}: stage skipped", flush=True)
             continue
-        stage_cfg = dataclasses.replace(cfg, stage=stage, model_dir=model_dir,
+        stage_cfg = dataclasses.replace(cfg, stage=stage, model_dir=model_dir, task_weights=weights[stage],
                                         max_steps=cfg.stage_steps.get(stage, cfg.max_steps))
-        results[stage] = run_stage(stage_cfg)
+        done = os.path.join(cfg.output, stage, "done.json")
+        key = {"config_hash": stage_hash(stage_cfg), "examples": version}
+        if version and _done_key(done) == key:
+            print(f"[audiomill] train {stage}: already trained for this config and {version}", flush=True)
+            with open(done) as f:
+                results[stage] = {"eval": json.load(f).get("eval"), "skipped": "already trained"}
+        else:
+            results[stage] = run_stage(stage_cfg, echo=echo)
+            if version:
+                with open(done, "w") as f:
+                    json.dump({"key": key, "eval": results[stage].get("eval")}, f, indent=2, default=str)
         model_dir = stage_checkpoint(cfg.output, stage)
     return results
 
+
+def _done_key(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path) as f:
+            return json.load(f).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def stage_hash(cfg: TrainConfig) -> str:
+    """What a trained stage's result depends on: its config, less where it ran (launcher, workers) and the
+    other stages' step counts (``max_steps`` holds this stage's)."""
+    import hashlib
+
+    kept = {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in ("launcher", "num_workers", "loader_workers", "stage_steps")}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stage_weights(cfg: TrainConfig, stages: list[str]) -> dict[str, dict[str, float]]:
+    """``task_weights`` split by stage: each stage takes the weights of the tasks it holds (a stage none of
+    whose tasks is named is not weighted); a task that no stage holds is an error."""
+    held = {st: stage_tasks(dataclasses.replace(cfg, stage=st)) for st in stages} if cfg.task_weights else {}
+    unknown = sorted(set(cfg.task_weights) - set().union(*held.values())) if held else []
+    if unknown:
+        raise TrainDataError(f"task_weights names tasks no stage holds: {unknown}; "
+                             f"they hold {', '.join(f'{st}: {sorted(t)}' for st, t in held.items())}")
+    return {st: {t: w for t, w in cfg.task_weights.items() if t in held.get(st, ())} for st in stages}
