@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from trainer.model import LARGE_PRESETS, PRESETS, checkpoint_problem
 
@@ -26,6 +27,7 @@ class TrainConfig:
     stage: str = "pretrain"
     preset: str = "tiny"             # tiny | small | qwen2-audio-7b
     model_dir: str = ""              # start from this checkpoint ("" → a new model of the preset)
+    chat_template: str = ""          # a Jinja file to train and serve with instead of the checkpoint's own template
     max_steps: int | None = None     # None → the stage's default; 0 → export and evaluate the starting model
     max_epochs: float | None = None  # at most this many passes over the examples (None → the stage's, 0 → no cap)
     stage_steps: dict[str, int] = dataclasses.field(default_factory=dict)   # train-all: steps per stage (over max_steps)
@@ -73,6 +75,8 @@ class TrainConfig:
             problem = checkpoint_problem(self.model_dir)
             if problem:
                 problems.append(problem)
+        if self.chat_template and not os.path.isfile(self.chat_template):
+            problems.append(f"chat_template: {self.chat_template!r} is not a file (a Jinja chat template)")
         bad = [m for m in self.train_modules if m not in MODULES]
         if bad:
             problems.append(f"train_modules: {bad} not in {', '.join(MODULES)}")

@@ -54,18 +54,38 @@ class PairEncoded:
         return max(len(self.chosen), len(self.rejected))
 
 
-class Encoder:
-    """Turns examples into ``Encoded`` sequences exactly as Qwen2-Audio's processor would render them,
-    with the loss mask built piece by piece (prompt, audio and role headers never carry loss)."""
+class TemplateError(ValueError):
+    """A chat template that the trainer cannot mask: rendering a conversation one turn longer does not extend
+    the shorter one's text (the answer's tokens could not be told from the prompt's)."""
 
-    def __init__(self, tokenizer, chunk_s: int):
+
+class Encoder:
+    """Turns examples into ``Encoded`` sequences as the checkpoint is served: a chat is rendered by the
+    processor's chat template (``apply_chat_template``), tokenised whole, and each audio placeholder expanded
+    to the audio's tokens as Qwen2-Audio's processor expands it. Loss is on what each assistant turn adds to
+    the text rendered up to its generation prompt, less the whitespace after its end token; the system turn,
+    prompts, audio and role headers never carry loss. A pretraining example is the audio, the prompt and the
+    target (the Qwen-Audio pretraining form), with loss on the target.
+
+    ``chat_template`` None: the ``tiny``/``small`` presets' template (``trainer.model.CHAT_TEMPLATE``)."""
+
+    def __init__(self, tokenizer, chunk_s: int, chat_template: str | None = None):
+        from trainer.model import CHAT_TEMPLATE
+
         self.tok = tokenizer
         self.chunk_s = chunk_s
+        self.template = chat_template or CHAT_TEMPLATE
         ids = tokenizer.convert_tokens_to_ids
         self.audio_bos, self.audio, self.audio_eos = ids("<|audio_bos|>"), ids("<|AUDIO|>"), ids("<|audio_eos|>")
-        self.im_start, self.im_end, self.eos = ids("<|im_start|>"), ids("<|im_end|>"), tokenizer.eos_token_id
+        self.eos = tokenizer.eos_token_id
         self._cached = functools.lru_cache(maxsize=8192)(self._encode)   # prompts and labels repeat
-        self.newline = self._text("\n")
+
+    @classmethod
+    def for_processor(cls, processor) -> "Encoder":
+        """The encoder of a processor: its tokenizer, audio window and chat template."""
+        from trainer.model import chunk_seconds
+
+        return cls(processor.tokenizer, chunk_seconds(processor), getattr(processor, "chat_template", None))
 
     def _encode(self, s: str) -> tuple[int, ...]:
         return tuple(self.tok.encode(s, add_special_tokens=False)) if s else ()
@@ -76,36 +96,60 @@ class Encoder:
     def _audio(self, x: np.ndarray) -> list[int]:
         return [self.audio_bos] + [self.audio] * audio_tokens(len(x), self.chunk_s) + [self.audio_eos]
 
+    def render(self, messages: list[dict[str, Any]], generation_prompt: bool = False) -> str:
+        """The conversation's text under the chat template (one ``<|AUDIO|>`` per audio)."""
+        if not messages and not generation_prompt:
+            return ""
+        return self.tok.apply_chat_template(messages, chat_template=self.template, tokenize=False,
+                                            add_generation_prompt=generation_prompt)
+
     def pretrain(self, ex: Example, audios: list[np.ndarray]) -> Encoded:
         prefix = [t for x in audios for t in self._audio(x)] + self._text(ex.prompt)
         target = self._text(ex.target) + [self.eos]
         return Encoded(prefix + target, [IGNORE] * len(prefix) + target, audios, ex.task)
 
     def chat(self, messages: list[dict[str, Any]], audios: list[np.ndarray], reply: str | None = None,
-             task: str = "") -> Encoded:
-        """ChatML; loss on assistant content and its <|im_end|>. ``reply`` appends one assistant turn."""
+             task: str = "", generation_prompt: bool = False) -> Encoded:
+        """The conversation rendered by the chat template; loss on what each assistant turn adds (its content
+        and end token). ``reply`` appends one assistant turn; ``generation_prompt`` ends on the assistant
+        header (for generation, no loss)."""
         if reply is not None:
             messages = [*messages, {"role": "assistant", "content": [{"type": "text", "text": reply}]}]
-        ids: list[int] = []
-        labels: list[int] = []
-        for m in messages:
-            head = [self.im_start] + self._text(m["role"] + "\n")
-            body: list[int] = []
-            content = m["content"]
-            for c in ([{"type": "text", "text": content}] if isinstance(content, str) else content):
-                body += self._audio(audios[c["audio"]]) if c["type"] == "audio" else self._text(c["text"])
-            learn = m["role"] == "assistant"
-            ids += head + body + [self.im_end] + self.newline
-            labels += [IGNORE] * len(head) + (body + [self.im_end] if learn else [IGNORE] * (len(body) + 1))
-            labels += [IGNORE] * len(self.newline)
-        return Encoded(ids, labels, audios, task)
+        text = self.render(messages, generation_prompt)
+        spans = []
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant" or generation_prompt:
+                continue
+            before, upto = self.render(messages[:i], True), self.render(messages[:i + 1])
+            if not (upto.startswith(before) and text.startswith(upto)):
+                raise TemplateError(f"the chat template renders turn {i + 1} ({m['role']}) in a way that does not "
+                                    "extend the turns before it; its answer cannot be masked")
+            spans.append((len(before), len(upto.rstrip())))
+        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, labels, order = [], [], _audio_order(messages)
+        k = 0
+        for t, (start, _) in zip(enc["input_ids"], enc["offset_mapping"]):
+            learn = any(s <= start < e for s, e in spans)
+            if t == self.audio:          # the processor's expansion: one <|AUDIO|> per audio token
+                if k >= len(order):
+                    raise TemplateError(f"the chat template renders more audio placeholders than the "
+                                        f"{len(order)} audio(s) of the conversation")
+                n = audio_tokens(len(audios[order[k]]), self.chunk_s)
+                ids += [t] * n
+                labels += [IGNORE] * n
+                k += 1
+                continue
+            ids.append(t)
+            labels.append(t if learn else IGNORE)
+        if k != len(order):
+            raise TemplateError(f"the chat template renders {k} audio placeholders for {len(order)} audio(s)")
+        return Encoded(ids, labels, [audios[i] for i in order], task)
 
     def prompt_ids(self, ex: Example, audios: list[np.ndarray]) -> list[int]:
-        """The generation prompt: pretrain prefix, or the chat up to ``<|im_start|>assistant\\n``."""
+        """The generation prompt: pretrain prefix, or the chat up to the assistant's header."""
         if ex.stage == "pretrain":
             return [t for x in audios for t in self._audio(x)] + self._text(ex.prompt)
-        turns = _prompt_turns(ex)
-        return self.chat(turns, audios).input_ids + [self.im_start] + self._text("assistant\n")
+        return self.chat(_prompt_turns(ex), audios, generation_prompt=True).input_ids
 
     def encode(self, ex: Example, audios: list[np.ndarray]) -> Encoded | PairEncoded:
         if ex.stage == "pretrain":
@@ -114,6 +158,12 @@ class Encoder:
             return self.chat(ex.messages, audios, task=ex.task)
         turns = _prompt_turns(ex)
         return PairEncoded(self.chat(turns, audios, ex.chosen), self.chat(turns, audios, ex.rejected), ex.task)
+
+
+def _audio_order(messages: list[dict[str, Any]]) -> list[int]:
+    """The audios' indices in the order the conversation shows them (the order of the placeholders)."""
+    return [c["audio"] for m in messages if not isinstance(m["content"], str)
+            for c in m["content"] if c["type"] == "audio"]
 
 
 def _prompt_turns(ex: Example) -> list[dict[str, Any]]:

@@ -16,8 +16,10 @@ from collections.abc import Iterable
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
 AUDIO_SPAN = "<|audio_bos|><|AUDIO|><|audio_eos|>"
 
-# ChatML as Qwen2-Audio's processor renders it; an audio item is {"type": "audio", "audio": i}. No system
-# prompt is added: voice chat and audio analysis are told apart by the conversation itself.
+# The chat template of the ``tiny`` and ``small`` presets, saved with their exports: ChatML with no system
+# turn and no "Audio N:" label (voice chat and audio analysis are told apart by the conversation itself); an
+# audio item is {"type": "audio", "audio": i}. A checkpoint from ``model_dir`` is trained and served with its
+# own template (Qwen2-Audio-Instruct's adds a system turn and "Audio 1: " before each audio).
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
@@ -41,6 +43,7 @@ class Preset:
     lm_kv_heads: int
     lm_ffn: int
     vocab_size: int
+    tied: bool = True          # the LM head shares the embedding (Qwen2-Audio-7B's does not)
 
 
 PRESETS = {
@@ -50,6 +53,10 @@ PRESETS = {
                     lm_layers=4, lm_hidden=256, lm_heads=4, lm_kv_heads=2, lm_ffn=1024, vocab_size=4000),
 }
 LARGE_PRESETS = ("qwen2-audio-7b",)
+# Qwen2-Audio-7B's shape in all but size (128 mel bins, 30 s window, untied head): the stand-in for a
+# released checkpoint in tests and benchmarks (``stand_in_checkpoint``).
+STAND_IN = Preset(chunk_s=30, num_mel_bins=128, encoder_layers=2, encoder_heads=4, d_model=64, encoder_ffn=256,
+                  lm_layers=2, lm_hidden=64, lm_heads=4, lm_kv_heads=2, lm_ffn=256, vocab_size=1000, tied=False)
 
 
 def audio_tokens(num_samples: int, chunk_s: int) -> int:
@@ -75,12 +82,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
                                    additional_special_tokens=SPECIAL_TOKENS[1:])
 
 
-def build_processor(tokenizer, chunk_s: int, num_mel_bins: int = 80):
+def build_processor(tokenizer, chunk_s: int, num_mel_bins: int = 80, chat_template: str | None = CHAT_TEMPLATE):
+    """A Qwen2-Audio processor; ``chat_template`` None gives Qwen2-Audio-Instruct's (transformers' default)."""
     from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
 
     fe = WhisperFeatureExtractor(feature_size=num_mel_bins, sampling_rate=16000, hop_length=160,
                                  chunk_length=chunk_s, n_fft=400)
-    return Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+    return Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tokenizer, chat_template=chat_template)
 
 
 def build_model(preset: Preset, tokenizer, seed: int = 0):
@@ -93,9 +101,9 @@ def build_model(preset: Preset, tokenizer, seed: int = 0):
                                   d_model=preset.d_model, max_source_positions=preset.chunk_s * 50)
     lm = Qwen2Config(vocab_size=len(tokenizer), hidden_size=preset.lm_hidden, intermediate_size=preset.lm_ffn,
                      num_hidden_layers=preset.lm_layers, num_attention_heads=preset.lm_heads,
-                     num_key_value_heads=preset.lm_kv_heads, max_position_embeddings=4096, tie_word_embeddings=True,
+                     num_key_value_heads=preset.lm_kv_heads, max_position_embeddings=4096, tie_word_embeddings=preset.tied,
                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    cfg = Qwen2AudioConfig(audio_config=enc, text_config=lm,
+    cfg = Qwen2AudioConfig(audio_config=enc, text_config=lm, tie_word_embeddings=preset.tied,
                            audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"))
     torch.manual_seed(seed)
     model = Qwen2AudioForConditionalGeneration(cfg)
@@ -104,6 +112,16 @@ def build_model(preset: Preset, tokenizer, seed: int = 0):
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def stand_in_checkpoint(path: str, texts: Iterable[str], seed: int = 0) -> str:
+    """Write a random checkpoint of Qwen2-Audio-7B-Instruct's architecture at the ``STAND_IN`` size, with a
+    tokenizer trained on ``texts`` and the Instruct chat template, by ``save_pretrained``; return ``path``."""
+    tok = train_tokenizer(texts, STAND_IN.vocab_size)
+    processor = build_processor(tok, STAND_IN.chunk_s, STAND_IN.num_mel_bins, chat_template=None)
+    build_model(STAND_IN, tok, seed=seed).save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
 
 
 SUPPORTED_MODEL_TYPES = ("qwen2_audio",)

@@ -32,7 +32,7 @@ from trainer.features import LogMel
 from trainer.layout import corpus_texts
 from trainer.loader import epoch_steps, micro_batches
 from trainer.losses import DPOLoss
-from trainer.model import PRESETS, build_model, build_processor, chunk_seconds, load_pretrained, train_tokenizer
+from trainer.model import PRESETS, build_model, build_processor, load_pretrained, train_tokenizer
 from trainer.parallel import Dist
 from trainer.scoring import evaluate_export, held_out_score, held_out_tiebreak
 from trainer.steps import Batch, lm_step, dpo_step
@@ -40,15 +40,23 @@ from trainer.steps import Batch, lm_step, dpo_step
 
 def load_or_build(cfg: TrainConfig) -> tuple[Any, Any, bool]:
     """(model, processor, fresh): from ``model_dir`` if set, else a new model of the preset with a
-    tokenizer trained on the shards' text (deterministic, so every rank builds the same one)."""
+    tokenizer trained on the shards' text (deterministic, so every rank builds the same one). The processor
+    carries the chat template examples are rendered with: ``chat_template``'s file, else the checkpoint's
+    own, else the preset's; it is saved with every export."""
     if cfg.model_dir:
         dtype = torch.bfloat16 if cfg.bf16 else None
         model, processor = load_pretrained(cfg.model_dir, dtype=dtype)
-        return model, processor, False
-    preset = PRESETS[cfg.preset]
-    tok = train_tokenizer(corpus_texts(cfg.examples, SkipCounter(cfg.max_bad_fraction)), cfg.vocab_size or preset.vocab_size)
-    processor = build_processor(tok, preset.chunk_s, preset.num_mel_bins)
-    return build_model(preset, tok, seed=cfg.seed), processor, True
+        fresh = False
+    else:
+        preset = PRESETS[cfg.preset]
+        tok = train_tokenizer(corpus_texts(cfg.examples, SkipCounter(cfg.max_bad_fraction)),
+                              cfg.vocab_size or preset.vocab_size)
+        processor = build_processor(tok, preset.chunk_s, preset.num_mel_bins)
+        model, fresh = build_model(preset, tok, seed=cfg.seed), True
+    if cfg.chat_template:
+        with open(cfg.chat_template, encoding="utf-8") as f:
+            processor.chat_template = f.read()
+    return model, processor, fresh
 
 
 def set_trainable(model, modules: list[str] | tuple[str, ...]) -> int:
@@ -128,7 +136,7 @@ def setup(cfg: TrainConfig, dist: Dist) -> Session:
     from transformers import get_cosine_schedule_with_warmup
 
     total = cfg.steps()
-    capped = epoch_steps(cfg, Encoder(processor.tokenizer, chunk_seconds(processor)), dist.world) if total else None
+    capped = epoch_steps(cfg, Encoder.for_processor(processor), dist.world) if total else None
     if capped is not None and capped < total:
         _say(dist, f"{cfg.stage}: {capped} steps make {cfg.epochs():g} pass(es) over the training examples "
                    f"(max_epochs), fewer than max_steps={total}")
@@ -292,7 +300,7 @@ def train_loop(cfg: TrainConfig, dist: Dist | None = None) -> dict[str, Any]:
     if not dist.ray and cfg.use_gpu and torch.cuda.is_available():
         dist.device = torch.device("cuda")
     s = setup(cfg, dist)
-    encoder = Encoder(s.processor.tokenizer, chunk_seconds(s.processor))
+    encoder = Encoder.for_processor(s.processor)
     errors = SkipCounter(cfg.max_bad_fraction)
     batches = micro_batches(cfg, encoder, dist, s.consumed["positions"], s.consumed["batches"],
                             s.processor.tokenizer.pad_token_id, s.fe, errors)

@@ -14,7 +14,7 @@ from trainer.data import Encoder, SkipCounter, collate, read_all, reference_answ
 from trainer.features import LogMel
 from trainer.layout import stage_shards, in_holdout
 from trainer.losses import sequence_logprob
-from trainer.model import chunk_seconds, load_pretrained
+from trainer.model import load_pretrained
 from trainer.steps import _to, _logits
 
 
@@ -39,7 +39,7 @@ def evaluate(cfg: TrainConfig, model, ref, processor, device, before: bool = Fal
         pairs, note = held_out_examples(cfg)
         if not pairs:
             return {"examples": 0, "note": note}
-        encoder = Encoder(processor.tokenizer, chunk_seconds(processor))
+        encoder = Encoder.for_processor(processor)
         out = {**_eval_dpo(cfg, model, ref, processor.tokenizer.pad_token_id, LogMel(processor.feature_extractor),
                            encoder, pairs, device), "held_out": note}
         if not generate:
@@ -58,7 +58,7 @@ def evaluate(cfg: TrainConfig, model, ref, processor, device, before: bool = Fal
 def generation_scores(cfg: TrainConfig, model, processor, device) -> dict[str, Any]:
     """Greedy replies to the held-out examples of ``cfg.stage``, scored per task against their references."""
     model.eval()
-    encoder = Encoder(processor.tokenizer, chunk_seconds(processor))
+    encoder = Encoder.for_processor(processor)
     logmel = LogMel(processor.feature_extractor)
     examples, note = held_out_examples(cfg)
     if not examples:

@@ -155,12 +155,12 @@ class Policy:
 
         from trainer.data import Encoder
         from trainer.features import LogMel
-        from trainer.model import chunk_seconds, load_pretrained
+        from trainer.model import load_pretrained
 
         self.path = path
         self.model, self.processor = load_pretrained(path)
         self.model.eval()
-        self.encoder = Encoder(self.processor.tokenizer, chunk_seconds(self.processor))
+        self.encoder = Encoder.for_processor(self.processor)
         self.logmel = LogMel(self.processor.feature_extractor)
         tok = self.processor.tokenizer
         self.eos = [tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")]

@@ -117,3 +117,107 @@ def test_a_saved_model_stops_generating_at_the_end_of_its_reply(proc, tmp_path):
     build_model(PRESETS["tiny"], proc.tokenizer).save_pretrained(tmp_path)
     eos = GenerationConfig.from_pretrained(tmp_path).eos_token_id
     assert set(eos) == {proc.tokenizer.eos_token_id, proc.tokenizer.convert_tokens_to_ids("<|im_end|>")}
+
+
+# ---- a checkpoint's own chat template (Qwen2-Audio-Instruct's) --------------------------------------------
+
+@pytest.fixture(scope="module")
+def instruct():
+    """A processor with Qwen2-Audio-Instruct's chat template (a system turn, "Audio N: " before each audio),
+    a 128-bin, 30 s front end, and a tokenizer that knows the words below."""
+    tok = train_tokenizer(["You are a helpful assistant. Audio what is happening here a dog barks twice",
+                           "which language is spoken english french and then silence compare the two"] * 20, 500)
+    return build_processor(tok, chunk_s=30, num_mel_bins=128, chat_template=None)
+
+
+def _served(processor, messages, audios, generation_prompt=False):
+    """Token ids as the checkpoint is served: its template, then the processor's audio expansion."""
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    out = processor(text=[text], audio=audios or None, sampling_rate=16000, return_tensors="pt")
+    return out["input_ids"][0].tolist()
+
+
+def _learned(tok, e):
+    """The decoded runs of tokens that carry loss."""
+    spans, cur = [], []
+    for t, lab in zip(e.input_ids + [None], e.labels + [IGNORE]):
+        if lab == IGNORE and cur:
+            spans.append(tok.decode(cur))
+            cur = []
+        elif lab != IGNORE:
+            cur.append(t)
+    return spans
+
+
+def _sft(messages, n_audio):
+    return Example(id="t", stage="sft", task="analysis", messages=messages,
+                   audio=[AudioRef(f"audio{i}.flac", f"s{i}", 1.0) for i in range(n_audio)])
+
+
+@pytest.mark.parametrize("case", ["single", "multi_turn", "multi_audio", "voice_chat"])
+def test_chats_render_through_the_checkpoints_template(instruct, case):
+    """Ids equal ``apply_chat_template`` plus the processor's audio expansion; loss only on the answers."""
+    a, b = _audio(1.0), _audio(2.5)[: int(2.3 * 16000)]
+    convs = {
+        "single": ([user_audio_turn("What is happening here?"), assistant_turn("A dog barks twice.")], [a],
+                   ["A dog barks twice.<|im_end|>"]),
+        "multi_turn": ([user_audio_turn("What is happening here?"), assistant_turn("A dog barks twice."),
+                        {"role": "user", "content": [{"type": "text", "text": "And then?"}]},
+                        assistant_turn("Silence.")], [a], ["A dog barks twice.<|im_end|>", "Silence.<|im_end|>"]),
+        # the second audio is shown first: the placeholders follow the conversation, and so do the features
+        "multi_audio": ([{"role": "user", "content": [{"type": "audio", "audio": 1}, {"type": "audio", "audio": 0},
+                                                      {"type": "text", "text": "Compare the two."}]},
+                         assistant_turn("The first is french.")], [a, b], ["The first is french.<|im_end|>"]),
+        "voice_chat": ([{"role": "user", "content": [{"type": "audio", "audio": 0}]}, assistant_turn("english")],
+                       [a], ["english<|im_end|>"]),
+    }
+    messages, audios, answers = convs[case]
+    enc = Encoder.for_processor(instruct)
+    e = enc.encode(_sft(messages, len(audios)), audios)
+    order = [audios[1], audios[0]] if case == "multi_audio" else audios
+    assert e.input_ids == _served(instruct, messages, order)
+    assert [len(x) for x in e.audios] == [len(x) for x in order]
+    assert _learned(instruct.tokenizer, e) == answers
+    assert "You are a helpful assistant." in instruct.tokenizer.decode(e.input_ids)     # the template's system turn
+    # the generation prompt is the served one with add_generation_prompt
+    prompt = enc.prompt_ids(_sft(messages, len(audios)), audios)
+    assert prompt == _served(instruct, messages[:-1], order[:1] if case == "multi_turn" else order, True)
+
+
+def test_dpo_pairs_render_through_the_checkpoints_template(instruct):
+    enc = Encoder.for_processor(instruct)
+    messages = [user_audio_turn("Which language is spoken?")]
+    ex = Example(id="d", stage="dpo", task="lid", audio=[AudioRef("audio0.flac", "s", 1.0)], messages=messages,
+                 chosen="english", rejected="french")
+    a = _audio(1.0)
+    pair = enc.encode(ex, [a])
+    for e, reply in ((pair.chosen, "english"), (pair.rejected, "french")):
+        assert e.input_ids == _served(instruct, messages + [assistant_turn(reply)], [a])
+        assert _learned(instruct.tokenizer, e) == [f"{reply}<|im_end|>"]
+
+
+def test_a_template_that_rewrites_earlier_turns_is_refused(instruct):
+    """A template whose text for the earlier turns changes once an answer follows cannot be masked."""
+    from trainer.data import TemplateError
+
+    odd = ("{% for m in messages %}{% if loop.last and m['role'] == 'assistant' %}[final]{% endif %}"
+           "<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}"
+           "{% else %}<|audio_bos|><|AUDIO|><|audio_eos|>{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    enc = Encoder(instruct.tokenizer, 30, odd)
+    with pytest.raises(TemplateError, match="does not extend"):
+        enc.encode(_sft([user_audio_turn("What is happening here?"), assistant_turn("A dog.")], 1), [_audio(1.0)])
+
+
+def test_the_tiny_presets_template_is_saved_with_its_processor(proc, tmp_path):
+    """A fresh preset's export serves in the format it was trained on."""
+    from transformers import Qwen2AudioProcessor
+
+    from trainer.model import CHAT_TEMPLATE
+
+    proc.save_pretrained(tmp_path)
+    again = Qwen2AudioProcessor.from_pretrained(tmp_path)
+    assert again.chat_template == CHAT_TEMPLATE
+    messages = [user_audio_turn("What is happening here?"), assistant_turn("A dog barks twice.")]
+    a = _audio(1.0)
+    assert Encoder.for_processor(again).encode(_sft(messages, 1), [a]).input_ids == _served(again, messages, [a])
