@@ -17,7 +17,7 @@ from typing import Any
 
 from pipelines.output import Output, OutputError
 from pipelines.versions import load, resolve
-from processors.exports import llama_factory_entry, llama_factory_row, swift_row
+from processors.exports import TEMPLATES, llama_factory_entry, llama_factory_row, swift_row
 
 FORMATS = ("ms-swift", "llama-factory", "hf")
 
@@ -80,7 +80,14 @@ def export(ref: str, fmt: str, out: str, registry: str | None = None) -> list[st
             lines.append(f"{split}.json: {len(items)} rows (dataset audiomill_{split})")
         with open(os.path.join(out, "dataset_info.json"), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=2)
-    else:
+    if fmt in TEMPLATES:
+        how = {"ms-swift": f"--template {TEMPLATES[fmt]}", "llama-factory": f"template: {TEMPLATES[fmt]}"}[fmt]
+        with open(os.path.join(out, "TEMPLATE.md"), "w", encoding="utf-8") as f:
+            f.write(f"Train Qwen2-Audio on these rows with `{how}`. Under that template they render to the same "
+                    "tokens as Qwen2-Audio-Instruct's own chat template (a system turn, then \"Audio N: \" and the "
+                    "audio before the text), the format the checkpoint is served in.\n")
+        lines.append(f"TEMPLATE.md: train with {how}")
+    if fmt == "hf":
         import datasets
 
         features = datasets.Features({

@@ -38,6 +38,9 @@ class TrainConfig:
     max_batch: int = 64
     grad_accum: int = 1
     train_modules: list[str] = dataclasses.field(default_factory=list)   # [] → the stage's default
+    lora_r: int = 0                  # > 0: LoRA adapters of this rank on the train_modules instead of full fine-tuning
+    lora_alpha: float = 0.0          # LoRA scale numerator (0 → 2 × lora_r)
+    lora_dropout: float = 0.0
     task_weights: dict[str, float] = dataclasses.field(default_factory=dict)  # sampling weight per task
     beta: float = 0.1                # DPO
     rpo_alpha: float = 1.0           # DPO: weight of the chosen reply's per-token NLL (RPO); 0 → plain DPO
@@ -80,6 +83,13 @@ class TrainConfig:
         bad = [m for m in self.train_modules if m not in MODULES]
         if bad:
             problems.append(f"train_modules: {bad} not in {', '.join(MODULES)}")
+        if self.lora_r < 0 or self.lora_alpha < 0 or not 0 <= self.lora_dropout < 1:
+            problems.append(f"lora_r, lora_alpha: must be ≥ 0 and lora_dropout in [0, 1), got "
+                            f"{self.lora_r}, {self.lora_alpha}, {self.lora_dropout}")
+        if self.lora_r and self.num_workers > 1 and (self.parallel == "fsdp" or (
+                self.parallel == "auto" and self.preset in LARGE_PRESETS)):
+            problems.append("lora_r: LoRA trains under DDP or in one process; set parallel=ddp (the adapters are "
+                            "small, each worker holds the frozen model whole)")
         if self.parallel not in ("auto", "ddp", "fsdp"):
             problems.append(f"parallel: {self.parallel!r} is not one of auto, ddp, fsdp")
         if self.launcher not in ("ray", "local"):

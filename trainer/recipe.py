@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from trainer import parallel
+from trainer import lora, parallel
 from trainer.checkpoints import latest_checkpoint, remove_unfinished, save_checkpoint, resume_latest, _best_so_far
 from trainer.config import DEFAULT_TRAIN, TrainConfig
 from trainer.console import _Progress, _Interrupt, _writer, _say, _report, CONSOLE
@@ -114,9 +114,6 @@ def setup(cfg: TrainConfig, dist: Dist) -> Session:
     model, processor, fresh = load_or_build(cfg)
     mode = parallel.strategy(cfg.parallel, cfg.preset, dist.world)
     modules = cfg.train_modules or (list(DEFAULT_TRAIN[cfg.stage]) + (["lm"] if fresh and cfg.stage == "pretrain" else []))
-    n_trainable = set_trainable(model, modules)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     ref, ref_dir = None, cfg.model_dir
     if cfg.stage == "dpo":
         if not ref_dir:   # a DPO run from a new model: keep its starting point for the held-out eval
@@ -124,8 +121,16 @@ def setup(cfg: TrainConfig, dist: Dist) -> Session:
             if dist.rank == 0 and not latest_checkpoint(stage_dir):
                 model.save_pretrained(ref_dir)
                 processor.save_pretrained(ref_dir)
-        ref = copy.deepcopy(model).eval().requires_grad_(False).to(dist.device)
-        ref = parallel.wrap(ref, "fsdp", dist.device, dist.world, cfg.bf16) if mode == "fsdp" else ref
+        if not cfg.lora_r:    # with LoRA the reference is the model with its adapters disabled
+            ref = copy.deepcopy(model).eval().requires_grad_(False).to(dist.device)
+            ref = parallel.wrap(ref, "fsdp", dist.device, dist.world, cfg.bf16) if mode == "fsdp" else ref
+    if cfg.lora_r:
+        model = lora.attach(model, modules, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+        n_trainable = lora.trainable(model)
+    else:
+        n_trainable = set_trainable(model, modules)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.to(dist.device)
     model = parallel.wrap(model, mode, dist.device, dist.world, cfg.bf16)
     model.float()   # fp32 master weights (sharded first under FSDP, so a bf16 checkpoint never lands whole in fp32)
@@ -207,16 +212,22 @@ def stop_early(s: Session) -> bool:
 def export(s: Session, model_state: dict[str, Any], folder: str, last: bool = False) -> None:
     """Rank 0: the model (``save_pretrained``, in bf16 when training in bf16) and processor into ``folder``.
     Mid-run the live model keeps its fp32 master weights: a copy is converted (under FSDP, whose live
-    model is sharded, only the saved tensors are)."""
+    model is sharded, only the saved tensors are). With LoRA: the adapters in ``adapter/`` and the model
+    with them merged (a copy mid-run; the last export merges the live model)."""
     import shutil
 
     dtype = torch.bfloat16 if s.cfg.bf16 else torch.float32
     core = _core(s.model)
-    if dtype != torch.float32 and (last or s.mode != "fsdp"):
-        core = (core if last else copy.deepcopy(core)).to(dtype)   # save_pretrained records the parameters' dtype
     tmp = folder + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    core.save_pretrained(tmp, state_dict={k: v.to(dtype) for k, v in model_state.items()})
+    if lora.is_lora(core):
+        lora.save_adapters(core, tmp, s.cfg.model_dir)
+        plain = lora.merged(core, in_place=last).to(dtype)
+        plain.save_pretrained(tmp)
+    else:
+        if dtype != torch.float32 and (last or s.mode != "fsdp"):
+            core = (core if last else copy.deepcopy(core)).to(dtype)   # save_pretrained records the parameters' dtype
+        core.save_pretrained(tmp, state_dict={k: v.to(dtype) for k, v in model_state.items()})
     s.processor.save_pretrained(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
@@ -305,7 +316,8 @@ def train_loop(cfg: TrainConfig, dist: Dist | None = None) -> dict[str, Any]:
     batches = micro_batches(cfg, encoder, dist, s.consumed["positions"], s.consumed["batches"],
                             s.processor.tokenizer.pad_token_id, s.fe, errors)
     writer = _writer(s.stage_dir) if dist.rank == 0 else None
-    _say(dist, f"{cfg.stage}: training {', '.join(s.modules)} ({s.n_trainable:,} parameters) for {s.total} steps "
+    how = f"LoRA r={cfg.lora_r} on " if cfg.lora_r else ""
+    _say(dist, f"{cfg.stage}: training {how}{', '.join(s.modules)} ({s.n_trainable:,} parameters) for {s.total} steps "
                f"on {dist.world} worker(s) ({s.mode}), device {dist.device}{', bf16' if cfg.bf16 else ''}")
     history: list[dict[str, Any]] = []
     progress = _Progress(cfg.stage, s.step, s.total, dist)

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from trainer import lora
 from trainer.data import PairEncoded, collate
 from trainer.losses import IGNORE, DPOLoss, count_targets, nll_sum, sequence_logprob
 from trainer.parallel import Dist
@@ -58,15 +59,21 @@ def lm_step(model, micro: list[list], pad_id: int, fe, dist: Dist, amp=contextli
 
 def dpo_step(model, ref, micro: list[list[PairEncoded]], pad_id: int, fe, dist: Dist, loss_fn: DPOLoss,
              amp=contextlib.nullcontext) -> dict[str, float]:
-    """Backward of the DPO loss over micro-batches of pairs; the reference runs without gradients."""
+    """Backward of the DPO loss over micro-batches of pairs; the reference (None: the LoRA policy with its
+    adapters disabled) runs without gradients."""
     pairs = torch.tensor(_sum(dist, [sum(len(m) for m in micro)])[0], device=dist.device)
     total, correct, margin = 0.0, 0.0, 0.0
     for m in micro:
         b = _to(_tensors(m, pad_id, fe, pairs=True), dist.device)
         n = len(m)
         logps = sequence_logprob(_logits(model, b, amp), b["labels"])
-        with torch.no_grad():
-            ref_logps = sequence_logprob(_logits(ref, b, amp), b["labels"])
+        if ref is None:        # LoRA: the starting model is the policy with its adapters disabled
+            core = model.module if hasattr(model, "module") else model
+            with lora.reference(core):
+                ref_logps = sequence_logprob(_logits(core, b, amp), b["labels"])
+        else:
+            with torch.no_grad():
+                ref_logps = sequence_logprob(_logits(ref, b, amp), b["labels"])
         chosen_tokens = (b["labels"][:n, 1:] != IGNORE).sum(dim=-1)
         losses, rc, rr = loss_fn(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:], chosen_tokens)
         loss = losses.sum() * dist.world / pairs
