@@ -114,12 +114,14 @@ def build_model(preset: Preset, tokenizer, seed: int = 0):
     return model
 
 
-def stand_in_checkpoint(path: str, texts: Iterable[str], seed: int = 0) -> str:
+def stand_in_checkpoint(path: str, texts: Iterable[str], seed: int = 0, chunk_s: int = STAND_IN.chunk_s) -> str:
     """Write a random checkpoint of Qwen2-Audio-7B-Instruct's architecture at the ``STAND_IN`` size, with a
-    tokenizer trained on ``texts`` and the Instruct chat template, by ``save_pretrained``; return ``path``."""
-    tok = train_tokenizer(texts, STAND_IN.vocab_size)
-    processor = build_processor(tok, STAND_IN.chunk_s, STAND_IN.num_mel_bins, chat_template=None)
-    build_model(STAND_IN, tok, seed=seed).save_pretrained(path)
+    tokenizer trained on ``texts`` and the Instruct chat template, by ``save_pretrained``; return ``path``.
+    ``chunk_s`` shortens the audio window (a learning benchmark on CPU; every clip costs a whole window)."""
+    preset = dataclasses.replace(STAND_IN, chunk_s=chunk_s)
+    tok = train_tokenizer(texts, preset.vocab_size)
+    processor = build_processor(tok, preset.chunk_s, preset.num_mel_bins, chat_template=None)
+    build_model(preset, tok, seed=seed).save_pretrained(path)
     processor.save_pretrained(path)
     return path
 
