@@ -39,7 +39,7 @@ def measure(examples: Path, preset: str, steps: int, max_tokens: int, loader_wor
     model, processor, _ = load_or_build(cfg)
     set_trainable(model, ["encoder", "projector", "lm"])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    enc = Encoder(processor.tokenizer, processor.feature_extractor.chunk_length)
+    enc = Encoder.for_processor(processor)
     pad, fe = processor.tokenizer.pad_token_id, LogMel(processor.feature_extractor)
 
     def batches():

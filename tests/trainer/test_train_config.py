@@ -54,7 +54,10 @@ def test_a_model_dir_that_is_not_qwen2_audio_fails_at_once_naming_what_it_holds(
     (tmp_path / "empty").mkdir()
     (tmp_path / "noweights").mkdir()
     (tmp_path / "noweights" / "config.json").write_text('{"model_type": "qwen2_audio"}')
-    for folder, needle in [(qwen2, "holds a 'qwen2' checkpoint; supported model types: qwen2_audio"),
+    (tmp_path / "omni").mkdir()
+    (tmp_path / "omni" / "config.json").write_text('{"model_type": "qwen2_5_omni"}')
+    for folder, needle in [(tmp_path / "omni", "holds a 'qwen2_5_omni' checkpoint. Qwen2.5-Omni (its thinker) is not"),
+                           (qwen2, "holds a 'qwen2' checkpoint; supported model types: qwen2_audio"),
                            (tmp_path / "empty", "holds no config.json"), (tmp_path / "missing", "is not a folder"),
                            (tmp_path / "noweights", "is missing its weights and tokenizer and processor config")]:
         with pytest.raises(ConfigError) as e:
