@@ -5,6 +5,7 @@ checkpoint it started from (DPO's reference, with no second copy held)."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,3 +90,21 @@ def test_train_all_on_a_checkpoint_with_lora(lid_examples, base, tmp_path):
     assert "LoRA r=4 on projector, lm" in run.stdout
     sft_base = json.loads((out / "dpo" / "final" / "adapter" / "adapter_config.json").read_text())
     assert sft_base["base_model_name_or_path"].endswith(("sft/best", "sft/final"))
+
+
+@pytest.mark.slow
+def test_train_all_on_a_checkpoint_fully(lid_examples, base, tmp_path):
+    """The same checkpoint fine-tuned in full: every stage's export is a plain checkpoint with no adapters,
+    carrying the checkpoint's own chat template."""
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "pipelines.cli", "train-all", str(lid_examples), str(out),
+                          f"model_dir={base}", "launcher=local", "max_steps=2", "max_tokens=3000",
+                          "eval_max_examples=4"], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    template = (Path(base) / "chat_template.jinja").read_text()
+    assert "You are a helpful assistant." in template
+    for stage in ("pretrain", "sft", "dpo"):
+        final = out / stage / "final"
+        assert (final / "model.safetensors").exists() and not (final / "adapter").exists()
+        assert json.loads((out / stage / "eval.json").read_text())["eval"]["examples"] == 4
+        assert (final / "chat_template.jinja").read_text() == template
