@@ -31,7 +31,7 @@ def run_stage(cfg: TrainConfig, echo: bool = False) -> dict[str, Any]:
     """Train one stage with the configured launcher; return what ``eval.json`` holds. With ``echo``, the
     training's console lines are printed here as they come (for a Ray that does not forward worker output)."""
     # Ray Train workers run in their own working directory: relative paths are resolved here.
-    cfg = dataclasses.replace(cfg, **{k: os.path.abspath(getattr(cfg, k)) for k in ("examples", "output", "model_dir")
+    cfg = dataclasses.replace(cfg, **{k: os.path.abspath(getattr(cfg, k)) for k in ("examples", "output", "model_dir", "chat_template")
                                       if getattr(cfg, k) and "://" not in getattr(cfg, k)})
     check_data(cfg)
     if held_out_slice(cfg):
