@@ -13,7 +13,9 @@ transformers: ``apply_chat_template`` of the checkpoint's processor, the process
 - ``old``: the trainer's former rendering (``trainer.model.CHAT_TEMPLATE``: ChatML with no system turn and no
   "Audio 1:" label), given as ``chat_template=FILE``; also asked in that format, to tell a model that did not
   learn from one asked in a format it was not trained on;
-- ``lora``: as ``template``, with ``lora_r=16``.
+- ``lora``: SFT (``lr=2e-3``) and DPO with ``lora_r=16`` on each stage's default parts (``audiomill train``, one
+  stage each), starting from the ``template`` run's pretrained checkpoint (that run trains first if it has
+  not): adapters adapt a model that already knows something, as they do a released checkpoint.
 
 The stand-in's weights are random, so every run trains encoder, projector and LM in every stage
 (``train_modules``); a released checkpoint would start from what it knows. Its audio window is ``--window``
@@ -36,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipelines.demo_train import build_language_id  # noqa: E402
 
-RUNS = {"template": [], "old": ["chat_template={old}"], "lora": ["lora_r=16"]}
+RUNS = {"template": [], "old": ["chat_template={old}"]}
 
 
 def served_accuracy(checkpoint: str, served_by: str, unseen: Path) -> tuple[float, int]:
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
+    from trainer.checkpoints import stage_checkpoint
     from trainer.layout import corpus_texts
     from trainer.model import CHAT_TEMPLATE, stand_in_checkpoint
 
@@ -93,18 +96,32 @@ def main(argv: list[str] | None = None) -> int:
         old = root / "old_template.jinja"
         old.write_text(CHAT_TEMPLATE)
         results = {}
-        for run in args.runs.split(","):
+        runs = args.runs.split(",")
+        if "lora" in runs and "template" not in runs:
+            runs.insert(runs.index("lora"), "template")
+        for run in runs:
             out = root / f"train-{run}"
-            extra = [a.format(old=old) for a in RUNS[run]]
-            cmd = [sys.executable, "-m", "pipelines.cli", "train-all", str(ex), str(out), f"model_dir={base}",
-                   "train_modules=[encoder,projector,lm]", f"max_steps={args.max_steps}", *extra, *args.overrides]
-            print("[bench] " + " ".join(cmd[2:]), flush=True)
+            # The random stand-in learns everything in full runs; adapters train each stage's default parts.
+            common = [f"max_steps={args.max_steps}", *([] if run == "lora" else ["train_modules=[encoder,projector,lm]"]),
+                      *args.overrides]
             t0 = time.monotonic()
-            if not (out / "dpo" / "eval.json").exists():
-                subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parent.parent)
+            if run == "lora":      # one stage at a time: each starts from the checkpoint the one before hands on
+                steps = [("sft", lambda: stage_checkpoint(str(root / "train-template"), "pretrain")),
+                         ("dpo", lambda: stage_checkpoint(str(out), "sft"))]
+            else:
+                steps = [("all", lambda: str(base))]
+            for stage, start in steps:
+                if (out / ("dpo" if stage == "all" else stage) / "eval.json").exists():
+                    continue
+                extra = [a.format(old=old) for a in RUNS.get(run, [])]
+                if run == "lora":   # adapters learn at a higher rate than full fine-tuning (SFT; DPO keeps its own)
+                    extra += ["lora_r=16"] + (["lr=2e-3"] if stage == "sft" else [])
+                cmd = (["train-all", str(ex), str(out)] if stage == "all" else
+                       ["train", str(ex), str(out), f"stage={stage}"]) + [f"model_dir={start()}", *extra, *common]
+                print("[bench] audiomill " + " ".join(cmd), flush=True)
+                subprocess.run([sys.executable, "-m", "pipelines.cli", *cmd], check=True,
+                               cwd=Path(__file__).resolve().parent.parent)
             seconds = time.monotonic() - t0
-            from trainer.checkpoints import stage_checkpoint
-
             row = {"seconds": round(seconds)}
             for stage in ("sft", "dpo"):
                 ckpt = stage_checkpoint(str(out), stage)
