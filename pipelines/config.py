@@ -198,6 +198,8 @@ def _coerce(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
         _, val_tp = typing.get_args(tp)
         return {str(k): _coerce(val_tp, v, f"{path}.{k}", problems) for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str) and SCIENTIFIC.fullmatch(value.strip()):
+            value = float(value)      # YAML 1.1 reads 2e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.append(f"{path}: expected a number, got {type(value).__name__} {show(value)}")
             return 0.0
@@ -239,6 +241,7 @@ def positive(problems: list[str], **values: float) -> None:
             problems.append(f"{name}: must be > 0, got {v}")
 
 
+SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 

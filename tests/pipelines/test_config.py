@@ -103,3 +103,13 @@ def test_a_mapping_override_merges_into_what_it_names(tmp_path):
     # A scalar still replaces a scalar, and a value where a mapping was is the value.
     tree, _ = parse_overrides(["name=a", "name=b", "mix={a: 1}", "mix=none"])
     assert tree == {"name": "b", "mix": "none"}
+
+
+def test_a_number_in_scientific_notation_is_a_number_though_yaml_reads_it_as_text():
+    """YAML 1.1 reads 2e-3 (no dot) as a string; as a float setting it is the number."""
+    from trainer.config import TrainConfig
+
+    cfg = load_config(TrainConfig, None, ["lr=2e-3", "beta=1E-1"], {"examples": "e", "output": "o"})
+    assert cfg.lr == 0.002 and cfg.beta == 0.1
+    with pytest.raises(ConfigError, match="lr: expected a number"):
+        load_config(TrainConfig, None, ["lr=2e-3x"], {"examples": "e", "output": "o"})
