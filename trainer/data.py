@@ -117,10 +117,11 @@ class Encoder:
             messages = [*messages, {"role": "assistant", "content": [{"type": "text", "text": reply}]}]
         text = self.render(messages, generation_prompt)
         spans = []
-        for i, m in enumerate(messages):
-            if m["role"] != "assistant" or generation_prompt:
+        for i, m in enumerate([] if generation_prompt else messages):
+            if m["role"] != "assistant":
                 continue
-            before, upto = self.render(messages[:i], True), self.render(messages[:i + 1])
+            last = i == len(messages) - 1      # the whole conversation: already rendered
+            before, upto = self.render(messages[:i], True), text if last else self.render(messages[:i + 1])
             if not (upto.startswith(before) and text.startswith(upto)):
                 raise TemplateError(f"the chat template renders turn {i + 1} ({m['role']}) in a way that does not "
                                     "extend the turns before it; its answer cannot be masked")

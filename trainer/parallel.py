@@ -34,6 +34,11 @@ class Dist:
     console: str = ""      # rank 0 also appends what it says to this file (the stage's console.log)
 
 
+def _core(model):
+    """The model itself, under a DDP wrapper or not."""
+    return model.module if hasattr(model, "module") else model
+
+
 def strategy(parallel: str, preset: str, world: int) -> str:
     """``none`` for one rank, else ``parallel`` with ``auto`` resolved by the preset."""
     if world <= 1:

@@ -33,7 +33,7 @@ from trainer.layout import corpus_texts
 from trainer.loader import epoch_steps, micro_batches
 from trainer.losses import DPOLoss
 from trainer.model import PRESETS, build_model, build_processor, load_pretrained, train_tokenizer
-from trainer.parallel import Dist
+from trainer.parallel import Dist, _core
 from trainer.scoring import evaluate_export, held_out_score, held_out_tiebreak
 from trainer.steps import Batch, lm_step, dpo_step
 
@@ -72,10 +72,6 @@ def set_trainable(model, modules: list[str] | tuple[str, ...]) -> int:
             for p in part.parameters():
                 p.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def _core(model):
-    return model.module if hasattr(model, "module") else model
 
 
 @dataclasses.dataclass

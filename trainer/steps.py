@@ -11,7 +11,7 @@ import torch
 from trainer import lora
 from trainer.data import PairEncoded, collate
 from trainer.losses import IGNORE, DPOLoss, count_targets, nll_sum, sequence_logprob
-from trainer.parallel import Dist
+from trainer.parallel import Dist, _core
 
 
 def _to(batch: dict[str, Any], device) -> dict[str, Any]:
@@ -68,7 +68,7 @@ def dpo_step(model, ref, micro: list[list[PairEncoded]], pad_id: int, fe, dist: 
         n = len(m)
         logps = sequence_logprob(_logits(model, b, amp), b["labels"])
         if ref is None:        # LoRA: the starting model is the policy with its adapters disabled
-            core = model.module if hasattr(model, "module") else model
+            core = _core(model)
             with lora.reference(core):
                 ref_logps = sequence_logprob(_logits(core, b, amp), b["labels"])
         else:
