@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipelines.demo_train import build_language_id  # noqa: E402
+from bench.train_defaults import add_data_args, language_id_data  # noqa: E402
 
 RUNS = {"template": [], "old": ["chat_template={old}"]}
 
@@ -67,9 +67,7 @@ def served_accuracy(checkpoint: str, served_by: str, unseen: Path) -> tuple[floa
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--words", type=int, default=80)
-    ap.add_argument("--held-out", type=int, default=16)
-    ap.add_argument("--voices", type=int, default=4)
+    add_data_args(ap)
     ap.add_argument("--max-steps", type=int, default=600)
     ap.add_argument("--runs", default="template,old,lora")
     ap.add_argument("--window", type=int, default=4,
@@ -86,11 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
-        ex, unseen, base = root / "examples", root / "unseen", root / "base"
-        if not (ex / "manifest.json").exists():
-            counts = build_language_id(ex, held_out=args.held_out, words=args.words, voices=args.voices,
-                                       held_out_voices=args.voices, held_out_root=unseen)
-            print(f"[bench] examples: {json.dumps(counts)}", flush=True)
+        (ex, unseen), base = language_id_data(root, args), root / "base"
         if not (base / "config.json").exists():
             stand_in_checkpoint(str(base), list(corpus_texts(str(ex))), chunk_s=args.window)
         old = root / "old_template.jinja"

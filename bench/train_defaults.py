@@ -26,6 +26,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipelines.demo_train import build_language_id  # noqa: E402
 
 
+def add_data_args(ap: argparse.ArgumentParser) -> None:
+    """The spoken-language ID set's size: words per language, words never trained on, voices."""
+    ap.add_argument("--words", type=int, default=80)
+    ap.add_argument("--held-out", type=int, default=16)
+    ap.add_argument("--voices", type=int, default=4)
+
+
+def language_id_data(root: Path, args) -> tuple[Path, Path]:
+    """(training examples, unseen words) under ``root``, built once: the training set has no held-out split of
+    its own; the unseen words, spoken by every voice, are ``unseen/<stage>/eval``."""
+    ex, test = root / "examples", root / "unseen"
+    if not (ex / "manifest.json").exists():
+        counts = build_language_id(ex, held_out=args.held_out, words=args.words, voices=args.voices,
+                                   held_out_voices=args.voices, held_out_root=test)
+        print(f"[bench] examples: {json.dumps(counts)}", flush=True)
+    return ex, test
+
+
 def unseen_accuracy(checkpoint: Path, test: Path, stage: str) -> tuple[float, int]:
     from pipelines.evaluate import evaluate_checkpoint
 
@@ -71,9 +89,7 @@ def own_score(stage_dir: Path, which: str) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--words", type=int, default=80)
-    ap.add_argument("--held-out", type=int, default=16)
-    ap.add_argument("--voices", type=int, default=4)
+    add_data_args(ap)
     ap.add_argument("--max-steps", type=int, default=1500)
     ap.add_argument("--curve", action="store_true", help="also score every checkpoint on the unseen words")
     ap.add_argument("--skip-training", action="store_true", help="score what --keep already holds")
@@ -85,11 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
-        ex, test, out = root / "examples", root / "unseen", root / "train"
-        if not (ex / "manifest.json").exists():
-            counts = build_language_id(ex, held_out=args.held_out, words=args.words, voices=args.voices,
-                                       held_out_voices=args.voices, held_out_root=test)
-            print(f"[bench] examples: {json.dumps(counts)}", flush=True)
+        (ex, test), out = language_id_data(root, args), root / "train"
         t0 = time.monotonic()
         cmd = [sys.executable, "-m", "pipelines.cli", "train-all", str(ex), str(out), "preset=tiny",
                f"max_steps={args.max_steps}", *args.overrides]
