@@ -25,14 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.config import PREFIX_RE, config_hash, name_problems, positive, show
-from pipelines.curate import job_config
+from pipelines.config import PREFIX_RE, name_problems, positive, show
+from pipelines.job import Job, run_job
 from pipelines.label import input_units, segments_input_problems
 from pipelines.output import Output, OutputError
-from pipelines.passes import _exists, commit_layer, read_rows, write_rows
-from pipelines.progress import Progress
-from pipelines.runtime import RayConfig, cluster_cpus, init_ray, say
-from pipelines.stage import Resources, Stage, apply, dataset, run_pass
+from pipelines.passes import _exists, read_rows, write_rows
+from pipelines.runtime import RayConfig, cluster_cpus, say
+from pipelines.stage import Resources, Stage, apply, dataset, resumable_pass
 from pipelines.stages.build import BuildExamples, BuildJob, PackExamples, PackExamplesJob, ScanSegments
 from processors.builders import chat, pretrain
 from processors.builders.examples import (BuildParams, CaptionParams, DecontaminateParams, DpoParams, MixParams,
@@ -44,12 +43,11 @@ from schemas import arrow
 from schemas.build import (EXAMPLE_INDEX_SCHEMA, BuildUnit, BuiltUnit, ExampleIndexRow, ExampleRow, ExampleShardPlan,
                            ExampleShardResult, ScanRow)
 from schemas.example import STAGES
-from schemas.manifest import Manifest, ShardEntry, read_manifest
+from schemas.manifest import Manifest, read_manifest
 from schemas.reject import Reject
 from schemas.shard import Patch, PlannedSample
 from schemas.unit import PartRef, UnitResult
 
-TIMING_KEYS = ("wall_seconds",)
 INSTRUCTIONS_PER_UNIT = 8
 
 
@@ -194,55 +192,46 @@ def instruction_units(cfg: BuildConfig) -> list[BuildUnit]:
 # ---- the job -------------------------------------------------------------------------------------------
 
 def run(cfg: BuildConfig) -> dict[str, Any]:
-    t0 = time.monotonic()
-    out = Output(cfg.output, cfg.shards.prefix, STAGES)
-    digest = config_hash(cfg, exclude=("output", "ray", "keep_work", "lock_stale_s"))
+    return run_job("build", cfg, Output(cfg.output, cfg.shards.prefix, STAGES), _work, _show)
+
+
+def _work(job: Job) -> dict[str, Any]:
+    cfg, out = job.cfg, job.out
     parents = [read_manifest(u) for u in cfg.inputs]
-    finished = out.finished_or_free(digest, "build")
-    if finished is not None:
-        return finished
-    with out.lock(cfg.lock_stale_s):
-        out.claim(digest)
-        init_ray(cfg.ray)
-        cpus = cluster_cpus()
-        progress = lambda *a: Progress(*a, every_s=cfg.ray.progress_every_s, enabled=cfg.ray.progress)  # noqa: E731
-        units, rejects = _input_units(cfg, parents)
-        scan = _scan(units, progress, cfg.ray.max_pass_retries)
-        p = plan(scan, cfg)
-        rejects += p.rejects
-        say(f"{len(scan)} segments from {len(p.groups)} recordings in {len(set(p.groups.values()))} voice groups; "
-            f"{len(p.held_groups)} groups ({sum(p.held.values())} segments) held out")
-        evals = load_eval_sets(cfg)
-        work = [BuildUnit(u.unit, u.part, tuple(s for s in u.segments if s.key in p.selected),
-                          tuple(p.held[s.key] for s in u.segments if s.key in p.selected))
-                for u in units if any(s.key in p.selected for s in u.segments)]
-        work += instruction_units(cfg)
-        stage = Stage("build", BuildExamples, BuildUnit, BuiltUnit, Resources(num_cpus=1, actors=cpus),
-                      BuildJob(out.join("_work", "examples"), cfg.params(), tuple(evals)))
-        built = _build(out, work, stage, progress, cfg.ray.max_pass_retries)
-        rows = [(b.tar, r) for b in built for r in b.examples]
-        rejects += [r for b in built for r in b.rejects]
-        counts: Counter = Counter()
-        for b in built:
-            counts.update({c.name: c.n for c in b.counts})
-        shards = _pack(out, rows, cfg.shards, cfg.ray.pack_tasks_on(cpus), progress, cfg.ray.max_pass_retries)
-        out.remove_stale_shards({s.name for s in shards})
-        by_key = {r.key: r for _, r in rows}
-        index = [ExampleIndexRow(key=k, shard=s.name, offset=o, size=z, stage=by_key[k].stage, task=by_key[k].task,
-                                 template=by_key[k].template, split="eval" if by_key[k].folder.endswith("/eval") else "train",
-                                 rejected_kind=by_key[k].rejected_kind, n_audio=by_key[k].n_audio,
-                                 duration_s=by_key[k].duration_s, segments=by_key[k].segments,
-                                 labels_used=by_key[k].labels_used)
-                 for s in shards for k, o, z in zip(s.keys, s.offsets, s.sizes)]
-        summary = _summary(cfg, parents, scan, p, index, rejects, counts, evals, time.monotonic() - t0)
-        name = cfg.name or f"{parents[0].name}-examples"
-        manifest = Manifest(layer="examples", name=name, version=cfg.version,
-                            parent_version=",".join(f"{m.name}@{m.version}" for m in parents), config_hash=digest,
-                            summary={k: v for k, v in summary.items() if k not in TIMING_KEYS},
-                            shards=tuple(ShardEntry(s.name, s.bytes, s.samples, s.sha256) for s in shards))
-        commit_layer(out, [arrow.to_row(r) for r in index], EXAMPLE_INDEX_SCHEMA, rejects, manifest, cfg.keep_work,
-                     job_config(cfg))
-    _print(summary)
+    cpus = cluster_cpus()
+    progress = job.progress
+    units, rejects = _input_units(cfg, parents)
+    scan = _scan(units, progress, cfg.ray.max_pass_retries)
+    p = plan(scan, cfg)
+    rejects += p.rejects
+    say(f"{len(scan)} segments from {len(p.groups)} recordings in {len(set(p.groups.values()))} voice groups; "
+        f"{len(p.held_groups)} groups ({sum(p.held.values())} segments) held out")
+    evals = load_eval_sets(cfg)
+    work = [BuildUnit(u.unit, u.part, tuple(s for s in u.segments if s.key in p.selected),
+                      tuple(p.held[s.key] for s in u.segments if s.key in p.selected))
+            for u in units if any(s.key in p.selected for s in u.segments)]
+    work += instruction_units(cfg)
+    stage = Stage("build", BuildExamples, BuildUnit, BuiltUnit, Resources(num_cpus=1, actors=cpus),
+                  BuildJob(out.join("_work", "examples"), cfg.params(), tuple(evals)))
+    built = _build(out, work, stage, progress, cfg.ray.max_pass_retries)
+    rows = [(b.tar, r) for b in built for r in b.examples]
+    rejects += [r for b in built for r in b.rejects]
+    counts: Counter = Counter()
+    for b in built:
+        counts.update({c.name: c.n for c in b.counts})
+    shards = _pack(out, rows, cfg.shards, cfg.ray.pack_tasks_on(cpus), progress, cfg.ray.max_pass_retries)
+    out.remove_stale_shards({s.name for s in shards})
+    by_key = {r.key: r for _, r in rows}
+    index = [ExampleIndexRow(key=k, shard=s.name, offset=o, size=z, stage=by_key[k].stage, task=by_key[k].task,
+                             template=by_key[k].template, split="eval" if by_key[k].folder.endswith("/eval") else "train",
+                             rejected_kind=by_key[k].rejected_kind, n_audio=by_key[k].n_audio,
+                             duration_s=by_key[k].duration_s, segments=by_key[k].segments,
+                             labels_used=by_key[k].labels_used)
+             for s in shards for k, o, z in zip(s.keys, s.offsets, s.sizes)]
+    summary = _summary(cfg, parents, scan, p, index, rejects, counts, evals, time.monotonic() - job.t0)
+    name = cfg.name or f"{parents[0].name}-examples"
+    manifest = job.manifest("examples", name, ",".join(f"{m.name}@{m.version}" for m in parents), summary, shards)
+    job.commit([arrow.to_row(r) for r in index], EXAMPLE_INDEX_SCHEMA, rejects, manifest)
     return summary
 
 
@@ -264,25 +253,20 @@ def _input_units(cfg: BuildConfig, parents: list[Manifest]) -> tuple[list[UnitRe
 
 
 def _scan(units: list[UnitResult], progress, retries: int) -> list[ScanRow]:
-    """One ``ScanRow`` per segment. A rerun after a lost worker scans only the parts not yet fully in, and a
-    row that arrives twice (its part was resent) is kept and counted once."""
+    """One ``ScanRow`` per segment. A rerun after a lost worker scans only the parts not yet fully in, sent
+    again whole (what had come of them is dropped)."""
     stage = Stage("scan", ScanSegments, PartRef, ScanRow, Resources(num_cpus=0.5))
     parts = [PartRef(u.unit, u.uri, u.file_sha256, u.part, u.segments, tuple(Patch() for _ in u.segments))
              for u in units if u.segments]
     rows: dict[str, ScanRow] = {}
     bar = progress("scan", sum(len(p.segments) for p in parts), "segments")
 
-    def on_row(r: ScanRow) -> None:
-        if r.key not in rows:
-            rows[r.key] = r
-            bar.update(1, audio_s=r.duration_s)
+    def on_part(_: PartRef, got: list[ScanRow]) -> None:
+        rows.update((r.key, r) for r in got)
 
-    def make():
-        left = [p for p in parts if any(s.key not in rows for s in p.segments)]
-        return apply(dataset(left, PartRef), stage)
-
-    if parts:
-        run_pass("scan", make, ScanRow, on_row, retries, say)
+    resumable_pass("scan", parts, lambda p: p.unit, lambda left: apply(dataset(left, PartRef), stage), ScanRow,
+                   lambda r: r.unit, on_part, retries, say, expect=lambda p: len(p.segments),
+                   on_record=lambda r: bar.update(1, audio_s=r.duration_s))
     bar.close()
     return sorted(rows.values(), key=lambda r: r.key)
 
@@ -295,18 +279,16 @@ def _build(out: Output, work: list[BuildUnit], stage: Stage, progress, retries: 
         say(f"build: {len(built)} units already built; {len(todo)} to go")
     bar = progress("build", len(todo), "units")
 
-    def on_unit(b: BuiltUnit) -> None:
-        write_rows(marker(b.unit), [b], BuiltUnit)
-        built[b.unit] = b
+    def on_unit(_: BuildUnit, b: list[BuiltUnit]) -> None:
+        write_rows(marker(b[0].unit), b, BuiltUnit)
+        built[b[0].unit] = b[0]
         bar.update(1)
 
-    def make():
-        left = [u for u in todo if u.unit not in built]
+    def make(left: list[BuildUnit]):
         weights = [float(len(u.segments) or len(u.instructions)) for u in left]
         return apply(dataset(left, BuildUnit, weights), stage)
 
-    if todo:
-        run_pass("build", make, BuiltUnit, on_unit, retries, say)
+    resumable_pass("build", todo, lambda u: u.unit, make, BuiltUnit, lambda b: b.unit, on_unit, retries, say)
     bar.close()
     return [built[u.unit] for u in work]
 
@@ -328,13 +310,12 @@ def _pack(out: Output, rows: list[tuple[str, ExampleRow]], shards: ExampleShards
     results: dict[str, ExampleShardResult] = {}
     bar = progress("pack", len(plans), "shards")
 
-    def on_shard(r: ExampleShardResult) -> None:
-        results[r.name] = r
+    def on_shard(_: ExampleShardPlan, r: list[ExampleShardResult]) -> None:
+        results[r[0].name] = r[0]
         bar.update(1)
 
-    if plans:
-        run_pass("pack_examples", lambda: apply(dataset([p for p in plans if p.name not in results], ExampleShardPlan), stage),
-                 ExampleShardResult, on_shard, retries, say)
+    resumable_pass("pack_examples", plans, lambda p: p.name, lambda left: apply(dataset(left, ExampleShardPlan), stage),
+                   ExampleShardResult, lambda r: r.name, on_shard, retries, say)
     bar.close()
     return [results[p.name] for p in plans]
 
@@ -377,7 +358,9 @@ def _summary(cfg: BuildConfig, parents: list[Manifest], scan: list[ScanRow], p: 
     }
 
 
-def _print(summary: dict[str, Any]) -> None:
+def _show(summary: dict[str, Any]) -> str:
+    lines = []
     for k, v in summary.items():
         text = json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else str(v)
-        print(f"{k:<24}{text if len(text) < 400 else text[:400] + ' …'}", flush=True)
+        lines.append(f"{k:<24}{text if len(text) < 400 else text[:400] + ' …'}")
+    return "\n".join(lines)

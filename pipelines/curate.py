@@ -22,12 +22,12 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from pipelines.config import PREFIX_RE, ConfigError, ShardConfig, config_hash, name_problems, positive, show
+from pipelines.config import PREFIX_RE, ConfigError, ShardConfig, name_problems, positive, show
+from pipelines.job import Job, run_job
 from pipelines.output import Output, OutputError
 from pipelines.passes import SegmentPasses
-from pipelines.progress import Progress
-from pipelines.runtime import IngestRayConfig, cluster_cpus, cluster_gpus, init_ray, say
-from pipelines.stage import Resources, Stage, apply, dataset, run_pass
+from pipelines.runtime import IngestRayConfig, cluster_cpus, cluster_gpus, say
+from pipelines.stage import Resources, Stage, apply, dataset, resumable_pass
 from pipelines.stages.ingest import IngestJob, IngestStage, marker_url, read_marker
 from pipelines.stages.label import KeepLabels, LabelerError, ReadSegments, expand, labeler_stages, model_problem
 from pipelines.stages.labelers import LabelParams
@@ -41,7 +41,6 @@ from processors.segment import SegmentParams
 from processors.sources import FORMATS, ListingParams, SourceError, SourceSpec, check_source, list_inputs
 from processors.vad import VadParams
 from schemas.input import InputItem
-from schemas.manifest import Manifest, ShardEntry
 from schemas.reject import Reject
 from schemas.segment import IndexRow, SegmentAudio, SegmentLabels
 from schemas.shard import ShardPlan, ShardResult
@@ -198,21 +197,8 @@ def stages(cfg: CurateConfig, work: str, cpus: int, gpus: float = 0.0) -> dict[s
 
 def run(cfg: CurateConfig) -> dict[str, Any]:
     """Run the whole job; return the summary (also printed). Safe to rerun after a crash."""
-    t0 = time.monotonic()
-    out = Output(cfg.output, cfg.shards.prefix)
-    digest = config_hash(cfg, exclude=("output", "ray", "keep_work", "lock_stale_s"))
-    finished = out.finished_or_free(digest, "curate")
-    if finished is not None:
-        return finished
-    listing = list_all(cfg)
-    with out.lock(cfg.lock_stale_s):
-        if out.claim(digest):
-            say("resuming: finished inputs are skipped")
-        init_ray(cfg.ray)
-        job = _Job(cfg, out, listing, t0)
-        summary = job.run()
-    print(format_summary(summary), flush=True)
-    return summary
+    return run_job("curate", cfg, Output(cfg.output, cfg.shards.prefix), lambda job, listing: _Job(job, listing).run(),
+                   format_summary, prepare=lambda: list_all(cfg))
 
 
 @dataclasses.dataclass
@@ -247,14 +233,14 @@ def list_all(cfg: CurateConfig) -> _Listed:
 
 
 class _Job:
-    def __init__(self, cfg: CurateConfig, out: Output, listing: _Listed, t0: float):
-        self.cfg, self.out, self.listing, self.t0 = cfg, out, listing, t0
+    def __init__(self, job: Job, listing: _Listed):
+        self.job, self.cfg, self.out, self.listing, self.t0 = job, job.cfg, job.out, listing, job.t0
         self.cpus = cluster_cpus()
-        self.stages = stages(cfg, out.work, self.cpus, cluster_gpus())
+        self.stages = stages(self.cfg, self.out.work, self.cpus, cluster_gpus())
         self.seen = len(listing.items) + len(listing.rejects)
         self.times: dict[str, float] = {}
         self.prints: dict[str, np.ndarray] = {}     # unit → (n, 2) int32 fingerprint, kept apart from its record
-        self.passes = SegmentPasses(out, self.stages, cfg.ray, self._progress)
+        self.passes = SegmentPasses(self.out, self.stages, self.cfg.ray, job.progress)
         self.filtered = 0
 
     def run(self) -> dict[str, Any]:
@@ -290,10 +276,6 @@ class _Job:
         self.times[name] = time.monotonic() - t
         return result
 
-    def _progress(self, phase: str, total: int, unit: str, weight: float = 0.0) -> Progress:
-        r = self.cfg.ray
-        return Progress(phase, total, unit, weight, r.progress_every_s, enabled=r.progress)
-
     def _check_budget(self, rejected: int, seen: int) -> None:
         e = self.cfg.errors
         if seen >= e.min_inputs and rejected > e.max_reject_fraction * seen:
@@ -316,19 +298,18 @@ class _Job:
         todo = sorted((it for it in items if it.unit not in results), key=lambda it: (-seconds[it.unit], it.uri))
         if results:
             say(f"ingest: {len(results)} inputs already done, {len(todo)} to go")
-        progress = self._progress("ingest", len(todo), "inputs", float(sum(seconds.values())))
+        progress = self.job.progress("ingest", len(todo), "inputs", float(sum(seconds.values())))
         listed_rejects = len(self.listing.rejects)
         done_rejects = sum(not r.ok for r in results.values())
 
-        def on_result(r: UnitResult) -> None:
+        def on_result(_: InputItem, r: list[UnitResult]) -> None:
             nonlocal done_rejects
-            results[r.unit] = r = self._compact(r)
-            done_rejects += not r.ok
-            progress.update(1, seconds.get(r.unit, 0.0), r.duration_s)
+            results[r[0].unit] = u = self._compact(r[0])
+            done_rejects += not u.ok
+            progress.update(1, seconds.get(u.unit, 0.0), u.duration_s)
             self._check_budget(listed_rejects + done_rejects, listed_rejects + len(results))
 
-        def make():
-            left = [it for it in todo if it.unit not in results]
+        def make(left: list[InputItem]):
             # A few blocks per worker of about equal audio keep both the per-task overhead and the idle tail
             # small; a long list gets more blocks, so progress still moves.
             stage = self.stages["ingest"]
@@ -337,8 +318,8 @@ class _Job:
             stage = dataclasses.replace(stage, resources=dataclasses.replace(stage.resources, tasks=min(workers, blocks)))
             return apply(dataset(left, InputItem, [max(0.1, seconds[it.unit]) for it in left], blocks=blocks), stage)
 
-        if todo:
-            run_pass("ingest", make, UnitResult, on_result, self.cfg.ray.max_pass_retries, say)
+        resumable_pass("ingest", todo, lambda it: it.unit, make, UnitResult, lambda u: u.unit, on_result,
+                       self.cfg.ray.max_pass_retries, say)
         progress.close()
         return [results[it.unit] for it in items]
 
@@ -372,12 +353,8 @@ class _Job:
 
     def commit(self, shards: list[ShardResult], rejects: list[Reject], summary: dict[str, Any]) -> None:
         c = self.cfg
-        manifest = Manifest(
-            layer="segments", name=c.name, version=c.version, parent_version=c.parent_version or None,
-            config_hash=config_hash(c, exclude=("output", "ray", "keep_work", "lock_stale_s")),
-            summary={k: v for k, v in summary.items() if k not in TIMING_KEYS},
-            shards=tuple(ShardEntry(s.name, s.bytes, s.samples, s.sha256) for s in shards))
-        self.passes.commit(shards, rejects, manifest, c.keep_work, job_config(c))
+        manifest = self.job.manifest("segments", c.name, c.parent_version, summary, shards)
+        self.passes.commit(self.job, shards, rejects, manifest)
 
     def _summary(self, units: list[UnitResult], rejects: list[Reject], shards: list[ShardResult],
                  counts: MergeCounts, t_ray: float) -> dict[str, Any]:
@@ -405,17 +382,6 @@ class _Job:
             "audio_seconds_per_wall_second": round(decoded / wall, 2) if wall > 0 else 0.0,
             "job_seconds": round(time.monotonic() - t_ray, 2),
         }
-
-
-def job_config(cfg: Any) -> dict[str, Any]:
-    """The configuration as it made the output (without where it ran or wrote), for config.json: the same
-    for the same inputs and settings, like everything else in the output."""
-    from pipelines.config import to_dict
-
-    return {k: v for k, v in to_dict(cfg).items() if k not in ("output", "ray", "keep_work", "lock_stale_s")}
-
-
-TIMING_KEYS = ("wall_seconds", "audio_seconds_per_wall_second", "job_seconds", "stage_seconds")
 
 
 def copy_rank(u: UnitResult, target_level_dbfs: float) -> tuple:

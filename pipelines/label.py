@@ -16,19 +16,18 @@ import time
 from collections import Counter
 from typing import Any
 
-from pipelines.config import PREFIX_RE, ShardConfig, config_hash, name_problems, positive, show
-from pipelines.curate import TIMING_KEYS, job_config
+from pipelines.config import PREFIX_RE, ShardConfig, name_problems, positive, show
+from pipelines.job import Job, run_job
 from pipelines.output import Output, OutputError
 from pipelines.passes import SegmentPasses
-from pipelines.progress import Progress
-from pipelines.runtime import RayConfig, cluster_cpus, cluster_gpus, init_ray, say
+from pipelines.runtime import RayConfig, cluster_cpus, cluster_gpus, say
 from pipelines.stage import Resources, Stage
 from pipelines.stages.label import KeepLabels, LabelerError, ReadSegments, expand, labeler_stages, model_problem
 from pipelines.stages.labelers import LabelParams
 from pipelines.stages.pack import PackJob, PackStage
 from processors.filters import FilterParams
 from schemas.labels import Labels
-from schemas.manifest import Manifest, ShardEntry, read_manifest
+from schemas.manifest import Manifest, read_manifest
 from schemas.reject import Reject
 from schemas.segment import SegmentAudio, SegmentLabels
 from schemas.shard import ShardPlan, ShardResult
@@ -79,39 +78,31 @@ class LabelConfig:
 
 
 def run(cfg: LabelConfig) -> dict[str, Any]:
-    t0 = time.monotonic()
-    out = Output(cfg.output, cfg.shards.prefix)
-    digest = config_hash(cfg, exclude=("output", "ray", "keep_work", "lock_stale_s"))
+    return run_job("label", cfg, Output(cfg.output, cfg.shards.prefix), _work,
+                   lambda summary: "\n".join(f"{k:<24}{v}" for k, v in summary.items()))
+
+
+def _work(job: Job) -> dict[str, Any]:
+    cfg = job.cfg
     parent = read_manifest(cfg.input)
-    finished = out.finished_or_free(digest, "label")
-    if finished is not None:
-        return finished
     units = input_units(cfg.input, parent)
-    with out.lock(cfg.lock_stale_s):
-        out.claim(digest)
-        init_ray(cfg.ray)
-        cpus, gpus = cluster_cpus(), cluster_gpus()
-        stages = {"read": Stage("read", ReadSegments, PartRef, SegmentAudio, Resources(num_cpus=0.25))}
-        stages.update({s.name: s for s in labeler_stages(cfg.labelers, cfg.label, cpus, gpus)})
-        stages["keep_labels"] = Stage("keep_labels", KeepLabels, SegmentAudio, SegmentLabels, Resources(num_cpus=0.25))
-        stages["pack"] = Stage("pack", PackStage, ShardPlan, ShardResult,
-                               Resources(num_cpus=1, tasks=cfg.ray.pack_tasks_on(cpus)), PackJob(cfg.output.rstrip("/")))
-        progress = lambda *a: Progress(*a, every_s=cfg.ray.progress_every_s, enabled=cfg.ray.progress)  # noqa: E731
-        passes = SegmentPasses(out, stages, cfg.ray, progress)
-        say(f"{sum(len(u.segments) for u in units)} segments in {len(units)} shards of {cfg.input}; labelers: "
-            f"{', '.join(n for n in stages if n not in ('read', 'keep_labels', 'pack'))}")
-        patches = passes.run_labelers(units, {})
-        kept, rejects, filtered = passes.filter(units, patches, cfg.filters)
-        s = cfg.shards
-        shards = passes.pack(kept, patches, int(s.target_mb * (1 << 20)), s.max_samples, s.prefix)
-        summary = _summary(parent, shards, rejects, filtered, time.monotonic() - t0)
-        carried = [Reject.from_row(r) for r in _parent_rejects(cfg.input)]
-        manifest = Manifest(layer="segments", name=cfg.name or parent.name, version=cfg.version,
-                            parent_version=f"{parent.name}@{parent.version}", config_hash=digest,
-                            summary={k: v for k, v in summary.items() if k not in TIMING_KEYS},
-                            shards=tuple(ShardEntry(x.name, x.bytes, x.samples, x.sha256) for x in shards))
-        passes.commit(shards, carried + rejects, manifest, cfg.keep_work, job_config(cfg))
-    print("\n".join(f"{k:<24}{v}" for k, v in summary.items()), flush=True)
+    cpus, gpus = cluster_cpus(), cluster_gpus()
+    stages = {"read": Stage("read", ReadSegments, PartRef, SegmentAudio, Resources(num_cpus=0.25))}
+    stages.update({s.name: s for s in labeler_stages(cfg.labelers, cfg.label, cpus, gpus)})
+    stages["keep_labels"] = Stage("keep_labels", KeepLabels, SegmentAudio, SegmentLabels, Resources(num_cpus=0.25))
+    stages["pack"] = Stage("pack", PackStage, ShardPlan, ShardResult,
+                           Resources(num_cpus=1, tasks=cfg.ray.pack_tasks_on(cpus)), PackJob(cfg.output.rstrip("/")))
+    passes = SegmentPasses(job.out, stages, cfg.ray, job.progress)
+    say(f"{sum(len(u.segments) for u in units)} segments in {len(units)} shards of {cfg.input}; labelers: "
+        f"{', '.join(n for n in stages if n not in ('read', 'keep_labels', 'pack'))}")
+    patches = passes.run_labelers(units, {})
+    kept, rejects, filtered = passes.filter(units, patches, cfg.filters)
+    s = cfg.shards
+    shards = passes.pack(kept, patches, int(s.target_mb * (1 << 20)), s.max_samples, s.prefix)
+    summary = _summary(parent, shards, rejects, filtered, time.monotonic() - job.t0)
+    carried = [Reject.from_row(r) for r in _parent_rejects(cfg.input)]
+    manifest = job.manifest("segments", cfg.name or parent.name, f"{parent.name}@{parent.version}", summary, shards)
+    passes.commit(job, shards, carried + rejects, manifest)
     return summary
 
 

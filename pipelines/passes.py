@@ -14,7 +14,7 @@ import fsspec
 from pipelines.output import Output
 from pipelines.progress import Progress
 from pipelines.runtime import RayConfig, say
-from pipelines.stage import Stage, apply, dataset, run_pass
+from pipelines.stage import Stage, apply, dataset, resumable_pass
 from processors.filters import FilterParams
 from processors.shards import plan_shards
 from schemas import arrow
@@ -70,26 +70,16 @@ class SegmentPasses:
                 labels.update({s.key: s for s in read_rows(url, SegmentLabels)})
             else:
                 todo.append(u)
-        expect = {u.unit: len(u.segments) for u in todo}
         seconds = {s.key: s.end_s - s.start_s for u in todo for s in u.segments}
-        pending: dict[str, list[SegmentLabels]] = {}
-        progress = self.progress(name, sum(expect.values()), "segments")
+        progress = self.progress(name, sum(len(u.segments) for u in todo), "segments")
 
-        def on_labels(s: SegmentLabels) -> None:
-            pending[s.unit].append(s)
-            labels[s.key] = s
-            progress.update(1, audio_s=seconds.get(s.key, 0.0))
-            if len(pending[s.unit]) == expect[s.unit]:
-                write_rows(self._rows_url(folder, s.unit), sorted(pending.pop(s.unit), key=lambda x: x.key),
-                           SegmentLabels)
+        def on_unit(u: UnitResult, rows: list[SegmentLabels]) -> None:
+            write_rows(self._rows_url(folder, u.unit), sorted(rows, key=lambda x: x.key), SegmentLabels)
+            labels.update({s.key: s for s in rows})
 
-        def make():
-            left = [u for u in todo if u.unit in pending or not _exists(self._rows_url(folder, u.unit))]
-            pending.update({u.unit: [] for u in left})
-            return make_ds(left)
-
-        if todo:
-            run_pass(name, make, SegmentLabels, on_labels, self.ray.max_pass_retries, say)
+        resumable_pass(name, todo, lambda u: u.unit, make_ds, SegmentLabels, lambda s: s.unit, on_unit,
+                       self.ray.max_pass_retries, say, expect=lambda u: len(u.segments),
+                       on_record=lambda s: progress.update(1, audio_s=seconds.get(s.key, 0.0)))
         progress.close()
         return labels
 
@@ -152,19 +142,18 @@ class SegmentPasses:
         results: dict[str, ShardResult] = {}
         progress = self.progress("pack", len(plans), "shards")
 
-        def on_shard(r: ShardResult) -> None:
-            results[r.name] = r
+        def on_shard(_: ShardPlan, r: list[ShardResult]) -> None:
+            results[r[0].name] = r[0]
             progress.update(1)
 
-        def make():
-            left = [p for p in plans if p.name not in results]
+        def make(left: list[ShardPlan]):
             stage = self.stages["pack"]
             stage = dataclasses.replace(stage, resources=dataclasses.replace(
                 stage.resources, tasks=min(len(left), stage.resources.tasks)))
             return apply(dataset(left, ShardPlan), stage)
 
-        if plans:
-            run_pass("pack", make, ShardResult, on_shard, self.ray.max_pass_retries, say)
+        resumable_pass("pack", plans, lambda p: p.name, make, ShardResult, lambda r: r.name, on_shard,
+                       self.ray.max_pass_retries, say)
         progress.close()
         removed = self.out.remove_stale_shards(set(results))
         if removed:
@@ -173,10 +162,9 @@ class SegmentPasses:
 
     # ---- commit --------------------------------------------------------------------------------------
 
-    def commit(self, shards: list[ShardResult], rejects: list[Reject], manifest: Manifest, keep_work: bool,
-               config: dict[str, Any] | None = None) -> None:
-        index = [row.to_row() for shard in shards for row in shard.index]
-        commit_layer(self.out, index, INDEX_SCHEMA, rejects, manifest, keep_work, config)
+    @staticmethod
+    def commit(job, shards: list[ShardResult], rejects: list[Reject], manifest: Manifest) -> None:
+        job.commit([row.to_row() for shard in shards for row in shard.index], INDEX_SCHEMA, rejects, manifest)
 
 
 def commit_layer(out: Output, index: list[dict], index_schema, rejects: list[Reject], manifest: Manifest,

@@ -176,3 +176,36 @@ def run_pass(name: str, make: Callable[[], Any], cls: type, on_record: Callable[
                 say(f"{name}: a worker died ({type(cause).__name__}); rerunning what is left")
                 continue
             raise
+
+
+def resumable_pass(name: str, todo: list[Any], key: Callable[[Any], str], make: Callable[[list[Any]], Any],
+                   gives: type, owner: Callable[[Any], str], on_done: Callable[[Any, list[Any]], None],
+                   retries: int, say: Callable[[str], None], expect: Callable[[Any], int] = lambda _: 1,
+                   on_record: Callable[[Any], None] | None = None) -> None:
+    """The one shape of every resumable pass: ``make(left)`` builds the dataset of the work items not yet
+    done, each output record belongs to the item ``owner(record)`` names (its ``key``), and once an item
+    has its ``expect(item)`` records, ``on_done(item, records)`` keeps them (a marker, a file, a result).
+    A pass that loses a worker is rebuilt from the items not done; what had come of those is dropped, as
+    they are sent again whole. ``on_record`` sees each record as it comes (progress)."""
+    items = {key(t): t for t in todo}
+    done: set[str] = set()
+    pending: dict[str, list[Any]] = {}
+
+    def on(rec: Any) -> None:
+        k = owner(rec)
+        if k in done:
+            return
+        got = pending.setdefault(k, [])
+        got.append(rec)
+        if on_record is not None:
+            on_record(rec)
+        if len(got) == expect(items[k]):
+            done.add(k)
+            on_done(items[k], pending.pop(k))
+
+    def left():
+        pending.clear()
+        return make([t for t in todo if key(t) not in done])
+
+    if todo:
+        run_pass(name, left, gives, on, retries, say)

@@ -1,0 +1,163 @@
+"""How the curate job's memory and speed change with the corpus, and whether two nodes give the same output.
+
+    .venv/bin/python bench/scale.py [--hours 0.5] [--scale 10] [--skip-cluster]
+
+On one generated corpus of distinct recordings (TTS speech with pauses and music, as ``bench/curate.py``
+makes it) and on one ``--scale`` times its size, ``audiomill curate`` runs with a cheap labeler (each
+segment's zero-crossing rate, read from its FLAC) on 2 CPUs of embedded Ray, and the bench reports:
+
+- the driver process's own peak resident memory (``VmHWM``, read by the driver itself as it exits);
+- the largest Ray worker's peak (``VmHWM`` of every worker process, sampled while the job runs);
+- wall time, audio-s per core-s after Ray's start-up, and the job's per-stage seconds;
+- then the 1× corpus again on a local 2-node Ray cluster (``ray.cluster_utils.Cluster``, one CPU a node)
+  against one node, and whether the two outputs are byte-identical.
+
+The ratios print beside the goals they are held to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+LABELER = "tests.pipelines.toy_labelers:ZeroCrossing"
+
+
+def vm_hwm_mb(pid: int | str = "self") -> float:
+    """A process's peak resident set size so far, in MB (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def child(argv: list[str]) -> None:
+    """Run the CLI in this process, then print this process's own peak memory on its last line."""
+    from pipelines.cli import main
+
+    try:
+        rc = main(argv)
+    finally:
+        print(f"DRIVER_VMHWM_MB {vm_hwm_mb():.1f}", flush=True)
+    sys.exit(rc)
+
+
+def is_worker(cmdline: list[str]) -> bool:
+    text = " ".join(cmdline)
+    return "default_worker.py" in text or text.startswith("ray::")
+
+
+def run_job(corpus: Path, out: Path, cpus: int, address: str = "") -> dict:
+    """``audiomill curate`` in a fresh driver process; every worker process below this one is sampled."""
+    import psutil
+
+    cmd = [sys.executable, __file__, "--child", "curate", str(corpus), str(out), "ray.progress=false",
+           "keep_work=false", f"labelers=[{LABELER}]"]
+    cmd += [f"--address={address}"] if address else [f"ray.num_cpus={cpus}"]
+    t0 = time.monotonic()
+    proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    me = psutil.Process()
+    workers: dict[int, float] = {}
+    while proc.poll() is None:
+        for p in me.children(recursive=True):
+            if p.pid == proc.pid:
+                continue
+            try:
+                if is_worker(p.cmdline()):
+                    workers[p.pid] = max(workers.get(p.pid, 0.0), vm_hwm_mb(p.pid))
+            except psutil.Error:
+                pass
+        time.sleep(0.25)
+    wall = time.monotonic() - t0
+    log = proc.stdout.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"curate failed: {log[-3000:]}")
+    summary = json.loads((out / "manifest.json").read_text())["summary"]
+    line = lambda key: next(ln for ln in log.splitlines() if key in ln)  # noqa: E731
+    stages = dict(kv.split("=") for kv in line("stage seconds").split()[2:])
+    return {"driver_mb": float(line("DRIVER_VMHWM_MB").split()[1]), "worker_mb": max(workers.values(), default=0.0),
+            "wall": wall, "after_startup": float(line("after Ray start-up").split()[-1]) / cpus,
+            "hours": summary["audio_seconds_decoded"] / 3600, "segments": summary["segments"],
+            "inputs": summary["inputs_seen"], "stages": stages}
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    """Every file under ``a`` and ``b`` alike, byte for byte."""
+    names = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    if names != sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()):
+        return False
+    return all(filecmp.cmp(a / n, b / n, shallow=False) for n in names)
+
+
+def on_two_nodes(corpus: Path, out: Path) -> dict:
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 512 << 20})
+    try:
+        cluster.add_node(num_cpus=1, object_store_memory=512 << 20)
+        cluster.wait_for_nodes()
+        return run_job(corpus, out, 2, address=cluster.address)
+    finally:
+        cluster.shutdown()
+
+
+def show(name: str, r: dict) -> None:
+    print(f"{name:<22} {r['inputs']:6d} inputs {r['hours']:6.2f} h {r['segments']:7d} segments | driver "
+          f"{r['driver_mb']:6.0f} MB | largest worker {r['worker_mb']:6.0f} MB | wall {r['wall']:6.1f} s | "
+          f"{r['after_startup']:6.1f} audio-s per core-s after start-up | stages {r['stages']}", flush=True)
+
+
+def main() -> None:
+    from bench.curate import build_corpus
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hours", type=float, default=0.5)
+    ap.add_argument("--scale", type=int, default=10)
+    ap.add_argument("--skip-cluster", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="audiomill-scale-") as tmp:
+        tmp = Path(tmp)
+        build_corpus(tmp / "c1", args.hours * 60, seed=0)
+        build_corpus(tmp / "c10", args.hours * 60 * args.scale, seed=1)
+        one = run_job(tmp / "c1", tmp / "o1", 2)
+        show("1×, one node", one)
+        big = run_job(tmp / "c10", tmp / "o10", 2)
+        show(f"{args.scale}×, one node", big)
+        rows = [(f"driver peak RSS, {args.scale}× / 1×", big["driver_mb"] / one["driver_mb"], "≤ 1.10",
+                 big["driver_mb"] / one["driver_mb"] <= 1.1),
+                ("driver growth, MB per audio hour", (big["driver_mb"] - one["driver_mb"]) / (big["hours"] - one["hours"]),
+                 "≤ 1.00", (big["driver_mb"] - one["driver_mb"]) / (big["hours"] - one["hours"]) <= 1.0),
+                (f"largest worker's peak, {args.scale}× / 1×", big["worker_mb"] / one["worker_mb"], "≤ 1.20",
+                 big["worker_mb"] / one["worker_mb"] <= 1.2)]
+        if not args.skip_cluster:
+            two = on_two_nodes(tmp / "c1", tmp / "o1-2nodes")
+            show("1×, two nodes", two)
+            same = same_tree(tmp / "o1", tmp / "o1-2nodes")
+            rows.append(("2 nodes against 1, same output", float(same), "= 1", same))
+        print(f"\n{'figure':<36} {'measured':>9} {'goal':>7}  met")
+        for name, value, goal, met in rows:
+            print(f"{name:<36} {value:9.2f} {goal:>7}  {'yes' if met else 'NO'}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        child(sys.argv[2:])
+    else:
+        main()
