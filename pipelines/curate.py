@@ -29,7 +29,7 @@ from pipelines.passes import SegmentPasses
 from pipelines.runtime import IngestRayConfig, cluster_cpus, cluster_gpus, say
 from pipelines.stage import Resources, Stage, apply, dataset, resumable_pass
 from pipelines.stages.ingest import IngestJob, IngestStage, marker_url, read_marker
-from pipelines.stages.label import KeepLabels, LabelerError, ReadSegments, expand, labeler_stages, model_problem
+from pipelines.stages.label import LabelerError, ReadSegments, expand, labeler_stages, model_problem
 from pipelines.stages.labelers import LabelParams
 from pipelines.stages.pack import PackJob, PackStage
 from processors.audio import estimated_seconds, iter_standardised
@@ -42,7 +42,7 @@ from processors.sources import FORMATS, ListingParams, SourceError, SourceSpec, 
 from processors.vad import VadParams
 from schemas.input import InputItem
 from schemas.reject import Reject
-from schemas.segment import IndexRow, SegmentAudio, SegmentLabels
+from schemas.segment import IndexRow, SegmentAudio
 from schemas.shard import ShardPlan, ShardResult
 from schemas.unit import PartRef, UnitResult
 
@@ -186,8 +186,6 @@ def stages(cfg: CurateConfig, work: str, cpus: int, gpus: float = 0.0) -> dict[s
         out["read"] = Stage("read", ReadSegments, PartRef, SegmentAudio, Resources(num_cpus=0.25))
         for stage in labelers:
             out[stage.name] = stage
-        out["keep_labels"] = Stage("keep_labels", KeepLabels, SegmentAudio, SegmentLabels,
-                                   Resources(num_cpus=0.25))
     out["pack"] = Stage("pack", PackStage, ShardPlan, ShardResult,
                         Resources(num_cpus=1, tasks=r.pack_tasks_on(cpus)), PackJob(cfg.output.rstrip("/")))
     return out
@@ -257,14 +255,13 @@ class _Job:
         rejects += merge.rejects
         self._check_budget(len(rejects), self.seen)
         kept = [u for u in kept if u.unit not in merge.dropped]
-        patches = dict(merge.patches)
         if self.passes.labelers:
-            patches = self._timed("label", lambda: self.passes.run_labelers(kept, merge.patches))
-        kept, filtered, self.filtered = self.passes.filter(kept, patches, self.cfg.filters)
+            self._timed("label", lambda: self.passes.run_labelers(kept, merge.patches))
+        samples, filtered, self.filtered = self.passes.plan(kept, merge.patches, self.cfg.filters)
         rejects += filtered
         s = self.cfg.shards
-        shards = self._timed("pack", lambda: self.passes.pack(kept, patches, int(s.target_mb * (1 << 20)),
-                                                               s.max_samples, s.prefix))
+        shards = self._timed("pack", lambda: self.passes.pack(samples, int(s.target_mb * (1 << 20)), s.max_samples,
+                                                               s.prefix))
         summary = self._summary(units, rejects, shards, merge.counts, t_ray)
         self._timed("commit", lambda: self.commit(shards, rejects, summary))
         summary["stage_seconds"] = {k: round(v, 2) for k, v in self.times.items()}

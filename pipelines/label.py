@@ -22,14 +22,14 @@ from pipelines.output import Output, OutputError
 from pipelines.passes import SegmentPasses
 from pipelines.runtime import RayConfig, cluster_cpus, cluster_gpus, say
 from pipelines.stage import Resources, Stage
-from pipelines.stages.label import KeepLabels, LabelerError, ReadSegments, expand, labeler_stages, model_problem
+from pipelines.stages.label import LabelerError, ReadSegments, expand, labeler_stages, model_problem
 from pipelines.stages.labelers import LabelParams
 from pipelines.stages.pack import PackJob, PackStage
 from processors.filters import FilterParams
 from schemas.labels import Labels
 from schemas.manifest import Manifest, read_manifest
 from schemas.reject import Reject
-from schemas.segment import SegmentAudio, SegmentLabels
+from schemas.segment import SegmentAudio
 from schemas.shard import ShardPlan, ShardResult
 from schemas.unit import PartRef, SegmentRef, UnitResult
 
@@ -89,16 +89,15 @@ def _work(job: Job) -> dict[str, Any]:
     cpus, gpus = cluster_cpus(), cluster_gpus()
     stages = {"read": Stage("read", ReadSegments, PartRef, SegmentAudio, Resources(num_cpus=0.25))}
     stages.update({s.name: s for s in labeler_stages(cfg.labelers, cfg.label, cpus, gpus)})
-    stages["keep_labels"] = Stage("keep_labels", KeepLabels, SegmentAudio, SegmentLabels, Resources(num_cpus=0.25))
     stages["pack"] = Stage("pack", PackStage, ShardPlan, ShardResult,
                            Resources(num_cpus=1, tasks=cfg.ray.pack_tasks_on(cpus)), PackJob(cfg.output.rstrip("/")))
     passes = SegmentPasses(job.out, stages, cfg.ray, job.progress)
     say(f"{sum(len(u.segments) for u in units)} segments in {len(units)} shards of {cfg.input}; labelers: "
-        f"{', '.join(n for n in stages if n not in ('read', 'keep_labels', 'pack'))}")
-    patches = passes.run_labelers(units, {})
-    kept, rejects, filtered = passes.filter(units, patches, cfg.filters)
+        f"{', '.join(n for n in stages if n not in ('read', 'pack'))}")
+    passes.run_labelers(units, {})
+    samples, rejects, filtered = passes.plan(units, {}, cfg.filters)
     s = cfg.shards
-    shards = passes.pack(kept, patches, int(s.target_mb * (1 << 20)), s.max_samples, s.prefix)
+    shards = passes.pack(samples, int(s.target_mb * (1 << 20)), s.max_samples, s.prefix)
     summary = _summary(parent, shards, rejects, filtered, time.monotonic() - job.t0)
     carried = [Reject.from_row(r) for r in _parent_rejects(cfg.input)]
     manifest = job.manifest("segments", cfg.name or parent.name, f"{parent.name}@{parent.version}", summary, shards)

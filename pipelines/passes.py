@@ -15,12 +15,14 @@ from pipelines.output import Output
 from pipelines.progress import Progress
 from pipelines.runtime import RayConfig, say
 from pipelines.stage import Stage, apply, dataset, resumable_pass
+from pipelines.stages.label import LabelerError, counted, writer
 from processors.filters import FilterParams
+from processors.merge import labelled
 from processors.shards import plan_shards
 from schemas import arrow
 from schemas.manifest import Manifest, write_manifest
 from schemas.reject import REJECTS_SCHEMA, Reject
-from schemas.segment import INDEX_SCHEMA, SegmentLabels
+from schemas.segment import INDEX_SCHEMA, SegmentAudio, SegmentLabels, UnitLabelled
 from schemas.shard import Patch, PlannedSample, ShardPlan, ShardResult
 from schemas.unit import PartRef, UnitResult
 
@@ -32,112 +34,92 @@ def unit_level(stage: Stage) -> bool:
 
 
 class SegmentPasses:
+    """The labeler passes write each unit's labels to ``_work/<pass>/<unit>.arrow`` from the workers;
+    the driver hears only that a unit is done. The plan reads them back one unit at a time, and the pack
+    tasks read them for their own samples."""
+
     def __init__(self, out: Output, stages: dict[str, Stage], ray: RayConfig, progress: Callable[..., Progress]):
         self.out, self.stages, self.ray, self.progress = out, stages, ray, progress
+        self.ran: list[tuple[str, bool]] = []       # (folder under _work, holds whole labels) of each pass run
 
     @property
     def labelers(self) -> bool:
         return "read" in self.stages
 
-    def run_labelers(self, kept: list[UnitResult], patches: dict[str, Patch]) -> dict[str, Patch]:
-        """The unit-level labelers (speakers) first, each as its own pass, then the per-segment ones."""
+    def run_labelers(self, kept: list[UnitResult], patches: dict[str, Patch]) -> None:
+        """The unit-level labelers (speakers) first, each as its own pass, then the per-segment ones; each
+        segment's labels from a pass reach the passes after it (and the plan and pack) through storage."""
         for name, stage in self.stages.items():
             if unit_level(stage):
-                patches = self.unit_pass(name, stage, kept, patches)
-        if any(not unit_level(s) for n, s in self.stages.items() if n not in NOT_LABELERS + ("read", "keep_labels")):
-            patches = self.label(kept, patches)
-        return patches
+                self._pass(name, name, kept, lambda left, s=stage: apply(
+                    dataset([self._part(u, patches) for u in left], PartRef), counted(s)), SegmentLabels)
+                self.ran.append((name, False))
+        if any(not unit_level(s) for n, s in self.stages.items() if n not in NOT_LABELERS + ("read",)):
+            def make_ds(left):
+                ds = dataset([self._part(u, patches) for u in left], PartRef)
+                for name, stage in self.stages.items():
+                    if name not in NOT_LABELERS and not unit_level(stage):
+                        ds = apply(ds, stage)
+                return ds
 
-    def unit_pass(self, name: str, stage: Stage, kept: list[UnitResult], patches: dict[str, Patch]) -> dict[str, Patch]:
-        """A labeler that sees each source's segments together; the labels it gives join the patches."""
-        found = self._collect(name, name, kept, lambda left: apply(dataset([_part(u, patches) for u in left], PartRef), stage))
-        out = dict(patches)
-        for key, r in found.items():
-            kinds = {k: getattr(r.labels, k) for k in r.labels.kinds()}
-            if kinds:
-                p = out.get(key, Patch())
-                out[key] = dataclasses.replace(p, labels=p.labels.replace(**kinds))
-        return out
+            self._pass("label", "labels", kept, make_ds, SegmentAudio)
+            self.ran.append(("labels", True))
 
-    def _collect(self, name: str, folder: str, kept: list[UnitResult], make_ds) -> dict[str, SegmentLabels]:
-        """Run the pass ``name`` that gives a ``SegmentLabels`` per segment of each unit; a unit's rows are kept
-        under _work/<folder>/ once all are in, and a rerun skips those units."""
-        labels: dict[str, SegmentLabels] = {}
-        todo = []
-        for u in kept:
-            url = self._rows_url(folder, u.unit)
-            if _exists(url):
-                labels.update({s.key: s for s in read_rows(url, SegmentLabels)})
-            else:
-                todo.append(u)
-        seconds = {s.key: s.end_s - s.start_s for u in todo for s in u.segments}
+    def _pass(self, name: str, folder: str, kept: list[UnitResult], make_ds, rows: type) -> None:
+        """Run the pass ``name`` over the kept units whose labels are not yet under _work/<folder>/."""
+        todo = [u for u in kept if u.segments and not _exists(self._rows_url(folder, u.unit))]
         progress = self.progress(name, sum(len(u.segments) for u in todo), "segments")
-
-        def on_unit(u: UnitResult, rows: list[SegmentLabels]) -> None:
-            write_rows(self._rows_url(folder, u.unit), sorted(rows, key=lambda x: x.key), SegmentLabels)
-            labels.update({s.key: s for s in rows})
-
-        resumable_pass(name, todo, lambda u: u.unit, make_ds, SegmentLabels, lambda s: s.unit, on_unit,
-                       self.ray.max_pass_retries, say, expect=lambda u: len(u.segments),
-                       on_record=lambda s: progress.update(1, audio_s=seconds.get(s.key, 0.0)))
+        write = writer(f"write_{folder}", rows, posixpath.join(self.out.work, folder))
+        left = resumable_pass(name, todo, lambda u: u.unit, lambda left: apply(make_ds(left), write), UnitLabelled,
+                              lambda a: a.unit, lambda _, a: progress.update(a[0].segments, audio_s=a[0].audio_s),
+                              self.ray.max_pass_retries, say)
         progress.close()
-        return labels
+        if left:
+            raise LabelerError(f"{name}: {len(left)} unit(s) came back without a label row for each segment "
+                               f"(first {left[0].uri}); a labeler must return one record per record it gets")
 
     def _rows_url(self, folder: str, unit: str) -> str:
         return posixpath.join(self.out.work, folder, unit + ".arrow")
 
-    def label(self, kept: list[UnitResult], patches: dict[str, Patch]) -> dict[str, Patch]:
-        """Run the per-segment labeler stages over the kept segments (``patches`` applied first); return the
-        patches with the labels as labelled."""
-        def make_ds(left):
-            ds = dataset([_part(u, patches) for u in left], PartRef)
-            for name, stage in self.stages.items():
-                if name not in NOT_LABELERS and not unit_level(stage):
-                    ds = apply(ds, stage)
-            return ds
+    def _labelled(self, u: UnitResult, patches: dict[str, Patch]) -> list[Patch]:
+        """Each segment's patch: dedup's, then what every pass run so far gave it (read from storage)."""
+        rows = [({r.key: r for r in read_rows(self._rows_url(folder, u.unit), SegmentLabels)}, whole)
+                for folder, whole in self.ran]
+        return [labelled(patches.get(s.key, Patch()), s.kind, [(found.get(s.key), whole) for found, whole in rows])
+                for s in u.segments]
 
-        labels = self._collect("label", "labels", kept, make_ds)
-        kind = {s.key: s.kind for u in kept for s in u.segments}
-        out = dict(patches)
-        for key, s in labels.items():
-            out[key] = dataclasses.replace(patches.get(key, Patch()), labels=s.labels,
-                                           kind=s.kind if s.kind and s.kind != kind.get(key) else "")
-        return out
+    def _part(self, u: UnitResult, patches: dict[str, Patch]) -> PartRef:
+        return PartRef(u.unit, u.uri, u.file_sha256, u.part, u.segments, tuple(self._labelled(u, patches)))
 
-    # ---- filters -------------------------------------------------------------------------------------
+    # ---- the plan ------------------------------------------------------------------------------------
 
-    @staticmethod
-    def filter(kept: list[UnitResult], patches: dict[str, Patch], filters: FilterParams
-               ) -> tuple[list[UnitResult], list[Reject], int]:
-        """Drop the segments a filter rejects: (units with what is left, rejects, segments dropped). A unit
-        left with no segment is rejected as a whole (``filtered``), so every input stays accounted for."""
-        if not filters.active():
-            return kept, [], 0
-        out, rejects, dropped = [], [], 0
-        for u in kept:
+    def plan(self, kept: list[UnitResult], patches: dict[str, Patch], filters: FilterParams
+             ) -> tuple[list[PlannedSample], list[Reject], int]:
+        """The samples to pack, in uri order, and what the filters drop: (samples, rejects, segments
+        dropped). A unit left with no segment is rejected as a whole (``filtered``), so every input stays
+        accounted for. A sample carries dedup's patch only; pack lays the passes' labels over it."""
+        samples, rejects, dropped = [], [], 0
+        for u in sorted(kept, key=lambda u: u.uri):
+            final = self._labelled(u, patches) if filters.active() else [Patch()] * len(u.segments)
             keep = []
-            for s in u.segments:
-                p = patches.get(s.key, Patch())
-                labels = s.labels.replace(**{k: getattr(p.labels, k) for k in p.labels.kinds()}) if p else s.labels
-                verdict = filters.verdict(labels, p.kind or s.kind)
+            for s, p in zip(u.segments, final):
+                verdict = filters.verdict(s.labels.replace(**{k: getattr(p.labels, k) for k in p.labels.kinds()}),
+                                          p.kind or s.kind) if filters.active() else None
                 if verdict is None:
-                    keep.append(s)
+                    keep.append(PlannedSample(s.key, u.part, s.offset, s.size, patches.get(s.key, Patch()), u.unit))
                     continue
                 dropped += 1
                 rejects.append(Reject(u.uri, "filter", verdict[0],
                                       f"segment {s.key} ({s.start_s:.2f}–{s.end_s:.2f} s): {verdict[1]}"))
-            if keep:
-                out.append(dataclasses.replace(u, segments=tuple(keep)))
+            if keep or not filters.active():
+                samples += keep
             else:
                 rejects.append(Reject(u.uri, "filter", "filtered", f"all {len(u.segments)} segments filtered out"))
-        return out, rejects, dropped
+        return samples, rejects, dropped
 
     # ---- pack ----------------------------------------------------------------------------------------
 
-    def pack(self, kept: list[UnitResult], patches: dict[str, Patch], target_bytes: int, max_samples: int,
-             prefix: str) -> list[ShardResult]:
-        samples = [PlannedSample(s.key, u.part, s.offset, s.size, patches.get(s.key, Patch()))
-                   for u in sorted(kept, key=lambda u: u.uri) for s in u.segments]
+    def pack(self, samples: list[PlannedSample], target_bytes: int, max_samples: int, prefix: str) -> list[ShardResult]:
         plans = plan_shards(samples, target_bytes, max_samples, prefix)
         results: dict[str, ShardResult] = {}
         progress = self.progress("pack", len(plans), "shards")
@@ -148,7 +130,8 @@ class SegmentPasses:
 
         def make(left: list[ShardPlan]):
             stage = self.stages["pack"]
-            stage = dataclasses.replace(stage, resources=dataclasses.replace(
+            stage = dataclasses.replace(stage, params=dataclasses.replace(
+                stage.params, work=self.out.work, labels=tuple(self.ran)), resources=dataclasses.replace(
                 stage.resources, tasks=min(len(left), stage.resources.tasks)))
             return apply(dataset(left, ShardPlan), stage)
 
@@ -189,10 +172,6 @@ def commit_layer(out: Output, index: list[dict], index_schema, rejects: list[Rej
     write_manifest(out.url, manifest)
     if not keep_work:
         out.remove_work()
-
-
-def _part(u: UnitResult, patches: dict[str, Patch]) -> PartRef:
-    return PartRef(u.unit, u.uri, u.file_sha256, u.part, u.segments, tuple(patches.get(s.key, Patch()) for s in u.segments))
 
 
 def _exists(url: str) -> bool:

@@ -181,12 +181,13 @@ def run_pass(name: str, make: Callable[[], Any], cls: type, on_record: Callable[
 def resumable_pass(name: str, todo: list[Any], key: Callable[[Any], str], make: Callable[[list[Any]], Any],
                    gives: type, owner: Callable[[Any], str], on_done: Callable[[Any, list[Any]], None],
                    retries: int, say: Callable[[str], None], expect: Callable[[Any], int] = lambda _: 1,
-                   on_record: Callable[[Any], None] | None = None) -> None:
+                   on_record: Callable[[Any], None] | None = None) -> list[Any]:
     """The one shape of every resumable pass: ``make(left)`` builds the dataset of the work items not yet
     done, each output record belongs to the item ``owner(record)`` names (its ``key``), and once an item
     has its ``expect(item)`` records, ``on_done(item, records)`` keeps them (a marker, a file, a result).
     A pass that loses a worker is rebuilt from the items not done; what had come of those is dropped, as
-    they are sent again whole. ``on_record`` sees each record as it comes (progress)."""
+    they are sent again whole. ``on_record`` sees each record as it comes (progress). Returns the items
+    that never got all their records (none, unless a stage drops records)."""
     items = {key(t): t for t in todo}
     done: set[str] = set()
     pending: dict[str, list[Any]] = {}
@@ -209,3 +210,4 @@ def resumable_pass(name: str, todo: list[Any], key: Callable[[Any], str], make: 
 
     if todo:
         run_pass(name, left, gives, on, retries, say)
+    return [t for t in todo if key(t) not in done]

@@ -286,3 +286,19 @@ def _dup_json(d: DuplicateRef) -> dict[str, Any]:
     if d.labels.kinds():
         out["labels"] = d.labels.to_dict()
     return out
+
+
+def labelled(patch: Patch, kind: str, passes: list[tuple[Any, bool]]) -> Patch:
+    """A segment's patch with what the labeler passes gave it (``SegmentLabels`` or None, in the order
+    they ran): a unit-level pass's kinds are laid over the labels; the per-segment pass (``True``), whose
+    rows hold the segment's whole labels, replaces them, and its kind replaces ``kind`` where it differs."""
+    for row, whole in passes:
+        if row is None:
+            continue
+        if whole:
+            patch = dataclasses.replace(patch, labels=row.labels, kind=row.kind if row.kind and row.kind != kind else "")
+        else:
+            kinds = {k: getattr(row.labels, k) for k in row.labels.kinds()}
+            if kinds:
+                patch = dataclasses.replace(patch, labels=patch.labels.replace(**kinds))
+    return patch

@@ -100,6 +100,7 @@ class SegmentAudio:
     kind: str
     labels: Labels
     flac: bytes
+    unit_segments: int = 0           # how many of its unit's segments the pass labels (the writer waits for all)
 
     def to_row(self) -> dict[str, Any]:
         return arrow.to_row(self)
@@ -184,3 +185,13 @@ class SegmentLabels:
     unit: str
     labels: Labels
     kind: str = ""
+    unit_segments: int = 0           # as in SegmentAudio
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UnitLabelled:
+    """A labeler pass's word that all of a unit's labels are written (labels go to storage, not back)."""
+
+    unit: str
+    segments: int
+    audio_s: float

@@ -54,7 +54,8 @@ class PlannedSample:
     part: str                         # the unit's part tar
     offset: int
     size: int
-    patch: Patch = Patch()
+    patch: Patch = Patch()            # dedup's changes
+    unit: str = ""                    # the unit whose labeler passes' rows pack lays over ``patch``
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import posixpath
 from collections.abc import Iterator
 
 import fsspec
@@ -22,7 +23,7 @@ import fsspec
 from pipelines.stage import Resources, Stage, StageFn
 from processors.merge import apply_patch
 from processors.shards import read_sample
-from schemas.segment import Segment, SegmentAudio, SegmentLabels
+from schemas.segment import Segment, SegmentAudio, SegmentLabels, UnitLabelled
 from schemas.unit import PartRef
 
 LABELERS: dict[str, str] = {           # name → "module:Class", in the order [auto] runs them
@@ -124,12 +125,61 @@ class ReadSegments(StageFn):
 
     def __call__(self, parts: list[PartRef]) -> list[SegmentAudio]:
         return [SegmentAudio(key=seg.id, unit=p.unit, uri=p.uri, source_sha256=p.source_sha256, start_s=seg.start_s,
-                             end_s=seg.end_s, kind=seg.kind, labels=seg.labels, flac=flac)
+                             end_s=seg.end_s, kind=seg.kind, labels=seg.labels, flac=flac,
+                             unit_segments=len(p.segments))
                 for p in parts for seg, flac in read_part(p)]
 
 
-class KeepLabels(StageFn):
-    """Leave the audio behind: only labels go back to the driver."""
+class Counted(StageFn):
+    """A unit-level labeler (``params``: its class and its own params) whose rows say how many segments
+    their unit has, which ``WriteLabels`` waits for: a unit's ``PartRef`` comes in whole, so the count is
+    its number of segments."""
 
-    def __call__(self, segments: list[SegmentAudio]) -> list[SegmentLabels]:
-        return [SegmentLabels(key=s.key, unit=s.unit, labels=s.labels, kind=s.kind) for s in segments]
+    def setup(self) -> None:
+        cls, params = self.params
+        self.inner = cls()
+        self.inner.params = params
+        self.inner.setup()
+
+    def __call__(self, parts: list[PartRef]) -> list[SegmentLabels]:
+        n = {p.unit: len(p.segments) for p in parts}
+        return [dataclasses.replace(r, unit_segments=n[r.unit]) for r in self.inner(parts)]
+
+
+def counted(stage: Stage) -> Stage:
+    return dataclasses.replace(stage, fn=Counted, params=(stage.fn, stage.params))
+
+
+class WriteLabels(StageFn):
+    """The end of a labeler pass, one actor: it leaves the audio behind, keeps each unit's labels until all
+    its segments are in, writes them to ``<params>/<unit>.arrow`` (sorted by key) and sends back only a
+    ``UnitLabelled``. The labels never travel to the driver; the pack tasks read them from there. A unit
+    whose rows were cut short by a lost worker has no file, and the pass's rerun labels it again whole."""
+
+    params: str
+
+    def setup(self) -> None:
+        self.pending: dict[str, list[SegmentLabels]] = {}
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, rows: list) -> list[UnitLabelled]:
+        from pipelines.passes import write_rows
+
+        done = []
+        for r in rows:
+            mine = self.pending.setdefault(r.unit, [])
+            mine.append(SegmentLabels(key=r.key, unit=r.unit, labels=r.labels, kind=r.kind))
+            self.seconds[r.unit] = self.seconds.get(r.unit, 0.0) + getattr(r, "end_s", 0.0) - getattr(r, "start_s", 0.0)
+            if len(mine) == r.unit_segments:
+                del self.pending[r.unit]
+                write_rows(posixpath.join(self.params, r.unit + ".arrow"), sorted(mine, key=lambda x: x.key),
+                           SegmentLabels)
+                done.append(UnitLabelled(r.unit, len(mine), self.seconds.pop(r.unit)))
+        return done
+
+
+def writer(name: str, takes: type, folder: str) -> Stage:
+    """The ``WriteLabels`` stage of a pass, taking ``SegmentAudio`` (the per-segment labelers) or
+    ``SegmentLabels`` (a unit-level one). It reserves no CPU: a light single actor must not keep the
+    labelers' pools from their share, or the read tasks from theirs."""
+    return Stage(name, WriteLabels, takes, UnitLabelled, Resources(num_cpus=0, actors=1, batch_size=16), folder)

@@ -47,3 +47,10 @@ class DiesOnce(ZeroCrossing):
             os._exit(1)
         return super().__call__(segments)
 
+
+
+class DropsLast(ZeroCrossing):
+    """Loses the last segment of every batch: a labeler bug the pass must notice."""
+
+    def __call__(self, segments: list[SegmentAudio]) -> list[SegmentAudio]:
+        return super().__call__(segments)[:-1]
