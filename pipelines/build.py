@@ -231,7 +231,7 @@ def _work(job: Job) -> dict[str, Any]:
     summary = _summary(cfg, parents, scan, p, index, rejects, counts, evals, time.monotonic() - job.t0)
     name = cfg.name or f"{parents[0].name}-examples"
     manifest = job.manifest("examples", name, ",".join(f"{m.name}@{m.version}" for m in parents), summary, shards)
-    job.commit([arrow.to_row(r) for r in index], EXAMPLE_INDEX_SCHEMA, rejects, manifest)
+    job.commit([arrow.to_table(index, ExampleIndexRow)], EXAMPLE_INDEX_SCHEMA, rejects, manifest)
     return summary
 
 

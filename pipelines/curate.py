@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Any
 
 import fsspec
@@ -42,7 +42,7 @@ from processors.sources import FORMATS, ListingParams, SourceError, SourceSpec, 
 from processors.vad import VadParams
 from schemas.input import InputItem
 from schemas.reject import Reject
-from schemas.segment import IndexRow, SegmentAudio
+from schemas.segment import SegmentAudio
 from schemas.shard import ShardPlan, ShardResult
 from schemas.unit import PartRef, UnitResult
 
@@ -355,22 +355,23 @@ class _Job:
 
     def _summary(self, units: list[UnitResult], rejects: list[Reject], shards: list[ShardResult],
                  counts: MergeCounts, t_ray: float) -> dict[str, Any]:
-        index = [row for shard in shards for row in shard.index]
+        index = self.passes.totals(shards)
         wall = time.monotonic() - self.t0
         decoded = sum(u.duration_s for u in units if u.ok)
         warnings = Counter(w.split(":", 1)[0] for u in units for w in u.warnings)
+        hours = lambda seconds: {k: round(v / 3600, 4) for k, v in sorted(seconds.items())}  # noqa: E731
         return {
             "inputs_seen": self.seen,
-            "accepted": len({r.uri for r in index}),
+            "accepted": index.inputs,
             "rejected": sum(r.stage != "filter" or r.reason == "filtered" for r in rejects),   # inputs
             "segments_filtered": self.filtered,
             "rejected_by_reason": dict(sorted(Counter(r.reason for r in rejects).items())),
-            "hours_by_language": _hours_by(index, lambda r: r.language or ""),
-            "top_events": dict(Counter(e for r in index if r.kind != "speech" for e in r.events[:1]).most_common(10)),
-            "speaker_counts": dict(sorted(Counter(str(r.speakers) for r in index if r.speakers).items())),
-            "segments": len(index),
-            "segments_by_kind": dict(sorted(Counter(r.kind for r in index).items())),
-            "hours_by_kind": {k: round(v / 3600, 4) for k, v in sorted(_seconds_by_kind(index).items())},
+            "hours_by_language": hours(index.seconds_by_language),
+            "top_events": dict(index.first_sound_events.most_common(10)),
+            "speaker_counts": dict(sorted(index.speakers.items())),
+            "segments": index.segments,
+            "segments_by_kind": dict(sorted(index.kinds.items())),
+            "hours_by_kind": hours(index.seconds_by_kind),
             "labels": counts.as_dict(),
             "warnings": dict(sorted(warnings.items())),
             "sidecars_ignored": dict(sorted(self.listing.ignored.items())),
@@ -387,21 +388,6 @@ def copy_rank(u: UnitResult, target_level_dbfs: float) -> tuple:
     ``target_level_dbfs``, then the longer, then by uri."""
     return (-u.label_count, not u.lossless, -u.native_sample_rate, -round(u.bandwidth_hz, -2),
             round(abs(u.level_dbfs - target_level_dbfs), 1), -u.duration_s, u.uri)
-
-
-def _hours_by(index: list[IndexRow], key) -> dict[str, float]:
-    acc: dict[str, float] = defaultdict(float)
-    for r in index:
-        if key(r):
-            acc[key(r)] += r.duration_s
-    return {k: round(v / 3600, 4) for k, v in sorted(acc.items())}
-
-
-def _seconds_by_kind(index: list[IndexRow]) -> dict[str, float]:
-    acc: dict[str, float] = defaultdict(float)
-    for r in index:
-        acc[r.kind] += r.duration_s
-    return acc
 
 
 def format_summary(s: dict[str, Any]) -> str:

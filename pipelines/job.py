@@ -56,7 +56,8 @@ class Job:
                         config_hash=self.digest, summary={k: v for k, v in summary.items() if k not in TIMING_KEYS},
                         shards=tuple(ShardEntry(s.name, s.bytes, s.samples, s.sha256) for s in shards))
 
-    def commit(self, index: list[dict], index_schema, rejects, manifest: Manifest) -> None:
+    def commit(self, index, index_schema, rejects, manifest: Manifest) -> None:
+        """``index``: its rows as Arrow tables, in order."""
         from pipelines.passes import commit_layer
 
         commit_layer(self.out, index, index_schema, rejects, manifest, self.cfg.keep_work, job_config(self.cfg))

@@ -19,7 +19,7 @@ from typing import Any
 from pipelines.config import PREFIX_RE, ShardConfig, name_problems, positive, show
 from pipelines.job import Job, run_job
 from pipelines.output import Output, OutputError
-from pipelines.passes import SegmentPasses
+from pipelines.passes import IndexTotals, SegmentPasses
 from pipelines.runtime import RayConfig, cluster_cpus, cluster_gpus, say
 from pipelines.stage import Resources, Stage
 from pipelines.stages.label import LabelerError, ReadSegments, expand, labeler_stages, model_problem
@@ -98,7 +98,7 @@ def _work(job: Job) -> dict[str, Any]:
     samples, rejects, filtered = passes.plan(units, {}, cfg.filters)
     s = cfg.shards
     shards = passes.pack(samples, int(s.target_mb * (1 << 20)), s.max_samples, s.prefix)
-    summary = _summary(parent, shards, rejects, filtered, time.monotonic() - job.t0)
+    summary = _summary(parent, passes.totals(shards), rejects, filtered, time.monotonic() - job.t0)
     carried = [Reject.from_row(r) for r in _parent_rejects(cfg.input)]
     manifest = job.manifest("segments", cfg.name or parent.name, f"{parent.name}@{parent.version}", summary, shards)
     passes.commit(job, shards, carried + rejects, manifest)
@@ -183,18 +183,15 @@ def _parent_rejects(url: str) -> list[dict]:
         return pq.read_table(f).to_pylist()
 
 
-def _summary(parent: Manifest, shards: list[ShardResult], rejects: list[Reject], filtered: int,
-             wall: float) -> dict[str, Any]:
-    index = [row for s in shards for row in s.index]
+def _summary(parent: Manifest, index: IndexTotals, rejects: list[Reject], filtered: int, wall: float) -> dict[str, Any]:
     return {
         "parent": f"{parent.name}@{parent.version}",
         "segments_in": parent.summary.get("segments"),
-        "segments": len(index),
+        "segments": index.segments,
         "segments_filtered": filtered,
         "filtered_by_reason": dict(sorted(Counter(r.reason for r in rejects if r.reason != "filtered").items())),
-        "segments_by_kind": dict(sorted(Counter(r.kind for r in index).items())),
-        "languages": dict(sorted(Counter(r.language for r in index if r.language).items())),
-        "top_events": dict(Counter(r.events[0] for r in index if r.events).most_common(10)),
+        "segments_by_kind": dict(sorted(index.kinds.items())),
+        "languages": dict(sorted(index.languages.items())),
+        "top_events": dict(index.first_events.most_common(10)),
         "wall_seconds": round(wall, 2),
     }
-

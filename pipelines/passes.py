@@ -6,10 +6,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import posixpath
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import fsspec
+import pyarrow as pa
 
 from pipelines.output import Output
 from pipelines.progress import Progress
@@ -22,7 +24,7 @@ from processors.shards import plan_shards
 from schemas import arrow
 from schemas.manifest import Manifest, write_manifest
 from schemas.reject import REJECTS_SCHEMA, Reject
-from schemas.segment import INDEX_SCHEMA, SegmentAudio, SegmentLabels, UnitLabelled
+from schemas.segment import INDEX_SCHEMA, IndexRow, SegmentAudio, SegmentLabels, UnitLabelled
 from schemas.shard import Patch, PlannedSample, ShardPlan, ShardResult
 from schemas.unit import PartRef, UnitResult
 
@@ -145,33 +147,99 @@ class SegmentPasses:
 
     # ---- commit --------------------------------------------------------------------------------------
 
-    @staticmethod
-    def commit(job, shards: list[ShardResult], rejects: list[Reject], manifest: Manifest) -> None:
-        job.commit([row.to_row() for shard in shards for row in shard.index], INDEX_SCHEMA, rejects, manifest)
+    def index_parts(self, shards: list[ShardResult]) -> Iterator[pa.Table]:
+        """The index rows each pack task wrote, one shard's table at a time, in shard order."""
+        for shard in shards:
+            yield read_table(index_part(self.out.work, shard.name))
+
+    def totals(self, shards: list[ShardResult]) -> IndexTotals:
+        totals = IndexTotals()
+        for table in self.index_parts(shards):
+            totals.add(arrow.from_table(IndexRow, table))
+        return totals
+
+    def commit(self, job, shards: list[ShardResult], rejects: list[Reject], manifest: Manifest) -> None:
+        job.commit(self.index_parts(shards), INDEX_SCHEMA, rejects, manifest)
 
 
-def commit_layer(out: Output, index: list[dict], index_schema, rejects: list[Reject], manifest: Manifest,
+class IndexTotals:
+    """What a job's summary says of its index, added up one shard's rows at a time (the rows come in uri
+    order, so a new uri is a new input)."""
+
+    def __init__(self) -> None:
+        self.segments = self.inputs = 0
+        self._uri: str | None = None
+        self.kinds: Counter = Counter()
+        self.languages: Counter = Counter()
+        self.speakers: Counter = Counter()
+        self.first_events: Counter = Counter()            # every segment's first event
+        self.first_sound_events: Counter = Counter()      # of sound and music segments
+        self.seconds_by_kind: dict[str, float] = defaultdict(float)
+        self.seconds_by_language: dict[str, float] = defaultdict(float)
+
+    def add(self, rows: list[IndexRow]) -> None:
+        for r in rows:
+            self.segments += 1
+            if r.uri != self._uri:
+                self.inputs, self._uri = self.inputs + 1, r.uri
+            self.kinds[r.kind] += 1
+            self.seconds_by_kind[r.kind] += r.duration_s
+            if r.language:
+                self.languages[r.language] += 1
+                self.seconds_by_language[r.language] += r.duration_s
+            if r.speakers:
+                self.speakers[str(r.speakers)] += 1
+            if r.events:
+                self.first_events[r.events[0]] += 1
+                if r.kind != "speech":
+                    self.first_sound_events[r.events[0]] += 1
+
+
+def commit_layer(out: Output, index: Iterable[pa.Table], index_schema, rejects: list[Reject], manifest: Manifest,
                  keep_work: bool, config: dict[str, Any] | None = None) -> None:
-    """The commit of any layer: index and rejects (sorted), the card, then the manifest last; ``_work`` goes
-    unless kept."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    """The commit of any layer: the index (its tables streamed into one file, in order), the rejects
+    (sorted), the card, then the manifest last; ``_work`` goes unless kept."""
     from pipelines.card import write_card
-    from schemas.files import atomic_write
-
-    def parquet(rows: list[dict], schema) -> bytes:
-        buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)
-        return buf.getvalue()
 
     reject_rows = sorted((r.to_row() for r in rejects), key=lambda r: (r["uri"], r["stage"], r["reason"], r["detail"]))
-    atomic_write(out.join("index.parquet"), parquet(index, index_schema))
-    atomic_write(out.join("rejects.parquet"), parquet(reject_rows, REJECTS_SCHEMA))
+    write_parquet(out.join("index.parquet"), index, index_schema)
+    write_parquet(out.join("rejects.parquet"), [pa.Table.from_pylist(reject_rows, schema=REJECTS_SCHEMA)], REJECTS_SCHEMA)
     write_card(out.url, manifest, config)
     write_manifest(out.url, manifest)
     if not keep_work:
         out.remove_work()
+
+
+def write_parquet(url: str, tables: Iterable[pa.Table], schema: pa.Schema, group_rows: int = 1 << 16) -> None:
+    """Stream ``tables`` into one Parquet file at ``url`` (through a local temporary file and a rename or
+    upload), in row groups of ``group_rows`` rows whatever the tables' sizes, so the file depends only on
+    the rows; nothing but one group is held at a time."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from schemas.files import atomic_put
+
+    with tempfile.TemporaryDirectory(prefix="audiomill-") as tmp:
+        local = posixpath.join(tmp, "table.parquet")
+        with pq.ParquetWriter(local, schema) as w:
+            held: list[pa.Table] = []
+            n = 0
+            for table in tables:
+                held.append(table.cast(schema))
+                n += len(table)
+                while n >= group_rows:
+                    whole = pa.concat_tables(held)
+                    w.write_table(whole.slice(0, group_rows), row_group_size=group_rows)
+                    held, n = [whole.slice(group_rows)], n - group_rows
+            if n:
+                w.write_table(pa.concat_tables(held), row_group_size=group_rows)
+        atomic_put(local, url)
+
+
+def index_part(work: str, shard: str) -> str:
+    """Where the pack task of ``shard`` writes its index rows."""
+    return posixpath.join(work, "index", shard + ".arrow")
 
 
 def _exists(url: str) -> bool:
@@ -180,21 +248,23 @@ def _exists(url: str) -> bool:
 
 
 def write_rows(url: str, rows: list, cls: type) -> None:
-    import pyarrow as pa
-    import pyarrow.ipc
+    from pyarrow import ipc
 
     from schemas.files import atomic_write
 
     buf = io.BytesIO()
     table = arrow.to_table(rows, cls)
-    with pa.ipc.new_file(buf, table.schema) as w:
+    with ipc.new_file(buf, table.schema) as w:
         w.write_table(table)
     atomic_write(url, buf.getvalue())
 
 
 def read_rows(url: str, cls: type) -> list[Any]:
-    import pyarrow as pa
-    import pyarrow.ipc
+    return arrow.from_table(cls, read_table(url))
+
+
+def read_table(url: str) -> pa.Table:
+    from pyarrow import ipc
 
     with fsspec.open(url, "rb") as f:
-        return arrow.from_table(cls, pa.ipc.open_file(pa.BufferReader(f.read())).read_all())
+        return ipc.open_file(pa.BufferReader(f.read())).read_all()

@@ -8,7 +8,6 @@ from typing import Any
 
 from schemas import arrow
 from schemas.labels import Labels
-from schemas.segment import IndexRow
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,8 +75,7 @@ class ShardResult:
     name: str
     sha256: str
     bytes: int
-    samples: int
-    index: tuple[IndexRow, ...]
+    samples: int                      # its index rows are in OUTPUT/_work/index/<name>.arrow
 
     def to_row(self) -> dict[str, Any]:
         return arrow.to_row(self)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import fsspec
 
+from pipelines.passes import index_part, read_rows, write_rows
 from pipelines.stage import StageFn
 from processors.merge import apply_patch, labelled
 from processors.shards import join_samples, parse_blob, read_blob, sample_blob, sha256_bytes
@@ -49,13 +50,12 @@ class PackStage(StageFn):
 
     def rows(self, unit: str) -> list[dict[str, SegmentLabels]]:
         """The unit's rows of each labeler pass, by segment key."""
-        from pipelines.passes import read_rows
-
         return [{r.key: r for r in read_rows(posixpath.join(self.params.work, folder, unit + ".arrow"), SegmentLabels)}
                 for folder, _ in self.params.labels]
 
     def one(self, plan: ShardPlan) -> ShardResult:
-        """An unpatched sample is copied as the bytes it has in its part tar; a patched one is rewritten."""
+        """An unpatched sample is copied as the bytes it has in its part tar; a patched one is rewritten.
+        The shard's index rows go to ``_work/index/<shard>.arrow``, where the commit reads them."""
         blobs, index, offset = [], [], 0
         rows: dict[str, list[dict[str, SegmentLabels]]] = {}
         for s, blob, members in planned_blobs(plan.samples):
@@ -74,6 +74,6 @@ class PackStage(StageFn):
             offset += len(blob)
         data = join_samples(blobs)
         atomic_write(posixpath.join(self.params.output, plan.name), data)
-        return ShardResult(name=plan.name, sha256=sha256_bytes(data), bytes=len(data), samples=len(blobs),
-                           index=tuple(index))
+        write_rows(index_part(self.params.work, plan.name), index, IndexRow)
+        return ShardResult(name=plan.name, sha256=sha256_bytes(data), bytes=len(data), samples=len(blobs))
 
