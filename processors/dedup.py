@@ -367,3 +367,104 @@ def resolve(items: list[DedupItem], relations: list[Relation]) -> Decisions:
             seen.add((a, b))
             contained.append(Relation(a, b, "contained", round(-oa + r.offset_s + ob, 4)))
     return Decisions(tuple(sorted(dropped, key=lambda d: d.item)), tuple(contained))
+
+
+# ---- the same candidates, one hash bucket at a time ----------------------------------------------------
+# A cluster cannot hold every fingerprint in one process (about 1.7 MB per audio hour), so the job sends
+# each hash to a bucket (hash mod buckets): all entries of one hash, and every query for it, meet in one
+# bucket, which counts common hashes and votes on its own; the votes of one pair of items then meet in
+# one place and are scored as ``_FingerprintIndex.candidates`` scores them. The results are the same.
+
+HASH_COLUMNS = ("bucket", "h", "item", "t", "query")
+VOTE_COLUMNS = ("item", "other", "bin", "n")
+
+
+def hash_rows(item: int, fp: np.ndarray, buckets: int) -> dict[str, np.ndarray]:
+    """Item ``item``'s fingerprint as rows for the buckets: its entries (hash, anchor frame) and its queries
+    (each hash's variants, as ``candidates`` looks them up), each row with the bucket of its hash."""
+    fp = np.asarray(fp)
+    h = fp[:, 0].astype(np.int32).astype(np.int64)
+    qh = variants(fp[:, 0]).reshape(-1)
+    qt = np.repeat(fp[:, 1], 3)
+    keep = qh >= 0
+    hh = np.concatenate([h, qh[keep].astype(np.int32).astype(np.int64)])
+    t = np.concatenate([fp[:, 1], qt[keep]]).astype(np.int64)
+    query = np.r_[np.zeros(len(h), bool), np.ones(int(keep.sum()), bool)]
+    return {"bucket": hh % max(1, buckets), "h": hh, "item": np.full(len(hh), item, np.int64), "t": t, "query": query}
+
+
+def bucket_votes(rows: dict[str, np.ndarray], max_hash_items: int, tol: int) -> dict[str, np.ndarray]:
+    """One bucket's rows → the votes they give: (item, other, bin, n) for each pair with other > item,
+    ``bin`` = (other's frame − item's frame) // ``tol``; a hash in more than ``max_hash_items`` items is
+    common and gives none."""
+    tol = max(1, tol)
+    q = rows["query"]
+    eh, ei, et = rows["h"][~q], rows["item"][~q], rows["t"][~q]
+    order = np.lexsort((ei, eh))
+    eh, ei, et = eh[order], ei[order], et[order]
+    first = np.r_[True, (eh[1:] != eh[:-1]) | (ei[1:] != ei[:-1])] if len(eh) else np.zeros(0, bool)
+    hashes, per_hash = np.unique(eh[first], return_counts=True)
+    common = hashes[per_hash > max_hash_items]
+    qh, qi, qt = rows["h"][q], rows["item"][q], rows["t"][q]
+    live = ~np.isin(qh, common)
+    qh, qi, qt = qh[live], qi[live], qt[live]
+    lo = np.searchsorted(eh, qh, side="left")
+    counts = np.searchsorted(eh, qh, side="right") - lo
+    total = int(counts.sum())
+    empty = {c: np.zeros(0, np.int64) for c in VOTE_COLUMNS}
+    if total == 0:
+        return empty
+    rows_of = np.repeat(np.arange(len(qh)), counts)
+    idx = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(total)
+    item, other = qi[rows_of], ei[idx]
+    keep = other > item
+    if not keep.any():
+        return empty
+    item, other, offset = item[keep], other[keep], et[idx[keep]] - qt[rows_of[keep]]
+    triples, n = np.unique(np.stack([item, other, np.floor_divide(offset, tol)], axis=1), axis=0, return_counts=True)
+    return {"item": triples[:, 0], "other": triples[:, 1], "bin": triples[:, 2], "n": n.astype(np.int64)}
+
+
+def pair_candidates(votes: dict[str, np.ndarray], sizes: dict[int, int], p: NearParams) -> list[tuple[int, int, int, int]]:
+    """Votes of any pairs, from any buckets → (item, other, offset in frames, aligned votes) for each pair
+    whose best two adjacent offset bins hold enough votes (``min_matches``, and ``min_fraction`` of the
+    smaller fingerprint), as ``candidates`` finds them."""
+    if not len(votes["n"]):
+        return []
+    keys, where = np.unique(np.stack([votes["item"], votes["other"], votes["bin"]], axis=1), axis=0, return_inverse=True)
+    n = np.bincount(where.reshape(-1), weights=votes["n"]).astype(np.int64)      # votes summed over buckets
+    same_pair = (keys[1:, 0] == keys[:-1, 0]) & (keys[1:, 1] == keys[:-1, 1])
+    nxt = np.zeros_like(n)
+    adjacent = np.nonzero(same_pair & (keys[1:, 2] == keys[:-1, 2] + 1))[0]
+    nxt[adjacent] = n[adjacent + 1]
+    aligned = n + nxt
+    starts = np.r_[0, np.nonzero(~same_pair)[0] + 1]
+    tol = max(1, p.offset_tolerance)
+    out = []
+    for a, b in zip(starts, np.r_[starts[1:], len(keys)]):
+        best = a + int(np.argmax(aligned[a:b]))              # the first (lowest) bin among the best
+        item, other = int(keys[a, 0]), int(keys[a, 1])
+        need = max(p.min_matches, p.min_fraction * min(sizes[item], sizes[other]))
+        if aligned[best] >= need:
+            out.append((item, other, int(keys[best, 2]) * tol, int(aligned[best])))
+    return out
+
+
+def bucketed_candidates(fingerprints: list[np.ndarray], p: NearParams, buckets: int) -> dict[int, list[tuple[int, int]]]:
+    """``_FingerprintIndex(items).candidates(pos)`` for every item at once, computed bucket by bucket
+    (what the job does across the cluster, here in one process): item → [(other, offset frames)],
+    strongest first."""
+    parts = [hash_rows(i, fp, buckets) for i, fp in enumerate(fingerprints) if len(fp)]
+    if not parts:
+        return {}
+    rows = {c: np.concatenate([r[c] for r in parts]) for c in HASH_COLUMNS}
+    votes = []
+    for b in range(max(1, buckets)):
+        mine = rows["bucket"] == b
+        votes.append(bucket_votes({c: v[mine] for c, v in rows.items()}, p.max_hash_items, p.offset_tolerance))
+    found = pair_candidates({c: np.concatenate([v[c] for v in votes]) for c in VOTE_COLUMNS},
+                            {i: len(fp) for i, fp in enumerate(fingerprints)}, p)
+    out: dict[int, list[tuple[int, int]]] = {}
+    for item, other, offset, aligned in sorted(found, key=lambda c: (c[0], -c[3], c[1])):
+        out.setdefault(item, []).append((other, offset))
+    return out

@@ -114,3 +114,24 @@ def test_common_hashes_are_not_evidence(tmp_path):
     assert pairs(wide) == 15                  # the jingle (and the voice's stock words) align every pair
     assert pairs(narrow) < 15 and len(narrow.common) > len(wide.common)
     assert find_relations(items, NearParams(), verify=VERIFY) == []
+
+
+@pytest.mark.parametrize("buckets", [1, 7, 256])
+def test_candidates_by_hash_bucket_are_the_index_candidates(corpus, tmp_path, buckets):
+    """Scored bucket by bucket (as the job shuffles them), the candidates are those of the whole index:
+    the same pairs, offsets and order, common hashes left out the same way."""
+    from processors.dedup import _FingerprintIndex, bucketed_candidates
+
+    jingle = tts("Welcome to the morning news.", "en-us+f2")
+    items = [_item(p, i) for i, p in enumerate(corpus.values())]
+    for i in range(4):
+        body = tts(f"Story number {i} is about a town and its {i + 3} bridges.", "en+m3")
+        items.append(_item(write(tmp_path / f"n{i}.wav", np.concatenate([jingle, silence(0.3), body])), 10 + i))
+    items.append(DedupItem("empty", "0", np.zeros((0, 2), np.int64), 0.0, (99,)))
+    pairs = []
+    for p in (NearParams(), NearParams(max_hash_items=3, offset_tolerance=3)):
+        index = _FingerprintIndex(items, p.max_hash_items)
+        expected = {pos: c for pos in range(len(items)) if (c := index.candidates(pos, p))}
+        assert bucketed_candidates([it.fingerprint for it in items], p, buckets) == expected
+        pairs.append(sum(map(len, expected.values())))
+    assert pairs[0] >= 10 and 0 < pairs[1] < pairs[0], pairs
