@@ -308,10 +308,11 @@ class _Job:
 
         def make(left: list[InputItem]):
             # A few blocks per worker of about equal audio keep both the per-task overhead and the idle tail
-            # small; a long list gets more blocks, so progress still moves.
+            # small; a long list gets more blocks (about 8 inputs each), so progress still moves and the
+            # driver never turns more than a few inputs' results into records at once.
             stage = self.stages["ingest"]
             workers = stage.resources.tasks
-            blocks = min(len(left), max(4 * workers, len(left) // 32))
+            blocks = min(len(left), max(4 * workers, len(left) // 8))
             stage = dataclasses.replace(stage, resources=dataclasses.replace(stage.resources, tasks=min(workers, blocks)))
             return apply(dataset(left, InputItem, [max(0.1, seconds[it.unit]) for it in left], blocks=blocks), stage)
 

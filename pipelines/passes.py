@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from pipelines.output import Output
 from pipelines.progress import Progress
-from pipelines.runtime import RayConfig, say
+from pipelines.runtime import RayConfig, cluster_cpus, say
 from pipelines.stage import Stage, apply, dataset, resumable_pass
 from pipelines.stages.label import LabelerError, counted, writer
 from processors.filters import FilterParams
@@ -53,12 +53,12 @@ class SegmentPasses:
         segment's labels from a pass reach the passes after it (and the plan and pack) through storage."""
         for name, stage in self.stages.items():
             if unit_level(stage):
-                self._pass(name, name, kept, lambda left, s=stage: apply(
-                    dataset([self._part(u, patches) for u in left], PartRef), counted(s)), SegmentLabels)
+                self._pass(name, name, kept, lambda left, s=stage: apply(self._parts(left, patches), counted(s)),
+                           SegmentLabels)
                 self.ran.append((name, False))
         if any(not unit_level(s) for n, s in self.stages.items() if n not in NOT_LABELERS + ("read",)):
             def make_ds(left):
-                ds = dataset([self._part(u, patches) for u in left], PartRef)
+                ds = self._parts(left, patches)
                 for name, stage in self.stages.items():
                     if name not in NOT_LABELERS and not unit_level(stage):
                         ds = apply(ds, stage)
@@ -90,8 +90,13 @@ class SegmentPasses:
         return [labelled(patches.get(s.key, Patch()), s.kind, [(found.get(s.key), whole) for found, whole in rows])
                 for s in u.segments]
 
-    def _part(self, u: UnitResult, patches: dict[str, Patch]) -> PartRef:
-        return PartRef(u.unit, u.uri, u.file_sha256, u.part, u.segments, tuple(self._labelled(u, patches)))
+    def _parts(self, units: list[UnitResult], patches: dict[str, Patch]):
+        """The units' parts as a dataset in blocks of many units: a table per unit, with the labels' deep
+        schema, would cost the object store (and the driver, which puts them there) far more than the rows."""
+        parts = [PartRef(u.unit, u.uri, u.file_sha256, u.part, u.segments, tuple(self._labelled(u, patches)))
+                 for u in units]
+        return dataset(parts, PartRef, [float(len(p.segments)) for p in parts],
+                       blocks=min(len(parts), max(4 * cluster_cpus(), len(parts) // 8)))
 
     # ---- the plan ------------------------------------------------------------------------------------
 
