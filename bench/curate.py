@@ -216,6 +216,19 @@ def tree_pss(root) -> float:
     return total / 2**20
 
 
+def job_output(proc, out: Path, t0: float) -> tuple[float, str, dict, dict]:
+    """A finished curate process: its wall time since ``t0``, its log, its summary and its stage seconds;
+    RuntimeError with the log's end when it failed."""
+    wall = time.monotonic() - t0
+    log = proc.stdout.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"curate failed: {log[-3000:]}")
+    summary = json.loads((out / "manifest.json").read_text())["summary"]
+    job_line = [ln for ln in log.splitlines() if "stage seconds" in ln]
+    stages = dict(kv.split("=") for kv in job_line[0].split()[2:]) if job_line else {}
+    return wall, log, summary, stages
+
+
 def bench_job(corpus: Path, out: Path, cpus: int, memory: bool = False) -> dict:
     """The curate CLI in a subprocess, so its Ray is fresh, confined to ``cpus`` cores (taskset), so Ray's
     own processes and the driver share them too: audio-s per core-s with and after start-up, the job's
@@ -237,13 +250,7 @@ def bench_job(corpus: Path, out: Path, cpus: int, memory: bool = False) -> dict:
             except psutil.Error:
                 pass
         time.sleep(0.5)
-    wall = time.monotonic() - t0
-    log = proc.stdout.read()
-    if proc.returncode != 0:
-        raise RuntimeError(f"curate failed: {log[-3000:]}")
-    summary = json.loads((out / "manifest.json").read_text())["summary"]
-    job_line = [ln for ln in log.splitlines() if "stage seconds" in ln]
-    stages = dict(kv.split("=") for kv in job_line[0].split()[2:]) if job_line else {}
+    wall, log, summary, stages = job_output(proc, out, t0)
     after = [ln for ln in log.splitlines() if "after Ray start-up" in ln]
     decoded = summary["audio_seconds_decoded"]
     return {"with_startup": decoded / (wall * cpus), "after_startup": float(after[0].split()[-1]) / cpus if after else float("nan"),

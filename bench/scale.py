@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import filecmp
-import json
 import os
 import subprocess
 import sys
@@ -68,6 +67,8 @@ def run_job(corpus: Path, out: Path, cpus: int, address: str = "") -> dict:
     """``audiomill curate`` in a fresh driver process; every worker process below this one is sampled."""
     import psutil
 
+    from bench.curate import job_output
+
     cmd = [sys.executable, __file__, "--child", "curate", str(corpus), str(out), "ray.progress=false",
            "keep_work=false", f"labelers=[{LABELER}]"]
     cmd += [f"--address={address}"] if address else [f"ray.num_cpus={cpus}"]
@@ -85,13 +86,8 @@ def run_job(corpus: Path, out: Path, cpus: int, address: str = "") -> dict:
             except psutil.Error:
                 pass
         time.sleep(0.25)
-    wall = time.monotonic() - t0
-    log = proc.stdout.read()
-    if proc.returncode != 0:
-        raise RuntimeError(f"curate failed: {log[-3000:]}")
-    summary = json.loads((out / "manifest.json").read_text())["summary"]
+    wall, log, summary, stages = job_output(proc, out, t0)
     line = lambda key: next(ln for ln in log.splitlines() if key in ln)  # noqa: E731
-    stages = dict(kv.split("=") for kv in line("stage seconds").split()[2:])
     return {"driver_mb": float(line("DRIVER_VMHWM_MB").split()[1]), "worker_mb": max(workers.values(), default=0.0),
             "wall": wall, "after_startup": float(line("after Ray start-up").split()[-1]) / cpus,
             "hours": summary["audio_seconds_decoded"] / 3600, "segments": summary["segments"],

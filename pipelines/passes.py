@@ -216,30 +216,25 @@ def commit_layer(out: Output, index: Iterable[pa.Table], index_schema, rejects: 
 
 
 def write_parquet(url: str, tables: Iterable[pa.Table], schema: pa.Schema, group_rows: int = 1 << 16) -> None:
-    """Stream ``tables`` into one Parquet file at ``url`` (through a local temporary file and a rename or
-    upload), in row groups of ``group_rows`` rows whatever the tables' sizes, so the file depends only on
+    """Stream ``tables`` into one Parquet file at ``url`` (``atomic_file``: a temporary name, then a rename
+    or an upload), in row groups of ``group_rows`` rows whatever the tables' sizes, so the file depends only on
     the rows; nothing but one group is held at a time."""
-    import tempfile
-
     import pyarrow.parquet as pq
 
-    from schemas.files import atomic_put
+    from schemas.files import atomic_file
 
-    with tempfile.TemporaryDirectory(prefix="audiomill-") as tmp:
-        local = posixpath.join(tmp, "table.parquet")
-        with pq.ParquetWriter(local, schema) as w:
-            held: list[pa.Table] = []
-            n = 0
-            for table in tables:
-                held.append(table.cast(schema))
-                n += len(table)
-                while n >= group_rows:
-                    whole = pa.concat_tables(held)
-                    w.write_table(whole.slice(0, group_rows), row_group_size=group_rows)
-                    held, n = [whole.slice(group_rows)], n - group_rows
-            if n:
-                w.write_table(pa.concat_tables(held), row_group_size=group_rows)
-        atomic_put(local, url)
+    with atomic_file(url) as local, pq.ParquetWriter(local, schema) as w:
+        held: list[pa.Table] = []
+        n = 0
+        for table in tables:
+            held.append(table.cast(schema))
+            n += len(table)
+            while n >= group_rows:
+                whole = pa.concat_tables(held)
+                w.write_table(whole.slice(0, group_rows), row_group_size=group_rows)
+                held, n = [whole.slice(group_rows)], n - group_rows
+        if n:
+            w.write_table(pa.concat_tables(held), row_group_size=group_rows)
 
 
 def index_part(work: str, shard: str) -> str:

@@ -9,9 +9,12 @@ A failed write removes its temporary file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+import tempfile
 import uuid
+from collections.abc import Iterator
 
 import fsspec
 import fsspec.implementations.local
@@ -52,6 +55,30 @@ def _local_atomic_write(path: str, data: bytes) -> None:
     except BaseException:
         _quiet_remove(None, tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(url: str) -> Iterator[str]:
+    """A local path to write ``url``'s content to, streamed: beside the target under a temporary name on a
+    local disk (renamed into place), else in a temporary folder (uploaded, then renamed). Nothing is left
+    when the writing fails."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if is_local_fs(fs):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex[:12]}"
+        try:
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            _quiet_remove(None, tmp)
+            raise
+        return
+    with tempfile.TemporaryDirectory(prefix="audiomill-") as folder:
+        local = os.path.join(folder, posixpath.basename(path))
+        yield local
+        atomic_put(local, url)
 
 
 def atomic_put(local_file: str, url: str) -> None:
