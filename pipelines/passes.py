@@ -73,7 +73,7 @@ class SegmentPasses:
         progress = self.progress(name, sum(len(u.segments) for u in todo), "segments")
         write = writer(f"write_{folder}", rows, posixpath.join(self.out.work, folder))
         left = resumable_pass(name, todo, lambda u: u.unit, lambda left: apply(make_ds(left), write), UnitLabelled,
-                              lambda a: a.unit, lambda _, a: progress.update(a[0].segments, audio_s=a[0].audio_s),
+                              lambda a: a.unit, lambda u, a: progress.update(a[0].segments, audio_s=_seconds(u)),
                               self.ray.max_pass_retries, say)
         progress.close()
         if left:
@@ -240,6 +240,10 @@ def write_parquet(url: str, tables: Iterable[pa.Table], schema: pa.Schema, group
 def index_part(work: str, shard: str) -> str:
     """Where the pack task of ``shard`` writes its index rows."""
     return posixpath.join(work, "index", shard + ".arrow")
+
+
+def _seconds(u: UnitResult) -> float:
+    return sum(s.end_s - s.start_s for s in u.segments)
 
 
 def _exists(url: str) -> bool:

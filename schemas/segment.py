@@ -194,4 +194,3 @@ class UnitLabelled:
 
     unit: str
     segments: int
-    audio_s: float

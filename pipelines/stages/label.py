@@ -160,7 +160,6 @@ class WriteLabels(StageFn):
 
     def setup(self) -> None:
         self.pending: dict[str, list[SegmentLabels]] = {}
-        self.seconds: dict[str, float] = {}
 
     def __call__(self, rows: list) -> list[UnitLabelled]:
         from pipelines.passes import write_rows
@@ -169,12 +168,11 @@ class WriteLabels(StageFn):
         for r in rows:
             mine = self.pending.setdefault(r.unit, [])
             mine.append(SegmentLabels(key=r.key, unit=r.unit, labels=r.labels, kind=r.kind))
-            self.seconds[r.unit] = self.seconds.get(r.unit, 0.0) + getattr(r, "end_s", 0.0) - getattr(r, "start_s", 0.0)
             if len(mine) == r.unit_segments:
                 del self.pending[r.unit]
                 write_rows(posixpath.join(self.params, r.unit + ".arrow"), sorted(mine, key=lambda x: x.key),
                            SegmentLabels)
-                done.append(UnitLabelled(r.unit, len(mine), self.seconds.pop(r.unit)))
+                done.append(UnitLabelled(r.unit, len(mine)))
         return done
 
 
