@@ -27,7 +27,7 @@ from pipelines.job import Job, run_job
 from pipelines.output import Output, OutputError
 from pipelines.passes import SegmentPasses
 from pipelines.runtime import IngestRayConfig, cluster_cpus, cluster_gpus, say
-from pipelines.stage import Resources, Stage, apply, dataset, resumable_pass
+from pipelines.stage import Resources, Stage, apply, block_count, dataset, resumable_pass
 from pipelines.stages.ingest import IngestJob, IngestStage, marker_url, read_marker
 from pipelines.stages.label import LabelerError, ReadSegments, expand, labeler_stages, model_problem
 from pipelines.stages.labelers import LabelParams
@@ -187,7 +187,7 @@ def stages(cfg: CurateConfig, work: str, cpus: int, gpus: float = 0.0) -> dict[s
         for stage in labelers:
             out[stage.name] = stage
     out["pack"] = Stage("pack", PackStage, ShardPlan, ShardResult,
-                        Resources(num_cpus=1, tasks=r.pack_tasks_on(cpus)), PackJob(cfg.output.rstrip("/")))
+                        Resources(num_cpus=1, tasks=r.pack_tasks_on(cpus)), PackJob(cfg.output.rstrip("/"), work))
     return out
 
 
@@ -307,12 +307,9 @@ class _Job:
             self._check_budget(listed_rejects + done_rejects, listed_rejects + len(results))
 
         def make(left: list[InputItem]):
-            # A few blocks per worker of about equal audio keep both the per-task overhead and the idle tail
-            # small; a long list gets more blocks (about 8 inputs each), so progress still moves and the
-            # driver never turns more than a few inputs' results into records at once.
             stage = self.stages["ingest"]
             workers = stage.resources.tasks
-            blocks = min(len(left), max(4 * workers, len(left) // 8))
+            blocks = block_count(len(left), workers)      # of about equal audio
             stage = dataclasses.replace(stage, resources=dataclasses.replace(stage.resources, tasks=min(workers, blocks)))
             return apply(dataset(left, InputItem, [max(0.1, seconds[it.unit]) for it in left], blocks=blocks), stage)
 

@@ -90,7 +90,7 @@ def _work(job: Job) -> dict[str, Any]:
     stages = {"read": Stage("read", ReadSegments, PartRef, SegmentAudio, Resources(num_cpus=0.25))}
     stages.update({s.name: s for s in labeler_stages(cfg.labelers, cfg.label, cpus, gpus)})
     stages["pack"] = Stage("pack", PackStage, ShardPlan, ShardResult,
-                           Resources(num_cpus=1, tasks=cfg.ray.pack_tasks_on(cpus)), PackJob(cfg.output.rstrip("/")))
+                           Resources(num_cpus=1, tasks=cfg.ray.pack_tasks_on(cpus)), PackJob(cfg.output.rstrip("/"), job.out.work))
     passes = SegmentPasses(job.out, stages, cfg.ray, job.progress)
     say(f"{sum(len(u.segments) for u in units)} segments in {len(units)} shards of {cfg.input}; labelers: "
         f"{', '.join(n for n in stages if n not in ('read', 'pack'))}")

@@ -16,7 +16,7 @@ import pyarrow as pa
 from pipelines.output import Output
 from pipelines.progress import Progress
 from pipelines.runtime import RayConfig, cluster_cpus, say
-from pipelines.stage import Stage, apply, dataset, resumable_pass
+from pipelines.stage import Stage, apply, block_count, dataset, resumable_pass
 from pipelines.stages.label import LabelerError, counted, writer
 from processors.filters import FilterParams
 from processors.merge import labelled
@@ -69,7 +69,7 @@ class SegmentPasses:
 
     def _pass(self, name: str, folder: str, kept: list[UnitResult], make_ds, rows: type) -> None:
         """Run the pass ``name`` over the kept units whose labels are not yet under _work/<folder>/."""
-        todo = [u for u in kept if u.segments and not _exists(self._rows_url(folder, u.unit))]
+        todo = [u for u in kept if u.segments and not _exists(labels_url(self.out.work, folder, u.unit))]
         progress = self.progress(name, sum(len(u.segments) for u in todo), "segments")
         write = writer(f"write_{folder}", rows, posixpath.join(self.out.work, folder))
         left = resumable_pass(name, todo, lambda u: u.unit, lambda left: apply(make_ds(left), write), UnitLabelled,
@@ -80,13 +80,9 @@ class SegmentPasses:
             raise LabelerError(f"{name}: {len(left)} unit(s) came back without a label row for each segment "
                                f"(first {left[0].uri}); a labeler must return one record per record it gets")
 
-    def _rows_url(self, folder: str, unit: str) -> str:
-        return posixpath.join(self.out.work, folder, unit + ".arrow")
-
     def _labelled(self, u: UnitResult, patches: dict[str, Patch]) -> list[Patch]:
         """Each segment's patch: dedup's, then what every pass run so far gave it (read from storage)."""
-        rows = [({r.key: r for r in read_rows(self._rows_url(folder, u.unit), SegmentLabels)}, whole)
-                for folder, whole in self.ran]
+        rows = pass_rows(self.out.work, self.ran, u.unit)
         return [labelled(patches.get(s.key, Patch()), s.kind, [(found.get(s.key), whole) for found, whole in rows])
                 for s in u.segments]
 
@@ -95,8 +91,7 @@ class SegmentPasses:
         schema, would cost the object store (and the driver, which puts them there) far more than the rows."""
         parts = [PartRef(u.unit, u.uri, u.file_sha256, u.part, u.segments, tuple(self._labelled(u, patches)))
                  for u in units]
-        return dataset(parts, PartRef, [float(len(p.segments)) for p in parts],
-                       blocks=min(len(parts), max(4 * cluster_cpus(), len(parts) // 8)))
+        return dataset(parts, PartRef, [float(len(p.segments)) for p in parts], blocks=block_count(len(parts), cluster_cpus()))
 
     # ---- the plan ------------------------------------------------------------------------------------
 
@@ -106,19 +101,20 @@ class SegmentPasses:
         dropped). A unit left with no segment is rejected as a whole (``filtered``), so every input stays
         accounted for. A sample carries dedup's patch only; pack lays the passes' labels over it."""
         samples, rejects, dropped = [], [], 0
+        active = filters.active()
         for u in sorted(kept, key=lambda u: u.uri):
-            final = self._labelled(u, patches) if filters.active() else [Patch()] * len(u.segments)
+            final = self._labelled(u, patches) if active else [Patch()] * len(u.segments)
             keep = []
             for s, p in zip(u.segments, final):
                 verdict = filters.verdict(s.labels.replace(**{k: getattr(p.labels, k) for k in p.labels.kinds()}),
-                                          p.kind or s.kind) if filters.active() else None
+                                          p.kind or s.kind) if active else None
                 if verdict is None:
                     keep.append(PlannedSample(s.key, u.part, s.offset, s.size, patches.get(s.key, Patch()), u.unit))
                     continue
                 dropped += 1
                 rejects.append(Reject(u.uri, "filter", verdict[0],
                                       f"segment {s.key} ({s.start_s:.2f}–{s.end_s:.2f} s): {verdict[1]}"))
-            if keep or not filters.active():
+            if keep or not active:
                 samples += keep
             else:
                 rejects.append(Reject(u.uri, "filter", "filtered", f"all {len(u.segments)} segments filtered out"))
@@ -137,9 +133,9 @@ class SegmentPasses:
 
         def make(left: list[ShardPlan]):
             stage = self.stages["pack"]
-            stage = dataclasses.replace(stage, params=dataclasses.replace(
-                stage.params, work=self.out.work, labels=tuple(self.ran)), resources=dataclasses.replace(
-                stage.resources, tasks=min(len(left), stage.resources.tasks)))
+            stage = dataclasses.replace(stage, params=dataclasses.replace(stage.params, labels=tuple(self.ran)),
+                                        resources=dataclasses.replace(stage.resources,
+                                                                      tasks=min(len(left), stage.resources.tasks)))
             return apply(dataset(left, ShardPlan), stage)
 
         resumable_pass("pack", plans, lambda p: p.name, make, ShardResult, lambda r: r.name, on_shard,
@@ -235,6 +231,18 @@ def write_parquet(url: str, tables: Iterable[pa.Table], schema: pa.Schema, group
                 held, n = [whole.slice(group_rows)], n - group_rows
         if n:
             w.write_table(pa.concat_tables(held), row_group_size=group_rows)
+
+
+def labels_url(work: str, folder: str, unit: str) -> str:
+    """Where the labeler pass writing ``_work/<folder>/`` keeps ``unit``'s rows."""
+    return posixpath.join(work, folder, unit + ".arrow")
+
+
+def pass_rows(work: str, passes, unit: str) -> list[tuple[dict[str, SegmentLabels], bool]]:
+    """``unit``'s rows of each labeler pass run (``(folder, holds whole labels)``, in order), by segment key,
+    with the flag that ``processors.merge.labelled`` takes."""
+    return [({r.key: r for r in read_rows(labels_url(work, folder, unit), SegmentLabels)}, whole)
+            for folder, whole in passes]
 
 
 def index_part(work: str, shard: str) -> str:

@@ -129,6 +129,13 @@ def dataset(records: list[Any], cls: type, weights: list[float] | None = None, b
     return ray.data.from_arrow([table.slice(a, b - a) for a, b in zip(bounds, bounds[1:])])
 
 
+def block_count(n: int, workers: int) -> int:
+    """Blocks for ``n`` work items: a few per worker, so the per-task overhead and the idle tail stay small,
+    and about 8 items each on a long list, so progress moves and whoever puts or reads a block (the driver)
+    holds a few items' records at a time, however long the list."""
+    return min(n, max(4 * workers, n // 8))
+
+
 def _block_bounds(weights: list[float], blocks: int) -> list[int]:
     """Cut points for consecutive groups of about ``sum(weights) / blocks`` each: [3, 1, 1, 1], 2 → [0, 1, 4]."""
     target = sum(weights) / max(1, blocks)

@@ -1,6 +1,6 @@
 """Stage ``pack``: copy a shard's planned samples out of the units' part tars, apply their patches (labels
 carried over by dedup, then the labelers' labels, read from where the labeler passes wrote them), and write
-the shard; return its index rows."""
+the shard; its index rows go to ``_work/index/``, and only the shard's name, size and hash go back."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from collections.abc import Iterator
 
 import fsspec
 
-from pipelines.passes import index_part, read_rows, write_rows
+from pipelines.passes import index_part, pass_rows, write_rows
 from pipelines.stage import StageFn
 from processors.merge import apply_patch, labelled
 from processors.shards import join_samples, parse_blob, read_blob, sample_blob, sha256_bytes
 from schemas.files import atomic_write
-from schemas.segment import IndexRow, Segment, SegmentLabels
+from schemas.segment import IndexRow, Segment
 from schemas.shard import PlannedSample, ShardPlan, ShardResult
 
 
@@ -38,7 +38,7 @@ def planned_blobs(samples) -> Iterator[tuple[PlannedSample, bytes, dict[str, byt
 @dataclasses.dataclass(frozen=True)
 class PackJob:
     output: str
-    work: str = ""                                  # OUTPUT/_work, where the labeler passes wrote
+    work: str                                       # OUTPUT/_work: the labeler passes' rows, the index parts
     labels: tuple[tuple[str, bool], ...] = ()       # the passes run: (folder, holds whole labels)
 
 
@@ -48,24 +48,18 @@ class PackStage(StageFn):
     def __call__(self, plans: list[ShardPlan]) -> list[ShardResult]:
         return [self.one(plan) for plan in plans]
 
-    def rows(self, unit: str) -> list[dict[str, SegmentLabels]]:
-        """The unit's rows of each labeler pass, by segment key."""
-        return [{r.key: r for r in read_rows(posixpath.join(self.params.work, folder, unit + ".arrow"), SegmentLabels)}
-                for folder, _ in self.params.labels]
-
     def one(self, plan: ShardPlan) -> ShardResult:
         """An unpatched sample is copied as the bytes it has in its part tar; a patched one is rewritten.
         The shard's index rows go to ``_work/index/<shard>.arrow``, where the commit reads them."""
         blobs, index, offset = [], [], 0
-        rows: dict[str, list[dict[str, SegmentLabels]]] = {}
+        rows: dict[str, list] = {}
         for s, blob, members in planned_blobs(plan.samples):
             seg = Segment.from_json(members["json"])
             patch = s.patch
             if self.params.labels and s.unit:
                 if s.unit not in rows:
-                    rows = {s.unit: self.rows(s.unit)}       # a shard's samples come unit by unit
-                patch = labelled(patch, seg.kind, [(found.get(s.key), whole) for found, (_, whole)
-                                                   in zip(rows[s.unit], self.params.labels)])
+                    rows = {s.unit: pass_rows(self.params.work, self.params.labels, s.unit)}   # unit by unit
+                patch = labelled(patch, seg.kind, [(found.get(s.key), whole) for found, whole in rows[s.unit]])
             if not patch.is_empty():
                 seg = apply_patch(seg, patch)
                 blob = sample_blob(s.key, [("json", seg.to_json().encode()), ("flac", members["flac"])])

@@ -11,7 +11,7 @@ from pipelines.curate import CurateConfig
 from pipelines.curate import run as curate
 from pipelines.label import input_units
 from pipelines.output import Output
-from pipelines.passes import SegmentPasses, read_rows
+from pipelines.passes import SegmentPasses, labels_url, read_rows
 from pipelines.runtime import RayConfig
 from pipelines.stage import Resources, Stage
 from pipelines.stages.label import LabelerError, ReadSegments, labeler_stages
@@ -83,7 +83,7 @@ def test_a_label_pass_holds_no_labels_on_the_driver_as_segments_grow(units, tmp_
 
 def _check_written(passes, u):
     """The unit's labels file holds each of its segments, labelled from the segment's own audio."""
-    rows = read_rows(passes._rows_url("labels", u.unit), SegmentLabels)
+    rows = read_rows(labels_url(passes.out.work, "labels", u.unit), SegmentLabels)
     assert [r.key for r in rows] == sorted(s.key for s in u.segments)
     with open(u.part, "rb") as f:
         for r, ref in zip(rows, sorted(u.segments, key=lambda s: s.key)):
