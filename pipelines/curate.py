@@ -2,7 +2,8 @@
 deterministic WebDataset shards (FORMAT.md, segments layer). One Ray cluster, a list of named stages:
 
     ingest   (actors)  one decode pass per input: hashes, fingerprint, VAD, cut, measure, FLAC part tar
-    dedup    (driver)  exact, near and containment relations over fingerprints; labels merged or moved
+    dedup    (tasks)   exact copies by PCM hash; near copies and containment from the fingerprints, shuffled by
+                       hash bucket (pipelines/stages/dedup.py); labels merged or moved
     label    (actors)  read kept segments → every configured labeler → labels   (when labelers are set)
     pack     (tasks)   copy segments into size-targeted shards with their patches; index, rejects, manifest
 
@@ -28,13 +29,14 @@ from pipelines.output import Output, OutputError
 from pipelines.passes import SegmentPasses
 from pipelines.runtime import IngestRayConfig, cluster_cpus, cluster_gpus, say
 from pipelines.stage import Resources, Stage, apply, block_count, dataset, resumable_pass
+from pipelines.stages.dedup import DedupRef, near_relations
 from pipelines.stages.ingest import IngestJob, IngestStage, marker_url, read_marker
 from pipelines.stages.label import LabelerError, ReadSegments, expand, labeler_stages, model_problem
 from pipelines.stages.labelers import LabelParams
 from pipelines.stages.pack import PackJob, PackStage
-from processors.audio import estimated_seconds, iter_standardised
+from processors.audio import estimated_seconds
 from processors.filters import FilterParams
-from processors.dedup import DedupItem, NearParams, SpectralVerifier, find_relations, resolve
+from processors.dedup import DedupItem, NearParams, find_relations, resolve
 from processors.ingest import AudioParams, IngestParams
 from processors.merge import MergeCounts, MergeResult, plan_merges
 from processors.segment import SegmentParams
@@ -175,7 +177,8 @@ class ErrorBudgetExceeded(RuntimeError):
 # ---- the stages ------------------------------------------------------------------------------------
 
 def stages(cfg: CurateConfig, work: str, cpus: int, gpus: float = 0.0) -> dict[str, Stage]:
-    """The job's stages by name, in order; ``dedup`` runs on the driver between ``ingest`` and the rest."""
+    """The job's stages by name, in order; ``dedup`` (its own tasks, pipelines/stages/dedup.py) runs between
+    ``ingest`` and the rest."""
     r = cfg.ray
     params = IngestParams(audio=cfg.audio, segment=cfg.segment, vad=cfg.vad, fingerprint=cfg.dedup.near)
     workers = r.ingest_workers or max(1, int(cpus / r.ingest_num_cpus))
@@ -237,7 +240,7 @@ class _Job:
         self.stages = stages(self.cfg, self.out.work, self.cpus, cluster_gpus())
         self.seen = len(listing.items) + len(listing.rejects)
         self.times: dict[str, float] = {}
-        self.prints: dict[str, np.ndarray] = {}     # unit → (n, 2) int32 fingerprint, kept apart from its record
+        self.hashes: dict[str, int] = {}            # unit → fingerprint size; the fingerprint stays in its marker
         self.passes = SegmentPasses(self.out, self.stages, self.cfg.ray, job.progress)
         self.filtered = 0
 
@@ -251,7 +254,6 @@ class _Job:
         self._check_budget(len(rejects), self.seen)
         kept = [u for u in units if u.ok]
         merge = self._timed("dedup", lambda: self.dedup(kept))
-        self.prints.clear()             # done with: let them go before the labeler and pack passes
         rejects += merge.rejects
         self._check_budget(len(rejects), self.seen)
         kept = [u for u in kept if u.unit not in merge.dropped]
@@ -319,9 +321,9 @@ class _Job:
         return [results[it.unit] for it in items]
 
     def _compact(self, r: UnitResult) -> UnitResult:
-        """Keep the fingerprint as an int32 array (8 bytes a hash) beside the record, not in it."""
+        """Drop the fingerprint from the record the driver keeps: dedup's tasks read it from the marker."""
         if r.fingerprint:
-            self.prints[r.unit] = r.fingerprint_array().astype(np.int32)
+            self.hashes[r.unit] = len(r.fingerprint) // 16
             r = dataclasses.replace(r, fingerprint=b"")
         return r
 
@@ -333,10 +335,15 @@ class _Job:
             return plan_merges(kept, resolve([], []), False)
         path = {it.unit: it.path for it in self.listing.items}
         empty = np.zeros((0, 2), np.int32)
-        items = [DedupItem(path[u.unit], u.pcm_sha256 if d.exact else u.unit, self.prints.get(u.unit, empty),
-                           u.duration_s, copy_rank(u, d.target_level_dbfs)) for u in kept]
-        verify = SpectralVerifier(lambda p, s, e: iter_standardised(p, s, e)) if d.verify else None
-        relations = find_relations(items, d.near_params(), verify)
+        items = [DedupItem(path[u.unit], u.pcm_sha256 if d.exact else u.unit, empty, u.duration_s,
+                           copy_rank(u, d.target_level_dbfs)) for u in kept]
+        relations = find_relations(items, near=None)          # exact copies: the first of each is representative
+        near = d.near_params()
+        if near is not None:
+            copies = {r.b for r in relations}
+            refs = [DedupRef(i, marker_url(self.out.work, u.unit), path[u.unit], u.duration_s, self.hashes.get(u.unit, 0))
+                    for i, u in enumerate(kept) if i not in copies]
+            relations += near_relations(refs, near, d.verify, self.cfg.ray, say)
         merge = plan_merges(kept, resolve(items, relations), d.containment == "drop")
         c = merge.counts
         say(f"dedup: {sum(r.reason == 'duplicate' for r in merge.rejects)} duplicates, "

@@ -41,11 +41,19 @@ class IngestRayConfig(RayConfig):
 
     ingest_workers: int = 0      # ingest tasks at once; 0 → one per CPU of the cluster
     ingest_num_cpus: float = 1.0
+    dedup_one_task_hashes: int = 4_000_000   # up to this many fingerprint hashes, one task finds dedup candidates
+    dedup_bucket_hashes: int = 1_000_000     # beyond, hashes per shuffle bucket: bounds what one reducer holds
+    dedup_verify_batch: int = 64             # dedup candidates per verification task
 
     def problems(self) -> list[str]:
         out = super().problems()
         if self.ingest_workers < 0:
             out.append(f"ray.ingest_workers: must be ≥ 0, got {self.ingest_workers}")
+        if self.dedup_one_task_hashes < 0:
+            out.append(f"ray.dedup_one_task_hashes: must be ≥ 0, got {self.dedup_one_task_hashes}")
+        for name in ("dedup_bucket_hashes", "dedup_verify_batch"):
+            if getattr(self, name) <= 0:
+                out.append(f"ray.{name}: must be > 0, got {getattr(self, name)}")
         if not 0 < self.ingest_num_cpus <= 64:
             out.append(f"ray.ingest_num_cpus: must be in (0, 64], got {self.ingest_num_cpus}")
         return out

@@ -125,7 +125,7 @@ def dataset(records: list[Any], cls: type, weights: list[float] | None = None, b
     table = arrow.to_table(records, cls)
     if not records:
         return ray.data.from_arrow(table)
-    bounds = _block_bounds(weights or [1.0] * len(records), blocks or len(records))
+    bounds = block_bounds(weights or [1.0] * len(records), blocks or len(records))
     return ray.data.from_arrow([table.slice(a, b - a) for a, b in zip(bounds, bounds[1:])])
 
 
@@ -136,7 +136,7 @@ def block_count(n: int, workers: int) -> int:
     return min(n, max(4 * workers, n // 8))
 
 
-def _block_bounds(weights: list[float], blocks: int) -> list[int]:
+def block_bounds(weights: list[float], blocks: int) -> list[int]:
     """Cut points for consecutive groups of about ``sum(weights) / blocks`` each: [3, 1, 1, 1], 2 → [0, 1, 4]."""
     target = sum(weights) / max(1, blocks)
     bounds, acc = [0], 0.0

@@ -19,7 +19,7 @@ a TTS voice's stock phrase) that says nothing about copies, so it is not used.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -86,7 +86,7 @@ def find_relations(items: list[DedupItem], near: NearParams | None = NearParams(
     for pos, i in enumerate(representatives):
         for other_pos, offset_frames in index.candidates(pos, near):
             j = representatives[other_pos]
-            rel = _classify(items, i, j, offset_frames, near, verify)
+            rel = classify(items, i, j, offset_frames, near, verify)
             if rel is not None:
                 relations.append(rel)
     return relations
@@ -161,9 +161,9 @@ class _FingerprintIndex:
         return [(o, off) for o, off, _ in sorted(out, key=lambda r: (-r[2], r[0]))]
 
 
-def _classify(items: list[DedupItem], i: int, j: int, offset_frames: int, p: NearParams,
-              verify: Verifier | None) -> Relation | None:
-    """Check a candidate (time t in i is t + offset in j) and say what it is, or None."""
+def classify(items: Mapping[int, DedupItem] | list[DedupItem], i: int, j: int, offset_frames: int, p: NearParams,
+             verify: Verifier | None) -> Relation | None:
+    """Check a candidate (time t in ``items[i]`` is t + offset in ``items[j]``) and say what it is, or None."""
     a, b = items[i], items[j]
     offset_s = offset_frames * FRAME_S
     lo, hi = max(0.0, -offset_s), min(a.duration_s, b.duration_s - offset_s)      # overlap, in a's time
@@ -375,13 +375,14 @@ def resolve(items: list[DedupItem], relations: list[Relation]) -> Decisions:
 # bucket, which counts common hashes and votes on its own; the votes of one pair of items then meet in
 # one place and are scored as ``_FingerprintIndex.candidates`` scores them. The results are the same.
 
-HASH_COLUMNS = ("bucket", "h", "item", "t", "query")
-VOTE_COLUMNS = ("item", "other", "bin", "n")
+HASH_COLUMNS = ("bucket", "h", "item", "size", "t", "query")
+VOTE_COLUMNS = ("item", "other", "bin", "n", "item_size", "other_size")
 
 
 def hash_rows(item: int, fp: np.ndarray, buckets: int) -> dict[str, np.ndarray]:
     """Item ``item``'s fingerprint as rows for the buckets: its entries (hash, anchor frame) and its queries
-    (each hash's variants, as ``candidates`` looks them up), each row with the bucket of its hash."""
+    (each hash's variants, as ``candidates`` looks them up), each row with the bucket of its hash and the
+    item's fingerprint size (what ``min_fraction`` is taken of)."""
     fp = np.asarray(fp)
     h = fp[:, 0].astype(np.int32).astype(np.int64)
     qh = variants(fp[:, 0]).reshape(-1)
@@ -390,24 +391,26 @@ def hash_rows(item: int, fp: np.ndarray, buckets: int) -> dict[str, np.ndarray]:
     hh = np.concatenate([h, qh[keep].astype(np.int32).astype(np.int64)])
     t = np.concatenate([fp[:, 1], qt[keep]]).astype(np.int64)
     query = np.r_[np.zeros(len(h), bool), np.ones(int(keep.sum()), bool)]
-    return {"bucket": hh % max(1, buckets), "h": hh, "item": np.full(len(hh), item, np.int64), "t": t, "query": query}
+    n = len(hh)
+    return {"bucket": hh % max(1, buckets), "h": hh, "item": np.full(n, item, np.int64),
+            "size": np.full(n, len(fp), np.int64), "t": t, "query": query}
 
 
 def bucket_votes(rows: dict[str, np.ndarray], max_hash_items: int, tol: int) -> dict[str, np.ndarray]:
-    """One bucket's rows → the votes they give: (item, other, bin, n) for each pair with other > item,
-    ``bin`` = (other's frame − item's frame) // ``tol``; a hash in more than ``max_hash_items`` items is
-    common and gives none."""
+    """One bucket's rows (or several buckets': a hash's rows all lie in one) → the votes they give:
+    (item, other, bin, n) for each pair with other > item, ``bin`` = (other's frame − item's frame) // ``tol``,
+    with both items' fingerprint sizes; a hash in more than ``max_hash_items`` items is common and gives none."""
     tol = max(1, tol)
     q = rows["query"]
-    eh, ei, et = rows["h"][~q], rows["item"][~q], rows["t"][~q]
+    eh, ei, et, es = rows["h"][~q], rows["item"][~q], rows["t"][~q], rows["size"][~q]
     order = np.lexsort((ei, eh))
-    eh, ei, et = eh[order], ei[order], et[order]
+    eh, ei, et, es = eh[order], ei[order], et[order], es[order]
     first = np.r_[True, (eh[1:] != eh[:-1]) | (ei[1:] != ei[:-1])] if len(eh) else np.zeros(0, bool)
     hashes, per_hash = np.unique(eh[first], return_counts=True)
     common = hashes[per_hash > max_hash_items]
-    qh, qi, qt = rows["h"][q], rows["item"][q], rows["t"][q]
+    qh, qi, qt, qs = rows["h"][q], rows["item"][q], rows["t"][q], rows["size"][q]
     live = ~np.isin(qh, common)
-    qh, qi, qt = qh[live], qi[live], qt[live]
+    qh, qi, qt, qs = qh[live], qi[live], qt[live], qs[live]
     lo = np.searchsorted(eh, qh, side="left")
     counts = np.searchsorted(eh, qh, side="right") - lo
     total = int(counts.sum())
@@ -420,19 +423,24 @@ def bucket_votes(rows: dict[str, np.ndarray], max_hash_items: int, tol: int) -> 
     keep = other > item
     if not keep.any():
         return empty
-    item, other, offset = item[keep], other[keep], et[idx[keep]] - qt[rows_of[keep]]
-    triples, n = np.unique(np.stack([item, other, np.floor_divide(offset, tol)], axis=1), axis=0, return_counts=True)
-    return {"item": triples[:, 0], "other": triples[:, 1], "bin": triples[:, 2], "n": n.astype(np.int64)}
+    rows_of, idx = rows_of[keep], idx[keep]
+    item, other, offset = item[keep], other[keep], et[idx] - qt[rows_of]
+    triples, first, n = np.unique(np.stack([item, other, np.floor_divide(offset, tol)], axis=1), axis=0,
+                                  return_index=True, return_counts=True)
+    return {"item": triples[:, 0], "other": triples[:, 1], "bin": triples[:, 2], "n": n.astype(np.int64),
+            "item_size": qs[rows_of[first]], "other_size": es[idx[first]]}
 
 
-def pair_candidates(votes: dict[str, np.ndarray], sizes: dict[int, int], p: NearParams) -> list[tuple[int, int, int, int]]:
+def pair_candidates(votes: dict[str, np.ndarray], p: NearParams) -> list[tuple[int, int, int, int]]:
     """Votes of any pairs, from any buckets → (item, other, offset in frames, aligned votes) for each pair
     whose best two adjacent offset bins hold enough votes (``min_matches``, and ``min_fraction`` of the
-    smaller fingerprint), as ``candidates`` finds them."""
+    smaller fingerprint), as ``candidates`` finds them. All the votes of a pair must be among ``votes``."""
     if not len(votes["n"]):
         return []
-    keys, where = np.unique(np.stack([votes["item"], votes["other"], votes["bin"]], axis=1), axis=0, return_inverse=True)
+    keys, first, where = np.unique(np.stack([votes["item"], votes["other"], votes["bin"]], axis=1), axis=0,
+                                   return_index=True, return_inverse=True)
     n = np.bincount(where.reshape(-1), weights=votes["n"]).astype(np.int64)      # votes summed over buckets
+    smaller = np.minimum(votes["item_size"], votes["other_size"])[first]
     same_pair = (keys[1:, 0] == keys[:-1, 0]) & (keys[1:, 1] == keys[:-1, 1])
     nxt = np.zeros_like(n)
     adjacent = np.nonzero(same_pair & (keys[1:, 2] == keys[:-1, 2] + 1))[0]
@@ -443,11 +451,14 @@ def pair_candidates(votes: dict[str, np.ndarray], sizes: dict[int, int], p: Near
     out = []
     for a, b in zip(starts, np.r_[starts[1:], len(keys)]):
         best = a + int(np.argmax(aligned[a:b]))              # the first (lowest) bin among the best
-        item, other = int(keys[a, 0]), int(keys[a, 1])
-        need = max(p.min_matches, p.min_fraction * min(sizes[item], sizes[other]))
-        if aligned[best] >= need:
-            out.append((item, other, int(keys[best, 2]) * tol, int(aligned[best])))
+        if aligned[best] >= max(p.min_matches, p.min_fraction * int(smaller[a])):
+            out.append((int(keys[a, 0]), int(keys[a, 1]), int(keys[best, 2]) * tol, int(aligned[best])))
     return out
+
+
+def candidate_order(found: Iterable[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Candidates in the order ``find_relations`` checks them: by item, strongest first, then by other."""
+    return sorted(found, key=lambda c: (c[0], -c[3], c[1]))
 
 
 def bucketed_candidates(fingerprints: list[np.ndarray], p: NearParams, buckets: int) -> dict[int, list[tuple[int, int]]]:
@@ -462,9 +473,8 @@ def bucketed_candidates(fingerprints: list[np.ndarray], p: NearParams, buckets: 
     for b in range(max(1, buckets)):
         mine = rows["bucket"] == b
         votes.append(bucket_votes({c: v[mine] for c, v in rows.items()}, p.max_hash_items, p.offset_tolerance))
-    found = pair_candidates({c: np.concatenate([v[c] for v in votes]) for c in VOTE_COLUMNS},
-                            {i: len(fp) for i, fp in enumerate(fingerprints)}, p)
+    found = pair_candidates({c: np.concatenate([v[c] for v in votes]) for c in VOTE_COLUMNS}, p)
     out: dict[int, list[tuple[int, int]]] = {}
-    for item, other, offset, aligned in sorted(found, key=lambda c: (c[0], -c[3], c[1])):
+    for item, other, offset, _ in candidate_order(found):
         out.setdefault(item, []).append((other, offset))
     return out

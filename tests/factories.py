@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import filecmp
 import subprocess
 from pathlib import Path
 
@@ -66,3 +67,13 @@ def tiny_text_lm(folder: Path, vocab_size: int):
                                       num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
     lm.save_pretrained(folder)
     return lm
+
+
+def assert_same_tree(a: Path, b: Path, ignore=frozenset()):
+    """The two folders hold the same names and byte-identical files, all the way down."""
+    names = sorted(p.name for p in a.iterdir() if p.name not in ignore)
+    assert names == sorted(p.name for p in b.iterdir() if p.name not in ignore)
+    for d in [n for n in names if (a / n).is_dir()]:
+        assert_same_tree(a / d, b / d)
+    _, mismatch, errors = filecmp.cmpfiles(a, b, [n for n in names if not (a / n).is_dir()], shallow=False)
+    assert not mismatch and not errors, mismatch

@@ -1,7 +1,6 @@
 """The curate job end to end on an embedded Ray: accounting of bad input, segmenting, dedup, shard round
 trips through three readers, byte-identical reruns and resume after a kill."""
 
-import filecmp
 import io
 import json
 import os
@@ -18,7 +17,7 @@ import soundfile as sf
 
 from pipelines.config import load_config
 from pipelines.curate import CurateConfig, ErrorBudgetExceeded, run
-from tests.factories import chord_music, ffmpeg, silence, tone, tts, write
+from tests.factories import assert_same_tree, chord_music, ffmpeg, silence, tone, tts, write
 
 pytestmark = pytest.mark.integration
 
@@ -198,7 +197,7 @@ def test_rerun_is_byte_identical_and_resume_after_kill_matches(ray_cluster, resu
     first, second = tmp_path / "first", tmp_path / "second"
     run(_cfg([resume_corpus], first, *args))
     run(_cfg([resume_corpus], second, *args))
-    _assert_same_tree(first, second)
+    assert_same_tree(first, second)
 
     # Kill a driver mid-way (it attaches to the test cluster), then finish the job in a new run.
     killed = tmp_path / "killed"
@@ -212,7 +211,7 @@ def test_rerun_is_byte_identical_and_resume_after_kill_matches(ray_cluster, resu
     assert {k: after[k] for k in before} == before, "finished units were redone"
     assert len(after) == 13 and summary["inputs_seen"] == 13
     assert (killed / "_work").is_dir()
-    _assert_same_tree(first, killed, ignore={"_work"})
+    assert_same_tree(first, killed, ignore={"_work"})
     # The long file was chunked; its segments stay in order and within its length.
     index = pq.read_table(first / "index.parquet").to_pandas()
     music = index[index.uri.str.endswith("long_music.wav")].sort_values("start_s")
@@ -257,21 +256,12 @@ def test_an_input_replaced_after_a_kill_is_redone(ray_cluster, resume_corpus, tm
     run(_cfg([corpus], killed, *args))
     clean = tmp_path / "clean"
     run(_cfg([corpus], clean, *args))
-    _assert_same_tree(clean, killed)
+    assert_same_tree(clean, killed)
     import hashlib
 
     index = pq.read_table(killed / "index.parquet").to_pylist()
     mine = [r for r in index if r["uri"] == str(victim)]
     assert mine and all(r["source_sha256"] == hashlib.sha256(victim.read_bytes()).hexdigest() for r in mine)
-
-
-def _assert_same_tree(a: Path, b: Path, ignore=frozenset()):
-    names = sorted(p.name for p in a.iterdir() if p.name not in ignore)
-    assert names == sorted(p.name for p in b.iterdir() if p.name not in ignore)
-    for d in [n for n in names if (a / n).is_dir()]:
-        _assert_same_tree(a / d, b / d)
-    _, mismatch, errors = filecmp.cmpfiles(a, b, [n for n in names if not (a / n).is_dir()], shallow=False)
-    assert not mismatch and not errors, mismatch
 
 
 def test_finished_output_is_not_redone_and_other_config_is_refused(ray_cluster, resume_corpus, tmp_path):

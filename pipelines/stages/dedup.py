@@ -1,0 +1,125 @@
+"""Stage ``dedup`` on the cluster: near-duplicate candidates from the fingerprints, and their verification,
+without the fingerprints ever reaching the driver.
+
+    hashes   (tasks)    each representative's fingerprint, read from its unit marker → hash rows by bucket
+    votes    (shuffle)  rows grouped by hash bucket → votes of item pairs at offsets (``bucket_votes``)
+    pairs    (shuffle)  votes grouped by query item → candidates (``pair_candidates``)
+    verify   (tasks)    candidates in batches → relations (``classify``: coverage, then the audio itself)
+
+Up to ``ray.dedup_one_task_hashes`` hashes, one task does the first three steps: a shuffle costs seconds of
+start-up that a small corpus does not repay, and that task's memory is bounded by the same setting. Beyond
+it, the buckets hold about ``ray.dedup_bucket_hashes`` hashes each, which bounds what one reducer holds
+whatever the corpus. Either
+way the candidates, and so the relations, are those of ``processors.dedup.find_relations``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc
+
+from pipelines.runtime import IngestRayConfig
+from pipelines.stage import block_bounds
+from processors.dedup import (HASH_COLUMNS, VOTE_COLUMNS, DedupItem, NearParams, Relation, SpectralVerifier,
+                              bucket_votes, candidate_order, classify, hash_rows, pair_candidates)
+
+Candidate = tuple[int, int, int, int]          # item, other, offset in frames, aligned votes
+
+
+@dataclasses.dataclass(frozen=True)
+class DedupRef:
+    """One representative input (the first of its exact copies) as the dedup tasks see it."""
+
+    item: int              # its index among the job's dedup items
+    marker: str            # url of its unit marker, which holds the fingerprint
+    path: str              # what the verifier decodes
+    duration_s: float
+    hashes: int            # fingerprint size
+
+
+def read_fingerprint(marker: str) -> np.ndarray:
+    """A unit's fingerprint from its completion marker: (n, 2) int32 hash, anchor frame."""
+    with fsspec.open(marker, "rb") as f:
+        table = pa.ipc.open_file(pa.BufferReader(f.read())).read_all()
+    raw = table.column("fingerprint")[0].as_py() or b""
+    return np.frombuffer(raw, dtype="<i8").reshape(-1, 2).astype(np.int32)
+
+
+def near_relations(refs: list[DedupRef], p: NearParams, verify: bool, ray_cfg: IngestRayConfig,
+                   say: Callable[[str], None]) -> list[Relation]:
+    """The near and containment relations between ``refs``, in ``find_relations``' order."""
+    import ray
+
+    total = sum(r.hashes for r in refs)
+    if total <= ray_cfg.dedup_one_task_hashes:
+        found = ray.get(ray.remote(_one_task_candidates).remote([(r.item, r.marker) for r in refs if r.hashes], p))
+        how = "in one task"
+    else:
+        buckets = max(2, math.ceil(total / ray_cfg.dedup_bucket_hashes))
+        found = _shuffled_candidates(refs, p, buckets, ray_cfg.dedup_bucket_hashes)
+        how = f"shuffled in {buckets} hash buckets"
+    found = candidate_order(found)
+    say(f"dedup: {total:,} fingerprint hashes {how}; {len(found)} candidate pairs to verify")
+    by_item = {r.item: r for r in refs}
+    batches = [found[i:i + ray_cfg.dedup_verify_batch] for i in range(0, len(found), ray_cfg.dedup_verify_batch)]
+    task = ray.remote(_verify_batch)
+    pending = [task.remote(b, {k: by_item[k] for c in b for k in c[:2]}, p, verify) for b in batches]
+    return [rel for result in ray.get(pending) for rel in result if rel is not None]
+
+
+def _one_task_candidates(refs: list[tuple[int, str]], p: NearParams) -> list[Candidate]:
+    rows = _concat([hash_rows(item, read_fingerprint(marker), 1) for item, marker in refs], HASH_COLUMNS)
+    return pair_candidates(bucket_votes(rows, p.max_hash_items, p.offset_tolerance), p)
+
+
+def _shuffled_candidates(refs: list[DedupRef], p: NearParams, buckets: int, bucket_hashes: int) -> list[Candidate]:
+    import ray
+
+    live = [r for r in refs if r.hashes]
+    table = pa.table({"item": [r.item for r in live], "marker": [r.marker for r in live]})
+    # Blocks of about ``bucket_hashes`` hashes each: what one hashing task reads and emits.
+    bounds = block_bounds([float(r.hashes) for r in live], max(1, math.ceil(sum(r.hashes for r in live) / bucket_hashes)))
+    ds = ray.data.from_arrow([table.slice(a, b - a) for a, b in zip(bounds, bounds[1:])])
+    ds = ds.map_batches(_hash_batch, fn_kwargs={"buckets": buckets}, batch_size=None, batch_format="numpy")
+    ds = ds.groupby("bucket", num_partitions=buckets).map_groups(
+        _votes, fn_kwargs={"p": p}, batch_format="numpy")
+    ds = ds.groupby("item", num_partitions=buckets).map_groups(_pairs, fn_kwargs={"p": p}, batch_format="numpy")
+    out: list[Candidate] = []
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+        out += zip(*(batch[c].tolist() for c in ("item", "other", "offset", "aligned")))
+    return out
+
+
+def _concat(parts: list[dict[str, np.ndarray]], columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+    if not parts:
+        return {c: np.zeros(0, bool if c == "query" else np.int64) for c in columns}
+    return {c: np.concatenate([r[c] for r in parts]) for c in columns}
+
+
+def _hash_batch(batch: dict[str, np.ndarray], buckets: int) -> dict[str, np.ndarray]:
+    return _concat([hash_rows(int(i), read_fingerprint(str(m)), buckets)
+                    for i, m in zip(batch["item"], batch["marker"])], HASH_COLUMNS)
+
+
+def _votes(group: dict[str, np.ndarray], p: NearParams) -> dict[str, np.ndarray]:
+    return bucket_votes(group, p.max_hash_items, p.offset_tolerance)
+
+
+def _pairs(group: dict[str, np.ndarray], p: NearParams) -> dict[str, np.ndarray]:
+    found = np.array(pair_candidates({c: group[c] for c in VOTE_COLUMNS}, p), np.int64).reshape(-1, 4)
+    return {"item": found[:, 0], "other": found[:, 1], "offset": found[:, 2], "aligned": found[:, 3]}
+
+
+def _verify_batch(candidates: list[Candidate], refs: dict[int, DedupRef], p: NearParams,
+                  verify: bool) -> list[Relation | None]:
+    from processors.audio import iter_standardised
+
+    check = SpectralVerifier(lambda path, s, e: iter_standardised(path, s, e)) if verify else None
+    items = {k: DedupItem(r.path, "", read_fingerprint(r.marker), r.duration_s, ()) for k, r in refs.items()}
+    return [classify(items, i, j, offset, p, check) for i, j, offset, _ in candidates]
