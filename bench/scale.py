@@ -12,6 +12,13 @@ segment's zero-crossing rate, read from its FLAC) on 2 CPUs of embedded Ray, and
 - then the 1× corpus again on a local 2-node Ray cluster (``ray.cluster_utils.Cluster``, one CPU a node)
   against one node, and whether the two outputs are byte-identical.
 
+Then dedup alone (``--dedup-hours``, default 10,100,1000) over synthetic fingerprints on a local 2-node
+cluster, through the job's own shuffle (``pipelines/stages/dedup.py``, forced for every size): 10-minute
+items of 20 hashes a second, drawn like the fingerprinter's hashes (anchor bin, bin difference and time
+difference, subsampled by the same rule), one in 200 followed by a near copy of itself (shifted, 10 % of
+its hashes lost). It reports the largest worker's peak, which ``ray.dedup_bucket_hashes`` should bound
+whatever the hours, the wall time, and how many planted copies were found.
+
 The ratios print beside the goals they are held to.
 """
 
@@ -114,6 +121,102 @@ def on_two_nodes(corpus: Path, out: Path) -> dict:
         cluster.shutdown()
 
 
+ITEM_S = 600.0            # synthetic dedup items: 10 minutes each …
+HASHES_PER_S = 20         # … at the fingerprinter's rate
+COPY_EVERY = 200          # every 200th item is followed by a near copy of itself
+
+
+def synthetic_fingerprint(rng, n: int, frames: int):
+    """``n`` (hash, frame) rows drawn like ``Fingerprinter``'s: anchor bin 0–256, bin difference ±63 and
+    time difference 1–63 frames, kept by ``keep_hash``'s rule, at sorted random anchor frames."""
+    import numpy as np
+
+    from processors.fingerprint import MAX_DF, keep_hash
+
+    out = np.zeros(0, np.int64)
+    while len(out) < n:
+        h = (rng.integers(0, 257, 4 * n) << 14) | ((rng.integers(-MAX_DF, MAX_DF + 1, 4 * n) + MAX_DF) << 6) \
+            | rng.integers(1, 64, 4 * n)
+        out = np.r_[out, h[keep_hash(h)]]
+    return np.stack([out[:n], np.sort(rng.integers(0, frames, n))], axis=1)
+
+
+def write_markers(folder: Path, hours: float, seed: int = 0) -> tuple[list, int]:
+    """Synthetic unit markers (only the fingerprint column, which is all dedup reads) → the job's
+    ``DedupRef``s and the number of planted near copies."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.ipc
+
+    from pipelines.stages.dedup import DedupRef
+
+    rng = np.random.default_rng(seed)
+    n, frames = int(ITEM_S * HASHES_PER_S), int(ITEM_S / 0.016)
+    items = int(round(hours * 3600 / ITEM_S))
+    folder.mkdir(parents=True)
+    refs, planted, fp = [], 0, None
+    for i in range(items):
+        if i % COPY_EVERY == 1 and fp is not None:       # a near copy of the previous item
+            fp = fp[rng.random(len(fp)) > 0.1] + np.array([0, 37])
+            planted += 1
+        else:
+            fp = synthetic_fingerprint(rng, n, frames)
+        path = folder / f"{i:07d}.arrow"
+        table = pa.table({"fingerprint": [np.ascontiguousarray(fp, "<i8").tobytes()]})
+        with pa.ipc.new_file(str(path), table.schema) as w:
+            w.write_table(table)
+        refs.append(DedupRef(i, str(path), "", ITEM_S, len(fp)))
+    return refs, planted
+
+
+def dedup_alone(hours: float, tmp: Path, bucket_hashes: int) -> dict:
+    """The job's shuffled candidate search over ``hours`` of synthetic fingerprints on 2 local nodes."""
+    import threading
+
+    import psutil
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from pipelines.stages.dedup import _shuffled_candidates
+    from processors.dedup import NearParams
+
+    refs, planted = write_markers(tmp / f"markers-{hours:g}h", hours)
+    hashes = sum(r.hashes for r in refs)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 1 << 30})
+    peak, stop = {}, threading.Event()
+
+    def sample() -> None:
+        me = psutil.Process()
+        while not stop.is_set():
+            for p in me.children(recursive=True):
+                try:
+                    if is_worker(p.cmdline()):
+                        peak[p.pid] = max(peak.get(p.pid, 0.0), vm_hwm_mb(p.pid))
+                except psutil.Error:
+                    pass
+            time.sleep(0.25)
+
+    try:
+        cluster.add_node(num_cpus=1, object_store_memory=1 << 30)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        t0 = time.monotonic()
+        buckets = max(2, -(-hashes // bucket_hashes))
+        found = _shuffled_candidates(refs, NearParams(), buckets, bucket_hashes)
+        wall = time.monotonic() - t0
+    finally:
+        stop.set()
+        ray.shutdown()
+        cluster.shutdown()
+    copies = {(r.item, r.item + 1) for r in refs if r.item % COPY_EVERY == 0 and r.item + 1 < len(refs)}
+    return {"hours": hours, "hashes": hashes, "buckets": buckets, "wall": wall,
+            "worker_mb": max(peak.values(), default=0.0), "planted": planted,
+            "found": len(copies & {(a, b) for a, b, _, _ in found}), "other": len({(a, b) for a, b, _, _ in found} - copies)}
+
+
 def show(name: str, r: dict) -> None:
     print(f"{name:<22} {r['inputs']:6d} inputs {r['hours']:6.2f} h {r['segments']:7d} segments | driver "
           f"{r['driver_mb']:6.0f} MB | largest worker {r['worker_mb']:6.0f} MB | wall {r['wall']:6.1f} s | "
@@ -127,9 +230,21 @@ def main() -> None:
     ap.add_argument("--hours", type=float, default=0.5)
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--skip-cluster", action="store_true")
+    ap.add_argument("--dedup-hours", default="10,100,1000", help="comma-separated sizes; '' skips")
+    ap.add_argument("--dedup-bucket-hashes", type=int, default=1_000_000)
+    ap.add_argument("--only-dedup", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="audiomill-scale-") as tmp:
         tmp = Path(tmp)
+        if args.dedup_hours:
+            print(f"dedup alone, 2 local nodes, ray.dedup_bucket_hashes={args.dedup_bucket_hashes:,}", flush=True)
+            for hours in [float(h) for h in args.dedup_hours.split(",")]:
+                r = dedup_alone(hours, tmp, args.dedup_bucket_hashes)
+                print(f"{r['hours']:7g} h {r['hashes']:12,d} hashes {r['buckets']:5d} buckets | largest worker "
+                      f"{r['worker_mb']:6.0f} MB | wall {r['wall']:7.1f} s | planted copies found "
+                      f"{r['found']}/{r['planted']}, other candidates {r['other']}", flush=True)
+        if args.only_dedup:
+            return
         build_corpus(tmp / "c1", args.hours * 60, seed=0)
         build_corpus(tmp / "c10", args.hours * 60 * args.scale, seed=1)
         one = run_job(tmp / "c1", tmp / "o1", 2)

@@ -382,53 +382,128 @@ VOTE_COLUMNS = ("item", "other", "bin", "n", "item_size", "other_size")
 def hash_rows(item: int, fp: np.ndarray, buckets: int) -> dict[str, np.ndarray]:
     """Item ``item``'s fingerprint as rows for the buckets: its entries (hash, anchor frame) and its queries
     (each hash's variants, as ``candidates`` looks them up), each row with the bucket of its hash and the
-    item's fingerprint size (what ``min_fraction`` is taken of)."""
+    item's fingerprint size (what ``min_fraction`` is taken of). int32 columns, as in the index: 21 bytes
+    a row, four rows a hash."""
     fp = np.asarray(fp)
-    h = fp[:, 0].astype(np.int32).astype(np.int64)
-    qh = variants(fp[:, 0]).reshape(-1)
+    h = fp[:, 0].astype(np.int32)
+    qh = variants(fp[:, 0].astype(np.int64)).reshape(-1)
     qt = np.repeat(fp[:, 1], 3)
     keep = qh >= 0
-    hh = np.concatenate([h, qh[keep].astype(np.int32).astype(np.int64)])
-    t = np.concatenate([fp[:, 1], qt[keep]]).astype(np.int64)
+    hh = np.concatenate([h, qh[keep].astype(np.int32)])
+    t = np.concatenate([fp[:, 1], qt[keep]]).astype(np.int32)
     query = np.r_[np.zeros(len(h), bool), np.ones(int(keep.sum()), bool)]
     n = len(hh)
-    return {"bucket": hh % max(1, buckets), "h": hh, "item": np.full(n, item, np.int64),
-            "size": np.full(n, len(fp), np.int64), "t": t, "query": query}
+    return {"bucket": hh % np.int32(max(1, buckets)), "h": hh, "item": np.full(n, item, np.int32),
+            "size": np.full(n, len(fp), np.int32), "t": t, "query": query}
 
 
-def bucket_votes(rows: dict[str, np.ndarray], max_hash_items: int, tol: int) -> dict[str, np.ndarray]:
-    """One bucket's rows (or several buckets': a hash's rows all lie in one) → the votes they give:
-    (item, other, bin, n) for each pair with other > item, ``bin`` = (other's frame − item's frame) // ``tol``,
-    with both items' fingerprint sizes; a hash in more than ``max_hash_items`` items is common and gives none."""
-    tol = max(1, tol)
+SHARE_COLUMNS = ("item", "other", "shared", "item_size", "other_size")
+MATCH_CHUNK = 1 << 22      # matches expanded at once: what bounds a bucket's working memory
+
+
+def _matches(rows: dict[str, np.ndarray], max_hash_items: int, pairs: np.ndarray | None = None):
+    """A bucket's matches, query against entry of a later item, in chunks of about ``MATCH_CHUNK``: each
+    chunk the query rows' and entry rows' positions (into ``rows`` minus the common hashes), with the items.
+    ``pairs`` (sorted ``pair_key``s) keeps only those pairs' matches."""
     q = rows["query"]
-    eh, ei, et, es = rows["h"][~q], rows["item"][~q], rows["t"][~q], rows["size"][~q]
+    eh, ei = rows["h"][~q], rows["item"][~q]
     order = np.lexsort((ei, eh))
-    eh, ei, et, es = eh[order], ei[order], et[order], es[order]
+    eh, ei = eh[order], ei[order]
+    entries = np.flatnonzero(~q)[order]
     first = np.r_[True, (eh[1:] != eh[:-1]) | (ei[1:] != ei[:-1])] if len(eh) else np.zeros(0, bool)
     hashes, per_hash = np.unique(eh[first], return_counts=True)
     common = hashes[per_hash > max_hash_items]
-    qh, qi, qt, qs = rows["h"][q], rows["item"][q], rows["t"][q], rows["size"][q]
-    live = ~np.isin(qh, common)
-    qh, qi, qt, qs = qh[live], qi[live], qt[live], qs[live]
-    lo = np.searchsorted(eh, qh, side="left")
-    counts = np.searchsorted(eh, qh, side="right") - lo
-    total = int(counts.sum())
-    empty = {c: np.zeros(0, np.int64) for c in VOTE_COLUMNS}
-    if total == 0:
-        return empty
-    rows_of = np.repeat(np.arange(len(qh)), counts)
-    idx = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(total)
-    item, other = qi[rows_of], ei[idx]
-    keep = other > item
-    if not keep.any():
-        return empty
-    rows_of, idx = rows_of[keep], idx[keep]
-    item, other, offset = item[keep], other[keep], et[idx] - qt[rows_of]
-    triples, first, n = np.unique(np.stack([item, other, np.floor_divide(offset, tol)], axis=1), axis=0,
-                                  return_index=True, return_counts=True)
-    return {"item": triples[:, 0], "other": triples[:, 1], "bin": triples[:, 2], "n": n.astype(np.int64),
-            "item_size": qs[rows_of[first]], "other_size": es[idx[first]]}
+    queries = np.flatnonzero(q)
+    queries = queries[~np.isin(rows["h"][queries], common)]
+    qi = rows["item"][queries]
+    lo = np.searchsorted(eh, rows["h"][queries], side="left")
+    counts = np.searchsorted(eh, rows["h"][queries], side="right") - lo
+    ends = np.cumsum(counts)
+    start = 0
+    while start < len(queries):
+        stop = max(start + 1, int(np.searchsorted(ends, (ends[start - 1] if start else 0) + MATCH_CHUNK, side="right")))
+        c = counts[start:stop]
+        total = int(c.sum())
+        if total:
+            rows_of = np.repeat(np.arange(start, stop), c)
+            idx = np.repeat(lo[start:stop] - np.cumsum(c) + c, c) + np.arange(total)
+            item, other = qi[rows_of], ei[idx]
+            keep = other > item
+            if pairs is not None:
+                keep &= np.isin(pair_key(item, other), pairs)
+            if keep.any():
+                yield queries[rows_of[keep]], entries[idx[keep]], item[keep], other[keep]
+        start = stop
+
+
+def pair_key(item: np.ndarray, other: np.ndarray) -> np.ndarray:
+    return (np.asarray(item, np.int64) << 32) | np.asarray(other, np.int64)
+
+
+def pair_shares(rows: dict[str, np.ndarray], max_hash_items: int) -> dict[str, np.ndarray]:
+    """One bucket's rows → how many matches each pair of items (other > item) has in it, at any offset:
+    (item, other, shared) with both fingerprint sizes. A pair sharing too few in all buckets together cannot
+    hold enough aligned votes (``surviving_pairs``), so most pairs are never voted on: two unrelated
+    10-minute items share hundreds of hashes by chance, spread over every offset."""
+    keys, shared, sizes = [], [], []
+    for qrow, erow, item, other in _matches(rows, max_hash_items):
+        k, first, n = np.unique(pair_key(item, other), return_index=True, return_counts=True)
+        keys.append(k)
+        shared.append(n)
+        sizes.append(np.stack([rows["size"][qrow[first]], rows["size"][erow[first]]], axis=1))
+    if not keys:
+        return {c: np.zeros(0, np.int64) for c in SHARE_COLUMNS}
+    k, sz = np.concatenate(keys), np.concatenate(sizes)
+    out, first, where = np.unique(k, return_index=True, return_inverse=True)
+    return {"item": out >> 32, "other": out & 0xFFFFFFFF,
+            "shared": np.bincount(where.reshape(-1), weights=np.concatenate(shared)).astype(np.int64),
+            "item_size": sz[first, 0].astype(np.int64), "other_size": sz[first, 1].astype(np.int64)}
+
+
+def surviving_pairs(shares: dict[str, np.ndarray], p: NearParams) -> np.ndarray:
+    """Shares of any pairs from any buckets (all of a pair's among them) → the sorted ``pair_key``s of the
+    pairs sharing at least ``min_matches`` and ``min_fraction`` of the smaller fingerprint: the index's
+    first test (``candidates``), a necessary condition for enough aligned votes."""
+    if not len(shares["shared"]):
+        return np.zeros(0, np.int64)
+    keys, first, where = np.unique(pair_key(shares["item"], shares["other"]), return_index=True, return_inverse=True)
+    shared = np.bincount(where.reshape(-1), weights=shares["shared"])
+    smaller = np.minimum(shares["item_size"], shares["other_size"])[first]
+    return keys[shared >= np.maximum(p.min_matches, p.min_fraction * smaller)]
+
+
+def bucket_votes(rows: dict[str, np.ndarray], max_hash_items: int, tol: int,
+                 pairs: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """One bucket's rows (or several buckets': a hash's rows all lie in one) → the votes they give:
+    (item, other, bin, n) for each pair with other > item (and among ``pairs``, when given), ``bin`` =
+    (other's frame − item's frame) // ``tol``, with both items' fingerprint sizes; a hash in more than
+    ``max_hash_items`` items is common and gives none. A (item, other, bin) may come once per chunk of
+    matches: ``pair_candidates`` sums them."""
+    tol = max(1, tol)
+    out = []
+    for qrow, erow, item, other in _matches(rows, max_hash_items, pairs):
+        bins = np.floor_divide(rows["t"][erow] - rows["t"][qrow], tol)
+        order, starts = _runs(item, other, bins)
+        first = order[starts]
+        out.append({"item": item[first], "other": other[first], "bin": bins[first],
+                    "n": np.diff(np.r_[starts, len(order)]).astype(np.int64),
+                    "item_size": rows["size"][qrow[first]], "other_size": rows["size"][erow[first]]})
+    if not out:
+        return {c: np.zeros(0, np.int64 if c == "n" else np.int32) for c in VOTE_COLUMNS}
+    return {c: np.concatenate([v[c] for v in out]) for c in VOTE_COLUMNS}
+
+
+def _runs(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The order that sorts rows by ``columns`` (first column first) and where each run of equal rows starts
+    in it: what ``np.unique(..., axis=0)`` gives, without its slow sort of rows as raw bytes."""
+    order = np.lexsort(columns[::-1])
+    new = np.zeros(len(order), bool)
+    if len(order):
+        new[0] = True
+        for c in columns:
+            sc = c[order]
+            new[1:] |= sc[1:] != sc[:-1]
+    return order, np.flatnonzero(new)
 
 
 def pair_candidates(votes: dict[str, np.ndarray], p: NearParams) -> list[tuple[int, int, int, int]]:
@@ -437,9 +512,10 @@ def pair_candidates(votes: dict[str, np.ndarray], p: NearParams) -> list[tuple[i
     smaller fingerprint), as ``candidates`` finds them. All the votes of a pair must be among ``votes``."""
     if not len(votes["n"]):
         return []
-    keys, first, where = np.unique(np.stack([votes["item"], votes["other"], votes["bin"]], axis=1), axis=0,
-                                   return_index=True, return_inverse=True)
-    n = np.bincount(where.reshape(-1), weights=votes["n"]).astype(np.int64)      # votes summed over buckets
+    order, starts = _runs(votes["item"], votes["other"], votes["bin"])
+    first = order[starts]
+    keys = np.stack([votes["item"][first], votes["other"][first], votes["bin"][first]], axis=1)
+    n = np.add.reduceat(votes["n"][order], starts)                                # votes summed over buckets
     smaller = np.minimum(votes["item_size"], votes["other_size"])[first]
     same_pair = (keys[1:, 0] == keys[:-1, 0]) & (keys[1:, 1] == keys[:-1, 1])
     nxt = np.zeros_like(n)
@@ -469,10 +545,10 @@ def bucketed_candidates(fingerprints: list[np.ndarray], p: NearParams, buckets: 
     if not parts:
         return {}
     rows = {c: np.concatenate([r[c] for r in parts]) for c in HASH_COLUMNS}
-    votes = []
-    for b in range(max(1, buckets)):
-        mine = rows["bucket"] == b
-        votes.append(bucket_votes({c: v[mine] for c, v in rows.items()}, p.max_hash_items, p.offset_tolerance))
+    in_bucket = [{c: v[rows["bucket"] == b] for c, v in rows.items()} for b in range(max(1, buckets))]
+    shares = [pair_shares(r, p.max_hash_items) for r in in_bucket]
+    pairs = surviving_pairs({c: np.concatenate([s[c] for s in shares]) for c in SHARE_COLUMNS}, p)
+    votes = [bucket_votes(r, p.max_hash_items, p.offset_tolerance, pairs) for r in in_bucket]
     found = pair_candidates({c: np.concatenate([v[c] for v in votes]) for c in VOTE_COLUMNS}, p)
     out: dict[int, list[tuple[int, int]]] = {}
     for item, other, offset, _ in candidate_order(found):

@@ -2,9 +2,15 @@
 without the fingerprints ever reaching the driver.
 
     hashes   (tasks)    each representative's fingerprint, read from its unit marker → hash rows by bucket
-    votes    (shuffle)  rows grouped by hash bucket → votes of item pairs at offsets (``bucket_votes``)
-    pairs    (shuffle)  votes grouped by query item → candidates (``pair_candidates``)
+    shares   (shuffle)  rows grouped by hash bucket → matches per pair of items (``pair_shares``) …
+    pairs    (shuffle)  … grouped by query item → the pairs sharing enough hashes (``surviving_pairs``)
+    votes    (shuffle)  the hash rows again, by bucket → those pairs' votes at offsets (``bucket_votes``) …
+    best     (shuffle)  … grouped by query item → candidates (``pair_candidates``)
     verify   (tasks)    candidates in batches → relations (``classify``: coverage, then the audio itself)
+
+Counting shared hashes first costs a second shuffle of the hash rows, and saves the vote of every pair that
+shares hashes by chance: that is most pairs of long inputs, whose votes grow with the square of the corpus
+(``bench/scale.py``).
 
 Up to ``ray.dedup_one_task_hashes`` hashes, one task does the first three steps: a shuffle costs seconds of
 start-up that a small corpus does not repay, and that task's memory is bounded by the same setting. Beyond
@@ -26,8 +32,9 @@ import pyarrow.ipc
 
 from pipelines.runtime import IngestRayConfig
 from pipelines.stage import block_bounds
-from processors.dedup import (HASH_COLUMNS, VOTE_COLUMNS, DedupItem, NearParams, Relation, SpectralVerifier,
-                              bucket_votes, candidate_order, classify, hash_rows, pair_candidates)
+from processors.dedup import (HASH_COLUMNS, SHARE_COLUMNS, VOTE_COLUMNS, DedupItem, NearParams, Relation,
+                              SpectralVerifier, bucket_votes, candidate_order, classify, hash_rows, pair_candidates,
+                              pair_shares, surviving_pairs)
 
 Candidate = tuple[int, int, int, int]          # item, other, offset in frames, aligned votes
 
@@ -75,7 +82,8 @@ def near_relations(refs: list[DedupRef], p: NearParams, verify: bool, ray_cfg: I
 
 def _one_task_candidates(refs: list[tuple[int, str]], p: NearParams) -> list[Candidate]:
     rows = _concat([hash_rows(item, read_fingerprint(marker), 1) for item, marker in refs], HASH_COLUMNS)
-    return pair_candidates(bucket_votes(rows, p.max_hash_items, p.offset_tolerance), p)
+    pairs = surviving_pairs(pair_shares(rows, p.max_hash_items), p)
+    return pair_candidates(bucket_votes(rows, p.max_hash_items, p.offset_tolerance, pairs), p)
 
 
 def _shuffled_candidates(refs: list[DedupRef], p: NearParams, buckets: int, bucket_hashes: int) -> list[Candidate]:
@@ -85,20 +93,30 @@ def _shuffled_candidates(refs: list[DedupRef], p: NearParams, buckets: int, buck
     table = pa.table({"item": [r.item for r in live], "marker": [r.marker for r in live]})
     # Blocks of about ``bucket_hashes`` hashes each: what one hashing task reads and emits.
     bounds = block_bounds([float(r.hashes) for r in live], max(1, math.ceil(sum(r.hashes for r in live) / bucket_hashes)))
-    ds = ray.data.from_arrow([table.slice(a, b - a) for a, b in zip(bounds, bounds[1:])])
-    ds = ds.map_batches(_hash_batch, fn_kwargs={"buckets": buckets}, batch_size=None, batch_format="numpy")
-    ds = ds.groupby("bucket", num_partitions=buckets).map_groups(
-        _votes, fn_kwargs={"p": p}, batch_format="numpy")
-    ds = ds.groupby("item", num_partitions=buckets).map_groups(_pairs, fn_kwargs={"p": p}, batch_format="numpy")
+
+    def by_bucket():
+        ds = ray.data.from_arrow([table.slice(a, b - a) for a, b in zip(bounds, bounds[1:])])
+        ds = ds.map_batches(_hash_batch, fn_kwargs={"buckets": buckets}, batch_size=None, batch_format="numpy")
+        return ds.groupby("bucket", num_partitions=buckets)
+
+    shares = by_bucket().map_groups(_shares, fn_kwargs={"p": p}, batch_format="numpy")
+    survivors = shares.groupby("item", num_partitions=buckets).map_groups(_survivors, fn_kwargs={"p": p},
+                                                                         batch_format="numpy")
+    pairs = np.sort(np.concatenate([np.zeros(0, np.int64)] + [b["key"] for b in survivors.iter_batches(
+        batch_size=None, batch_format="numpy", prefetch_batches=0)]))
+    if not len(pairs):
+        return []
+    votes = by_bucket().map_groups(_votes, fn_kwargs={"p": p, "pairs": pairs}, batch_format="numpy")
+    best = votes.groupby("item", num_partitions=buckets).map_groups(_pairs, fn_kwargs={"p": p}, batch_format="numpy")
     out: list[Candidate] = []
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+    for batch in best.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
         out += zip(*(batch[c].tolist() for c in ("item", "other", "offset", "aligned")))
     return out
 
 
 def _concat(parts: list[dict[str, np.ndarray]], columns: tuple[str, ...]) -> dict[str, np.ndarray]:
     if not parts:
-        return {c: np.zeros(0, bool if c == "query" else np.int64) for c in columns}
+        return {c: np.zeros(0, bool if c == "query" else np.int32) for c in columns}
     return {c: np.concatenate([r[c] for r in parts]) for c in columns}
 
 
@@ -107,8 +125,16 @@ def _hash_batch(batch: dict[str, np.ndarray], buckets: int) -> dict[str, np.ndar
                     for i, m in zip(batch["item"], batch["marker"])], HASH_COLUMNS)
 
 
-def _votes(group: dict[str, np.ndarray], p: NearParams) -> dict[str, np.ndarray]:
-    return bucket_votes(group, p.max_hash_items, p.offset_tolerance)
+def _shares(group: dict[str, np.ndarray], p: NearParams) -> dict[str, np.ndarray]:
+    return pair_shares(group, p.max_hash_items)
+
+
+def _survivors(group: dict[str, np.ndarray], p: NearParams) -> dict[str, np.ndarray]:
+    return {"key": surviving_pairs({c: group[c] for c in SHARE_COLUMNS}, p)}
+
+
+def _votes(group: dict[str, np.ndarray], p: NearParams, pairs: np.ndarray) -> dict[str, np.ndarray]:
+    return bucket_votes(group, p.max_hash_items, p.offset_tolerance, pairs)
 
 
 def _pairs(group: dict[str, np.ndarray], p: NearParams) -> dict[str, np.ndarray]:

@@ -116,11 +116,14 @@ def test_common_hashes_are_not_evidence(tmp_path):
     assert find_relations(items, NearParams(), verify=VERIFY) == []
 
 
-@pytest.mark.parametrize("buckets", [1, 7, 256])
-def test_candidates_by_hash_bucket_are_the_index_candidates(corpus, tmp_path, buckets):
-    """Scored bucket by bucket (as the job shuffles them), the candidates are those of the whole index:
-    the same pairs, offsets and order, common hashes left out the same way."""
+@pytest.mark.parametrize("buckets,chunk", [(1, 1 << 22), (7, 1 << 22), (256, 1 << 22), (7, 500)])
+def test_candidates_by_hash_bucket_are_the_index_candidates(corpus, tmp_path, buckets, chunk, monkeypatch):
+    """Scored bucket by bucket (as the job shuffles them), and a bucket's matches in chunks, the candidates
+    are those of the whole index: the same pairs, offsets and order, common hashes left out the same way."""
+    from processors import dedup
     from processors.dedup import _FingerprintIndex, bucketed_candidates
+
+    monkeypatch.setattr(dedup, "MATCH_CHUNK", chunk)
 
     jingle = tts("Welcome to the morning news.", "en-us+f2")
     items = [_item(p, i) for i, p in enumerate(corpus.values())]
@@ -135,3 +138,31 @@ def test_candidates_by_hash_bucket_are_the_index_candidates(corpus, tmp_path, bu
         assert bucketed_candidates([it.fingerprint for it in items], p, buckets) == expected
         pairs.append(sum(map(len, expected.values())))
     assert pairs[0] >= 10 and 0 < pairs[1] < pairs[0], pairs
+
+
+def test_only_pairs_sharing_enough_hashes_are_voted_on():
+    """Unrelated 10-minute fingerprints share hundreds of hashes by chance, spread over every offset: the
+    share pass drops those pairs before any vote, and keeps a copy's pair."""
+    from processors.dedup import (HASH_COLUMNS, bucket_votes, hash_rows, pair_candidates, pair_key, pair_shares,
+                                  surviving_pairs)
+    from processors.fingerprint import MAX_DF, keep_hash
+
+    rng = np.random.default_rng(3)
+    fps = []
+    for _ in range(6):
+        h = (rng.integers(0, 257, 60000) << 14) | ((rng.integers(-MAX_DF, MAX_DF + 1, 60000) + MAX_DF) << 6) \
+            | rng.integers(1, 64, 60000)
+        h = h[keep_hash(h)][:12000]
+        fps.append(np.stack([h, np.sort(rng.integers(0, 37500, len(h)))], axis=1))
+    fps.append(fps[2][rng.random(12000) > 0.1] + np.array([0, 37]))          # a copy of item 2, 37 frames on
+    parts = [hash_rows(i, fp, 1) for i, fp in enumerate(fps)]
+    rows = {c: np.concatenate([r[c] for r in parts]) for c in HASH_COLUMNS}
+    p = NearParams()
+    shares = pair_shares(rows, p.max_hash_items)
+    assert len(shares["shared"]) == 21 and shares["shared"].min() > 100        # every pair shares by chance
+    kept = surviving_pairs(shares, p)
+    assert kept.tolist() == pair_key(np.array([2]), np.array([6])).tolist()
+    all_votes, kept_votes = bucket_votes(rows, 64, 2), bucket_votes(rows, 64, 2, kept)
+    assert set(zip(kept_votes["item"].tolist(), kept_votes["other"].tolist())) == {(2, 6)}
+    assert len(all_votes["n"]) > 20 * len(kept_votes["n"])
+    assert [c[:3] for c in pair_candidates(kept_votes, p)] == [c[:3] for c in pair_candidates(all_votes, p)] == [(2, 6, 36)]
