@@ -191,7 +191,7 @@ def dedup_alone(hours: float, tmp: Path, bucket_hashes: int) -> dict:
             for p in me.children(recursive=True):
                 try:
                     if is_worker(p.cmdline()):
-                        peak[p.pid] = max(peak.get(p.pid, 0.0), vm_hwm_mb(p.pid))
+                        peak[p.pid] = max(peak.get(p.pid, (0.0, ""))[0], vm_hwm_mb(p.pid)), p.cmdline()[0][:60]
                 except psutil.Error:
                     pass
             time.sleep(0.25)
@@ -213,7 +213,8 @@ def dedup_alone(hours: float, tmp: Path, bucket_hashes: int) -> dict:
         cluster.shutdown()
     copies = {(r.item, r.item + 1) for r in refs if r.item % COPY_EVERY == 0 and r.item + 1 < len(refs)}
     return {"hours": hours, "hashes": hashes, "buckets": buckets, "wall": wall,
-            "worker_mb": max(peak.values(), default=0.0), "planted": planted,
+            "worker_mb": max(peak.values(), default=(0.0, ""))[0], "worker": max(peak.values(), default=(0.0, ""))[1],
+            "planted": planted,
             "found": len(copies & {(a, b) for a, b, _, _ in found}), "other": len({(a, b) for a, b, _, _ in found} - copies)}
 
 
@@ -241,7 +242,7 @@ def main() -> None:
             for hours in [float(h) for h in args.dedup_hours.split(",")]:
                 r = dedup_alone(hours, tmp, args.dedup_bucket_hashes)
                 print(f"{r['hours']:7g} h {r['hashes']:12,d} hashes {r['buckets']:5d} buckets | largest worker "
-                      f"{r['worker_mb']:6.0f} MB | wall {r['wall']:7.1f} s | planted copies found "
+                      f"{r['worker_mb']:6.0f} MB ({r['worker']}) | wall {r['wall']:7.1f} s | planted copies found "
                       f"{r['found']}/{r['planted']}, other candidates {r['other']}", flush=True)
         if args.only_dedup:
             return

@@ -95,10 +95,22 @@ def _shuffled_candidates(refs: list[DedupRef], p: NearParams, buckets: int, buck
     bounds = block_bounds([float(r.hashes) for r in live], max(1, math.ceil(sum(r.hashes for r in live) / bucket_hashes)))
 
     def by_bucket():
+        # The shuffle's map side gathers up to this much input per node before it partitions (1 GiB by
+        # default): a few blocks' worth keeps it to what the buckets are sized for.
+        ray.data.DataContext.get_current().shuffle_input_batch_bytes = 4 * 4 * 21 * bucket_hashes
         ds = ray.data.from_arrow([table.slice(a, b - a) for a, b in zip(bounds, bounds[1:])])
         ds = ds.map_batches(_hash_batch, fn_kwargs={"buckets": buckets}, batch_size=None, batch_format="numpy")
         return ds.groupby("bucket", num_partitions=buckets)
 
+    ctx = ray.data.DataContext.get_current()
+    batch_bytes = ctx.shuffle_input_batch_bytes
+    try:
+        return _candidates_from(by_bucket, buckets, p)
+    finally:
+        ctx.shuffle_input_batch_bytes = batch_bytes
+
+
+def _candidates_from(by_bucket, buckets: int, p: NearParams) -> list[Candidate]:
     shares = by_bucket().map_groups(_shares, fn_kwargs={"p": p}, batch_format="numpy")
     survivors = shares.groupby("item", num_partitions=buckets).map_groups(_survivors, fn_kwargs={"p": p},
                                                                          batch_format="numpy")
