@@ -16,8 +16,8 @@ Then dedup alone (``--dedup-hours``, default 10,100,1000) over synthetic fingerp
 cluster, through the job's own shuffle (``pipelines/stages/dedup.py``, forced for every size): 10-minute
 items of 20 hashes a second, drawn like the fingerprinter's hashes (anchor bin, bin difference and time
 difference, subsampled by the same rule), one in 200 followed by a near copy of itself (shifted, 10 % of
-its hashes lost). It reports the largest worker's peak, which ``ray.dedup_bucket_hashes`` should bound
-whatever the hours, the wall time, and how many planted copies were found.
+its hashes lost). It reports the largest worker's peak (against the hours, at one ``ray.dedup_bucket_hashes``),
+the wall time, and how many planted copies were found.
 
 The ratios print beside the goals they are held to.
 """
@@ -70,6 +70,41 @@ def is_worker(cmdline: list[str]) -> bool:
     return "default_worker.py" in text or text.startswith("ray::")
 
 
+class WorkerPeaks:
+    """While open, samples every 0.25 s the peak resident memory (VmHWM) of each Ray worker process below
+    this one; ``largest`` is the largest seen."""
+
+    def __enter__(self) -> "WorkerPeaks":
+        import threading
+
+        self.peaks: dict[int, float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    @property
+    def largest(self) -> float:
+        return max(self.peaks.values(), default=0.0)
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self.stop.is_set():
+            for p in me.children(recursive=True):
+                try:
+                    if is_worker(p.cmdline()):
+                        self.peaks[p.pid] = max(self.peaks.get(p.pid, 0.0), vm_hwm_mb(p.pid))
+                except psutil.Error:
+                    pass
+            time.sleep(0.25)
+
+
 def run_job(corpus: Path, out: Path, cpus: int, address: str = "") -> dict:
     """``audiomill curate`` in a fresh driver process; every worker process below this one is sampled."""
     import psutil
@@ -80,22 +115,12 @@ def run_job(corpus: Path, out: Path, cpus: int, address: str = "") -> dict:
            "keep_work=false", f"labelers=[{LABELER}]"]
     cmd += [f"--address={address}"] if address else [f"ray.num_cpus={cpus}"]
     t0 = time.monotonic()
-    proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    me = psutil.Process()
-    workers: dict[int, float] = {}
-    while proc.poll() is None:
-        for p in me.children(recursive=True):
-            if p.pid == proc.pid:
-                continue
-            try:
-                if is_worker(p.cmdline()):
-                    workers[p.pid] = max(workers.get(p.pid, 0.0), vm_hwm_mb(p.pid))
-            except psutil.Error:
-                pass
-        time.sleep(0.25)
+    with WorkerPeaks() as workers:
+        proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        proc.wait()
     wall, log, summary, stages = job_output(proc, out, t0)
     line = lambda key: next(ln for ln in log.splitlines() if key in ln)  # noqa: E731
-    return {"driver_mb": float(line("DRIVER_VMHWM_MB").split()[1]), "worker_mb": max(workers.values(), default=0.0),
+    return {"driver_mb": float(line("DRIVER_VMHWM_MB").split()[1]), "worker_mb": workers.largest,
             "wall": wall, "after_startup": float(line("after Ray start-up").split()[-1]) / cpus,
             "hours": summary["audio_seconds_decoded"] / 3600, "segments": summary["segments"],
             "inputs": summary["inputs_seen"], "stages": stages}
@@ -170,52 +195,35 @@ def write_markers(folder: Path, hours: float, seed: int = 0) -> tuple[list, int]
 
 
 def dedup_alone(hours: float, tmp: Path, bucket_hashes: int) -> dict:
-    """The job's shuffled candidate search over ``hours`` of synthetic fingerprints on 2 local nodes."""
-    import threading
-
-    import psutil
+    """The job's near-copy search (``near_relations``, the shuffle forced, candidates checked on their
+    fingerprints: there is no audio) over ``hours`` of synthetic fingerprints on 2 local nodes."""
     import ray
     from ray.cluster_utils import Cluster
 
-    from pipelines.stages.dedup import _shuffled_candidates
+    from pipelines.runtime import IngestRayConfig
+    from pipelines.stages.dedup import near_relations
     from processors.dedup import NearParams
 
     refs, planted = write_markers(tmp / f"markers-{hours:g}h", hours)
-    hashes = sum(r.hashes for r in refs)
+    said: list[str] = []
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 1 << 30})
-    peak, stop = {}, threading.Event()
-
-    def sample() -> None:
-        me = psutil.Process()
-        while not stop.is_set():
-            for p in me.children(recursive=True):
-                try:
-                    if is_worker(p.cmdline()):
-                        peak[p.pid] = max(peak.get(p.pid, (0.0, ""))[0], vm_hwm_mb(p.pid)), p.cmdline()[0][:60]
-                except psutil.Error:
-                    pass
-            time.sleep(0.25)
-
     try:
         cluster.add_node(num_cpus=1, object_store_memory=1 << 30)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
-        t0 = time.monotonic()
-        buckets = max(2, -(-hashes // bucket_hashes))
-        found = _shuffled_candidates(refs, NearParams(), buckets, bucket_hashes)
-        wall = time.monotonic() - t0
+        cfg = IngestRayConfig(dedup_one_task_hashes=0, dedup_bucket_hashes=bucket_hashes)
+        with WorkerPeaks() as workers:
+            t0 = time.monotonic()
+            relations = near_relations(refs, NearParams(), False, cfg, said.append)
+            wall = time.monotonic() - t0
     finally:
-        stop.set()
         ray.shutdown()
         cluster.shutdown()
     copies = {(r.item, r.item + 1) for r in refs if r.item % COPY_EVERY == 0 and r.item + 1 < len(refs)}
-    return {"hours": hours, "hashes": hashes, "buckets": buckets, "wall": wall,
-            "worker_mb": max(peak.values(), default=(0.0, ""))[0], "worker": max(peak.values(), default=(0.0, ""))[1],
-            "planted": planted,
-            "found": len(copies & {(a, b) for a, b, _, _ in found}), "other": len({(a, b) for a, b, _, _ in found} - copies)}
+    found = {(r.a, r.b) for r in relations}
+    return {"hours": hours, "said": said[0], "wall": wall, "worker_mb": workers.largest, "planted": planted,
+            "found": len(copies & found), "other": len(found - copies)}
 
 
 def show(name: str, r: dict) -> None:
@@ -241,9 +249,9 @@ def main() -> None:
             print(f"dedup alone, 2 local nodes, ray.dedup_bucket_hashes={args.dedup_bucket_hashes:,}", flush=True)
             for hours in [float(h) for h in args.dedup_hours.split(",")]:
                 r = dedup_alone(hours, tmp, args.dedup_bucket_hashes)
-                print(f"{r['hours']:7g} h {r['hashes']:12,d} hashes {r['buckets']:5d} buckets | largest worker "
-                      f"{r['worker_mb']:6.0f} MB ({r['worker']}) | wall {r['wall']:7.1f} s | planted copies found "
-                      f"{r['found']}/{r['planted']}, other candidates {r['other']}", flush=True)
+                print(f"{r['hours']:7g} h | {r['said']} | largest worker {r['worker_mb']:6.0f} MB | wall "
+                      f"{r['wall']:7.1f} s | planted copies found {r['found']}/{r['planted']}, other relations "
+                      f"{r['other']}", flush=True)
         if args.only_dedup:
             return
         build_corpus(tmp / "c1", args.hours * 60, seed=0)

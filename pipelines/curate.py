@@ -323,7 +323,7 @@ class _Job:
     def _compact(self, r: UnitResult) -> UnitResult:
         """Drop the fingerprint from the record the driver keeps: dedup's tasks read it from the marker."""
         if r.fingerprint:
-            self.hashes[r.unit] = len(r.fingerprint) // 16
+            self.hashes[r.unit] = len(r.fingerprint_array())
             r = dataclasses.replace(r, fingerprint=b"")
         return r
 

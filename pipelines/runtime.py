@@ -42,7 +42,7 @@ class IngestRayConfig(RayConfig):
     ingest_workers: int = 0      # ingest tasks at once; 0 → one per CPU of the cluster
     ingest_num_cpus: float = 1.0
     dedup_one_task_hashes: int = 4_000_000   # up to this many fingerprint hashes, one task finds dedup candidates
-    dedup_bucket_hashes: int = 1_000_000     # beyond, hashes per shuffle bucket: bounds what one reducer holds
+    dedup_bucket_hashes: int = 1_000_000     # beyond, hashes per shuffle bucket (a reducer's input)
     dedup_verify_batch: int = 64             # dedup candidates per verification task
 
     def problems(self) -> list[str]:

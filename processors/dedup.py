@@ -376,6 +376,8 @@ def resolve(items: list[DedupItem], relations: list[Relation]) -> Decisions:
 # one place and are scored as ``_FingerprintIndex.candidates`` scores them. The results are the same.
 
 HASH_COLUMNS = ("bucket", "h", "item", "size", "t", "query")
+ROW_BYTES = 21            # a hash row: five int32 columns and a flag …
+ROWS_PER_HASH = 4         # … once as an entry and up to three times as a query
 VOTE_COLUMNS = ("item", "other", "bin", "n", "item_size", "other_size")
 
 
@@ -452,7 +454,7 @@ def pair_shares(rows: dict[str, np.ndarray], max_hash_items: int) -> dict[str, n
         shared.append(n)
         sizes.append(np.stack([rows["size"][qrow[first]], rows["size"][erow[first]]], axis=1))
     if not keys:
-        return {c: np.zeros(0, np.int64) for c in SHARE_COLUMNS}
+        return concat_rows([], SHARE_COLUMNS)
     k, sz = np.concatenate(keys), np.concatenate(sizes)
     out, first, where = np.unique(k, return_index=True, return_inverse=True)
     return {"item": out >> 32, "other": out & 0xFFFFFFFF,
@@ -488,9 +490,7 @@ def bucket_votes(rows: dict[str, np.ndarray], max_hash_items: int, tol: int,
         out.append({"item": item[first], "other": other[first], "bin": bins[first],
                     "n": np.diff(np.r_[starts, len(order)]).astype(np.int64),
                     "item_size": rows["size"][qrow[first]], "other_size": rows["size"][erow[first]]})
-    if not out:
-        return {c: np.zeros(0, np.int64 if c == "n" else np.int32) for c in VOTE_COLUMNS}
-    return {c: np.concatenate([v[c] for v in out]) for c in VOTE_COLUMNS}
+    return concat_rows(out, VOTE_COLUMNS)
 
 
 def _runs(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -537,20 +537,29 @@ def candidate_order(found: Iterable[tuple[int, int, int, int]]) -> list[tuple[in
     return sorted(found, key=lambda c: (c[0], -c[3], c[1]))
 
 
+def concat_rows(parts: list[dict[str, np.ndarray]], columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Row dicts (hash rows, shares, votes) as one; none → empty columns."""
+    if not parts:
+        return {c: np.zeros(0, bool if c == "query" else np.int64 if c in ("n", "shared") else np.int32) for c in columns}
+    return {c: np.concatenate([r[c] for r in parts]) for c in columns}
+
+
+def bucket_candidates(in_bucket: list[dict[str, np.ndarray]], p: NearParams) -> list[tuple[int, int, int, int]]:
+    """Hash rows split by bucket → candidates (``pair_candidates``), in both passes: shares, then the votes of
+    the surviving pairs. The job runs the same steps with each bucket in its own task."""
+    shares = concat_rows([pair_shares(r, p.max_hash_items) for r in in_bucket], SHARE_COLUMNS)
+    pairs = surviving_pairs(shares, p)
+    votes = concat_rows([bucket_votes(r, p.max_hash_items, p.offset_tolerance, pairs) for r in in_bucket], VOTE_COLUMNS)
+    return pair_candidates(votes, p)
+
+
 def bucketed_candidates(fingerprints: list[np.ndarray], p: NearParams, buckets: int) -> dict[int, list[tuple[int, int]]]:
     """``_FingerprintIndex(items).candidates(pos)`` for every item at once, computed bucket by bucket
     (what the job does across the cluster, here in one process): item → [(other, offset frames)],
     strongest first."""
-    parts = [hash_rows(i, fp, buckets) for i, fp in enumerate(fingerprints) if len(fp)]
-    if not parts:
-        return {}
-    rows = {c: np.concatenate([r[c] for r in parts]) for c in HASH_COLUMNS}
+    rows = concat_rows([hash_rows(i, fp, buckets) for i, fp in enumerate(fingerprints) if len(fp)], HASH_COLUMNS)
     in_bucket = [{c: v[rows["bucket"] == b] for c, v in rows.items()} for b in range(max(1, buckets))]
-    shares = [pair_shares(r, p.max_hash_items) for r in in_bucket]
-    pairs = surviving_pairs({c: np.concatenate([s[c] for s in shares]) for c in SHARE_COLUMNS}, p)
-    votes = [bucket_votes(r, p.max_hash_items, p.offset_tolerance, pairs) for r in in_bucket]
-    found = pair_candidates({c: np.concatenate([v[c] for v in votes]) for c in VOTE_COLUMNS}, p)
     out: dict[int, list[tuple[int, int]]] = {}
-    for item, other, offset, _ in candidate_order(found):
+    for item, other, offset, _ in candidate_order(bucket_candidates(in_bucket, p)):
         out.setdefault(item, []).append((other, offset))
     return out

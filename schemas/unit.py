@@ -56,7 +56,7 @@ class UnitResult:
 
     def fingerprint_array(self) -> np.ndarray:
         """(n, 2) int64: column 0 the hash, column 1 the anchor frame."""
-        return np.frombuffer(self.fingerprint, dtype="<i8").reshape(-1, 2)
+        return unpack_fingerprint(self.fingerprint)
 
     def to_row(self) -> dict[str, Any]:
         return arrow.to_row(self)
@@ -68,6 +68,10 @@ class UnitResult:
 
 def pack_fingerprint(fp: np.ndarray) -> bytes:
     return np.ascontiguousarray(fp, dtype="<i8").tobytes()
+
+
+def unpack_fingerprint(raw: bytes) -> np.ndarray:
+    return np.frombuffer(raw, dtype="<i8").reshape(-1, 2)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -12,11 +12,11 @@ Counting shared hashes first costs a second shuffle of the hash rows, and saves 
 shares hashes by chance: that is most pairs of long inputs, whose votes grow with the square of the corpus
 (``bench/scale.py``).
 
-Up to ``ray.dedup_one_task_hashes`` hashes, one task does the first three steps: a shuffle costs seconds of
-start-up that a small corpus does not repay, and that task's memory is bounded by the same setting. Beyond
-it, the buckets hold about ``ray.dedup_bucket_hashes`` hashes each, which bounds what one reducer holds
-whatever the corpus. Either
-way the candidates, and so the relations, are those of ``processors.dedup.find_relations``.
+Up to ``ray.dedup_one_task_hashes`` hashes, one task does the first four steps: a shuffle costs seconds of
+start-up that a small corpus does not repay. Beyond it, the buckets hold about ``ray.dedup_bucket_hashes``
+hashes each: a reducer's input. Its work still grows with how many inputs share each hash value, so a
+worker's peak grows with the corpus at a fixed bucket size (``docs/scale.md``). Either way the candidates,
+and so the relations, are those of ``processors.dedup.find_relations``.
 """
 
 from __future__ import annotations
@@ -25,16 +25,16 @@ import dataclasses
 import math
 from collections.abc import Callable
 
-import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.ipc
 
 from pipelines.runtime import IngestRayConfig
 from pipelines.stage import block_bounds
-from processors.dedup import (HASH_COLUMNS, SHARE_COLUMNS, VOTE_COLUMNS, DedupItem, NearParams, Relation,
-                              SpectralVerifier, bucket_votes, candidate_order, classify, hash_rows, pair_candidates,
-                              pair_shares, surviving_pairs)
+from pipelines.stages.ingest import marker_table
+from processors.dedup import (HASH_COLUMNS, ROW_BYTES, ROWS_PER_HASH, SHARE_COLUMNS, VOTE_COLUMNS, DedupItem,
+                              NearParams, Relation, SpectralVerifier, bucket_candidates, bucket_votes, candidate_order,
+                              classify, concat_rows, hash_rows, pair_candidates, pair_shares, surviving_pairs)
+from schemas.unit import unpack_fingerprint
 
 Candidate = tuple[int, int, int, int]          # item, other, offset in frames, aligned votes
 
@@ -52,10 +52,8 @@ class DedupRef:
 
 def read_fingerprint(marker: str) -> np.ndarray:
     """A unit's fingerprint from its completion marker: (n, 2) int32 hash, anchor frame."""
-    with fsspec.open(marker, "rb") as f:
-        table = pa.ipc.open_file(pa.BufferReader(f.read())).read_all()
-    raw = table.column("fingerprint")[0].as_py() or b""
-    return np.frombuffer(raw, dtype="<i8").reshape(-1, 2).astype(np.int32)
+    raw = marker_table(marker, ["fingerprint"]).column("fingerprint")[0].as_py() or b""
+    return unpack_fingerprint(raw).astype(np.int32)
 
 
 def near_relations(refs: list[DedupRef], p: NearParams, verify: bool, ray_cfg: IngestRayConfig,
@@ -81,9 +79,8 @@ def near_relations(refs: list[DedupRef], p: NearParams, verify: bool, ray_cfg: I
 
 
 def _one_task_candidates(refs: list[tuple[int, str]], p: NearParams) -> list[Candidate]:
-    rows = _concat([hash_rows(item, read_fingerprint(marker), 1) for item, marker in refs], HASH_COLUMNS)
-    pairs = surviving_pairs(pair_shares(rows, p.max_hash_items), p)
-    return pair_candidates(bucket_votes(rows, p.max_hash_items, p.offset_tolerance, pairs), p)
+    return bucket_candidates([concat_rows([hash_rows(item, read_fingerprint(marker), 1) for item, marker in refs],
+                                      HASH_COLUMNS)], p)
 
 
 def _shuffled_candidates(refs: list[DedupRef], p: NearParams, buckets: int, bucket_hashes: int) -> list[Candidate]:
@@ -95,45 +92,34 @@ def _shuffled_candidates(refs: list[DedupRef], p: NearParams, buckets: int, buck
     bounds = block_bounds([float(r.hashes) for r in live], max(1, math.ceil(sum(r.hashes for r in live) / bucket_hashes)))
 
     def by_bucket():
-        # The shuffle's map side gathers up to this much input per node before it partitions (1 GiB by
-        # default): a few blocks' worth keeps it to what the buckets are sized for.
-        ray.data.DataContext.get_current().shuffle_input_batch_bytes = 4 * 4 * 21 * bucket_hashes
         ds = ray.data.from_arrow([table.slice(a, b - a) for a, b in zip(bounds, bounds[1:])])
         ds = ds.map_batches(_hash_batch, fn_kwargs={"buckets": buckets}, batch_size=None, batch_format="numpy")
         return ds.groupby("bucket", num_partitions=buckets)
 
+    # The shuffle's map side gathers up to this much input per node before it partitions (1 GiB by default);
+    # four buckets' rows keep it to the scale the buckets are sized for. Datasets take the setting when made.
     ctx = ray.data.DataContext.get_current()
-    batch_bytes = ctx.shuffle_input_batch_bytes
+    batch_bytes, ctx.shuffle_input_batch_bytes = ctx.shuffle_input_batch_bytes, 4 * ROWS_PER_HASH * ROW_BYTES * bucket_hashes
     try:
-        return _candidates_from(by_bucket, buckets, p)
+        shares = by_bucket().map_groups(_shares, fn_kwargs={"p": p}, batch_format="numpy")
+        survivors = shares.groupby("item", num_partitions=buckets).map_groups(_survivors, fn_kwargs={"p": p},
+                                                                             batch_format="numpy")
+        pairs = np.sort(np.concatenate([np.zeros(0, np.int64)] + [b["key"] for b in survivors.iter_batches(
+            batch_size=None, batch_format="numpy", prefetch_batches=0)]))
+        if not len(pairs):
+            return []
+        votes = by_bucket().map_groups(_votes, fn_kwargs={"p": p, "pairs": pairs}, batch_format="numpy")
+        best = votes.groupby("item", num_partitions=buckets).map_groups(_pairs, fn_kwargs={"p": p}, batch_format="numpy")
+        out: list[Candidate] = []
+        for batch in best.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+            out += zip(*(batch[c].tolist() for c in ("item", "other", "offset", "aligned")))
+        return out
     finally:
         ctx.shuffle_input_batch_bytes = batch_bytes
 
 
-def _candidates_from(by_bucket, buckets: int, p: NearParams) -> list[Candidate]:
-    shares = by_bucket().map_groups(_shares, fn_kwargs={"p": p}, batch_format="numpy")
-    survivors = shares.groupby("item", num_partitions=buckets).map_groups(_survivors, fn_kwargs={"p": p},
-                                                                         batch_format="numpy")
-    pairs = np.sort(np.concatenate([np.zeros(0, np.int64)] + [b["key"] for b in survivors.iter_batches(
-        batch_size=None, batch_format="numpy", prefetch_batches=0)]))
-    if not len(pairs):
-        return []
-    votes = by_bucket().map_groups(_votes, fn_kwargs={"p": p, "pairs": pairs}, batch_format="numpy")
-    best = votes.groupby("item", num_partitions=buckets).map_groups(_pairs, fn_kwargs={"p": p}, batch_format="numpy")
-    out: list[Candidate] = []
-    for batch in best.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
-        out += zip(*(batch[c].tolist() for c in ("item", "other", "offset", "aligned")))
-    return out
-
-
-def _concat(parts: list[dict[str, np.ndarray]], columns: tuple[str, ...]) -> dict[str, np.ndarray]:
-    if not parts:
-        return {c: np.zeros(0, bool if c == "query" else np.int32) for c in columns}
-    return {c: np.concatenate([r[c] for r in parts]) for c in columns}
-
-
 def _hash_batch(batch: dict[str, np.ndarray], buckets: int) -> dict[str, np.ndarray]:
-    return _concat([hash_rows(int(i), read_fingerprint(str(m)), buckets)
+    return concat_rows([hash_rows(int(i), read_fingerprint(str(m)), buckets)
                     for i, m in zip(batch["item"], batch["marker"])], HASH_COLUMNS)
 
 

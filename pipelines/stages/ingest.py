@@ -44,9 +44,14 @@ def write_marker(work: str, result: UnitResult) -> None:
 
 
 def read_marker(url: str) -> UnitResult:
+    return arrow.from_table(UnitResult, marker_table(url))[0]
+
+
+def marker_table(url: str, columns: list[str] | None = None) -> pa.Table:
+    """A marker's row as an Arrow table (only ``columns``, when given)."""
     with fsspec.open(url, "rb") as f:
         table = pa.ipc.open_file(pa.BufferReader(f.read())).read_all()
-    return arrow.from_table(UnitResult, table)[0]
+    return table.select(columns) if columns else table
 
 
 class IngestStage(StageFn):
