@@ -78,6 +78,7 @@ class WorkerPeaks:
         import threading
 
         self.peaks: dict[int, float] = {}
+        self.titles: dict[int, str] = {}       # what the process ran when its peak last rose
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
@@ -91,15 +92,26 @@ class WorkerPeaks:
     def largest(self) -> float:
         return max(self.peaks.values(), default=0.0)
 
+    @property
+    def largest_title(self) -> str:
+        """What the largest worker last ran (Ray titles a worker with its task or actor) when its peak rose."""
+        return self.titles[max(self.peaks, key=self.peaks.get)] if self.peaks else ""
+
     def _sample(self) -> None:
         import psutil
 
         me = psutil.Process()
+        seen: dict[int, str] = {}           # each worker's last task or actor (a finished one shows as IDLE)
         while not self.stop.is_set():
             for p in me.children(recursive=True):
                 try:
-                    if is_worker(p.cmdline()):
-                        self.peaks[p.pid] = max(self.peaks.get(p.pid, 0.0), vm_hwm_mb(p.pid))
+                    title = " ".join(p.cmdline()).strip()
+                    if is_worker(title.split()):
+                        if title != "ray::IDLE":
+                            seen[p.pid] = title[:80]
+                        peak = vm_hwm_mb(p.pid)
+                        if peak > self.peaks.get(p.pid, 0.0):
+                            self.peaks[p.pid], self.titles[p.pid] = peak, seen.get(p.pid, title)
                 except psutil.Error:
                     pass
             time.sleep(0.25)
@@ -121,7 +133,7 @@ def run_job(corpus: Path, out: Path, cpus: int, address: str = "") -> dict:
     wall, log, summary, stages = job_output(proc, out, t0)
     line = lambda key: next(ln for ln in log.splitlines() if key in ln)  # noqa: E731
     return {"driver_mb": float(line("DRIVER_VMHWM_MB").split()[1]), "worker_mb": workers.largest,
-            "wall": wall, "after_startup": float(line("after Ray start-up").split()[-1]) / cpus,
+            "worker": workers.largest_title, "wall": wall, "after_startup": float(line("after Ray start-up").split()[-1]) / cpus,
             "hours": summary["audio_seconds_decoded"] / 3600, "segments": summary["segments"],
             "inputs": summary["inputs_seen"], "stages": stages}
 
@@ -228,8 +240,8 @@ def dedup_alone(hours: float, tmp: Path, bucket_hashes: int) -> dict:
 
 def show(name: str, r: dict) -> None:
     print(f"{name:<22} {r['inputs']:6d} inputs {r['hours']:6.2f} h {r['segments']:7d} segments | driver "
-          f"{r['driver_mb']:6.0f} MB | largest worker {r['worker_mb']:6.0f} MB | wall {r['wall']:6.1f} s | "
-          f"{r['after_startup']:6.1f} audio-s per core-s after start-up | stages {r['stages']}", flush=True)
+          f"{r['driver_mb']:6.0f} MB | largest worker {r['worker_mb']:6.0f} MB ({r['worker']}) | wall "
+          f"{r['wall']:6.1f} s | {r['after_startup']:6.1f} audio-s per core-s after start-up | stages {r['stages']}", flush=True)
 
 
 def main() -> None:

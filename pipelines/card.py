@@ -11,13 +11,9 @@ from typing import Any
 
 import fsspec
 
-from processors.builders.pretrain import stable_hash
-from processors.card import browse_html, card_markdown, card_plots
+from processors.card import CardStats, browse_html, card_markdown, card_plots
 from schemas.files import atomic_write
 from schemas.manifest import Manifest
-
-BROWSE_SEGMENTS = 16
-BROWSE_PER_TASK = 2
 
 
 def read_table(url: str) -> list[dict]:
@@ -27,6 +23,15 @@ def read_table(url: str) -> list[dict]:
         return pq.read_table(f).to_pylist()
 
 
+def row_batches(url: str, batch_rows: int = 1 << 16) -> Iterator[list[dict]]:
+    """A Parquet file's rows, ``batch_rows`` at a time: what the card reads, so it holds one batch."""
+    import pyarrow.parquet as pq
+
+    with fsspec.open(url, "rb") as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
+            yield batch.to_pylist()
+
+
 def read_at(url: str, offset: int, size: int) -> dict[str, bytes]:
     from processors.shards import read_sample
 
@@ -34,18 +39,8 @@ def read_at(url: str, offset: int, size: int) -> dict[str, bytes]:
         return dict(read_sample(f, offset, size)[1])
 
 
-def browse_items(out: str, layer: str, index: list[dict]) -> Iterator[tuple[dict, dict]]:
-    """(browse item, record) for a stable sample: segments by hash of key, examples a few per stage/task."""
-    if layer == "segments":
-        rows = sorted(index, key=lambda r: stable_hash(f"browse/{r['key']}"))[:BROWSE_SEGMENTS]
-    else:
-        seen: dict[tuple, int] = {}
-        rows = []
-        for r in sorted(index, key=lambda r: r["key"]):
-            k = (r["stage"], r["task"])
-            if seen.get(k, 0) < BROWSE_PER_TASK:
-                seen[k] = seen.get(k, 0) + 1
-                rows.append(r)
+def browse_items(out: str, layer: str, rows: list[dict]) -> Iterator[tuple[dict, dict]]:
+    """(browse item, record) for each browsed index row (``CardStats.browsed``), read from its shard."""
     for r in rows:
         members = read_at(posixpath.join(out, r["shard"]), r["offset"], r["size"])
         rec = json.loads(members["json"])
@@ -94,23 +89,24 @@ def write_card(out: str, manifest: Manifest, config: dict[str, Any] | None = Non
     if config is not None:
         atomic_write(posixpath.join(out, "config.json"),
                      (json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n").encode())
-    index = read_table(posixpath.join(out, "index.parquet"))
-    rejects = read_table(posixpath.join(out, "rejects.parquet"))
+    stats = CardStats(manifest.layer)
+    for rows in row_batches(posixpath.join(out, "index.parquet")):
+        stats.add(rows)
+    for rows in row_batches(posixpath.join(out, "rejects.parquet")):
+        stats.add_rejects(rows)
+    if manifest.layer == "examples":               # the licenses of the corpora the examples were built from
+        for url in (config or {}).get("inputs", []):
+            for rows in row_batches(posixpath.join(url, "index.parquet")):
+                stats.add_licenses(rows)
     m = manifest.to_dict()
     items, models = [], set()
-    for item, rec in browse_items(out, manifest.layer, index):
+    for item, rec in browse_items(out, manifest.layer, stats.browsed()):
         items.append(item)
         models |= _models(rec)
-    lic = None
-    if manifest.layer == "examples":               # the licenses of the corpora the examples were built from
-        from processors.card import licenses
-
-        rows = [r for url in (config or {}).get("inputs", []) for r in read_table(posixpath.join(url, "index.parquet"))]
-        lic = licenses(rows)
-    plots = card_plots(m, index, rejects)
+    plots = card_plots(m, stats)
     for name, data in plots.items():
         atomic_write(posixpath.join(out, name), data)
-    text = card_markdown(m, index, rejects, sorted(plots), lic, sorted(models))
+    text = card_markdown(m, stats, sorted(plots), sorted(models))
     atomic_write(posixpath.join(out, "README.md"), text.encode())
     atomic_write(posixpath.join(out, "index.html"),
                  browse_html(f"{manifest.name} {manifest.version} ({manifest.layer})", items).encode())

@@ -1,8 +1,9 @@
 """The dataset card of an output or a version: ``README.md`` with a Hugging Face dataset-card YAML header,
 plots (PNG) for ``plots/``, and a static ``index.html`` to browse a sample with audio players.
 
-    card_markdown(manifest_dict, index_rows, reject_rows, plots=["plots/duration.png", …]) → str
-    card_plots(manifest_dict, index_rows, reject_rows) → {"plots/duration.png": png_bytes, …}
+    stats = CardStats(layer); stats.add(index_rows); stats.add_rejects(reject_rows)   # batch by batch
+    card_markdown(manifest_dict, stats, plots=["plots/duration.png", …]) → str
+    card_plots(manifest_dict, stats) → {"plots/duration.png": png_bytes, …}
     browse_html(title, items) → str        # items: [{"key", "audios": [(mime, bytes)], "fields", "turns"}]
 
 Everything is computed from ``manifest.json``, ``index.parquet`` and ``rejects.parquet`` rows.
@@ -11,6 +12,7 @@ Everything is computed from ``manifest.json``, ``index.parquet`` and ``rejects.p
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -41,22 +43,120 @@ def size_category(n: int) -> str:
     return "1M<n<10M" if n < 10_000_000 else "n>10M"
 
 
-def licenses(index: list[dict]) -> dict[str, list[str]]:
-    """{license: [corpora it covers]} (segments layer; examples carry licenses in their records)."""
-    out: dict[str, set[str]] = defaultdict(set)
-    for r in index:
+BROWSE_SEGMENTS = 16          # segments browsed: the smallest by a hash of their key
+BROWSE_PER_TASK = 2           # examples browsed per stage and task: the first by key
+HIST_STEP = 0.01              # histograms count values at this resolution
+
+
+class CardStats:
+    """What the card says of a layer's index and rejects, added up one batch of rows at a time: counts,
+    sums, histograms at ``HIST_STEP`` and a browse sample of fixed size, never the rows (at 10,000 hours an
+    index holds millions)."""
+
+    def __init__(self, layer: str) -> None:
+        self.layer = layer
+        self.samples = 0
+        self.seconds = 0.0
+        self.licenses: dict[str, set[str]] = defaultdict(set)
+        self.count: dict[str, Counter] = defaultdict(Counter)     # kind, language, (stage, task, split) → rows
+        self.hours: dict[str, Counter] = defaultdict(Counter)     # the same → audio hours
+        self.events: Counter = Counter()                          # each segment's strongest event
+        self.speakers: Counter = Counter()
+        self.genders: Counter = Counter()
+        self.dpo_kinds: Counter = Counter()
+        self.reasons: Counter = Counter()
+        self.durations: Counter = Counter()                       # seconds, rounded to HIST_STEP → rows
+        self.mos: Counter = Counter()                             # DNSMOS overall, the same way
+        self.mos_sum, self.mos_min, self.mos_max = 0.0, float("inf"), float("-inf")
+        self._browse: list[tuple] = []                            # segments: a heap of the smallest (-hash, key)
+        self._first: dict[tuple[str, str], list[str]] = defaultdict(list)   # examples: the first keys per task
+        self._rows: dict[str, dict] = {}                          # browsed key → its row
+
+    def add(self, rows: list[dict]) -> None:
+        """Index rows, in any order and batches: the totals are the same."""
+        for r in rows:
+            self.samples += 1
+            seconds = r.get("duration_s") or 0.0
+            self.seconds += seconds
+            self.durations[round(seconds / HIST_STEP)] += 1
+            if self.layer == "segments":
+                self._add_segment(r, seconds)
+            else:
+                self._add_example(r, seconds)
+
+    def _add_segment(self, r: dict, seconds: float) -> None:
         if r.get("license"):
-            out[r["license"]].add(r.get("corpus") or "?")
-    return {k: sorted(v) for k, v in sorted(out.items())}
+            self.licenses[r["license"]].add(r.get("corpus") or "?")
+        for key, value in (("kind", r.get("kind")), ("language", r.get("language"))):
+            if value:
+                self.count[key][value] += 1
+                self.hours[key][value] += seconds / 3600
+        self.events.update((r.get("events") or [])[:1])
+        if r.get("speakers") is not None:
+            self.speakers[r["speakers"]] += 1
+        if r.get("gender"):
+            self.genders[r["gender"]] += 1
+        mos = r.get("dnsmos_ovrl")
+        if mos is not None:
+            self.mos[round(mos / HIST_STEP)] += 1
+            self.mos_sum, self.mos_min, self.mos_max = self.mos_sum + mos, min(self.mos_min, mos), max(self.mos_max, mos)
+        import heapq
+
+        from processors.builders.pretrain import stable_hash
+
+        entry = (-stable_hash(f"browse/{r['key']}"), _Desc(r["key"]))
+        if len(self._browse) < BROWSE_SEGMENTS:
+            heapq.heappush(self._browse, entry)
+            self._rows[r["key"]] = r
+        elif entry > self._browse[0]:
+            gone = heapq.heappushpop(self._browse, entry)
+            self._rows.pop(gone[1].key)
+            self._rows[r["key"]] = r
+
+    def _add_example(self, r: dict, seconds: float) -> None:
+        task = (r["stage"], r["task"], r["split"])
+        self.count["task"][task] += 1
+        self.hours["task"][task] += seconds / 3600
+        if r["stage"] == "dpo":
+            self.dpo_kinds[r["rejected_kind"]] += 1
+        first = self._first[(r["stage"], r["task"])]
+        if len(first) < BROWSE_PER_TASK or r["key"] < first[-1]:
+            first.append(r["key"])
+            first.sort()
+            self._rows[r["key"]] = r
+            if len(first) > BROWSE_PER_TASK:
+                self._rows.pop(first.pop())
+
+    def add_rejects(self, rows: list[dict]) -> None:
+        self.reasons.update(r["reason"] for r in rows)
+
+    def add_licenses(self, rows: list[dict]) -> None:
+        """Rows of an index whose licenses this one inherits (the segments an examples layer was built from)."""
+        for r in rows:
+            if r.get("license"):
+                self.licenses[r["license"]].add(r.get("corpus") or "?")
+
+    def browsed(self) -> list[dict]:
+        """The rows to browse: segments by hash of key, examples a few per stage and task, by key."""
+        if self.layer == "segments":
+            return [self._rows[k.key] for _, k in sorted(self._browse, reverse=True)]
+        return [self._rows[k] for k in sorted(self._rows)]
+
+    def license_table(self) -> dict[str, list[str]]:
+        return {k: sorted(v) for k, v in sorted(self.licenses.items())}
+
+    def by_hours(self, key: str) -> dict:
+        return dict(sorted(self.hours[key].items(), key=lambda kv: -kv[1]))
 
 
-def _hours(rows: list[dict], key) -> dict[str, float]:
-    acc: Counter = Counter()
-    for r in rows:
-        k = key(r)
-        if k:
-            acc[k] += (r.get("duration_s") or 0.0) / 3600
-    return dict(sorted(acc.items(), key=lambda kv: -kv[1]))
+@dataclasses.dataclass(frozen=True)
+class _Desc:
+    """A key that sorts backwards: the heap's smallest entry is then the largest (hash, key) kept."""
+
+    key: str
+
+    def __lt__(self, other: "_Desc") -> bool:
+        return self.key > other.key
 
 
 def _table(head: list[str], rows: list[list[Any]]) -> str:
@@ -67,16 +167,15 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def card_markdown(manifest: dict, index: list[dict], rejects: list[dict], plots: list[str],
-                  example_licenses: dict[str, list[str]] | None = None, label_models: list[str] = ()) -> str:
+def card_markdown(manifest: dict, stats: CardStats, plots: list[str], label_models: list[str] = ()) -> str:
     layer = manifest["layer"]
-    lic = example_licenses if example_licenses is not None else licenses(index)
-    langs = sorted({r["language"] for r in index if r.get("language")})
+    lic = stats.license_table()
+    langs = sorted(stats.count["language"])
     header = {
         "license": sorted({k.lower() for k in lic}) or ["unknown"],
         "task_categories": TASK_CATEGORIES[layer],
         "language": langs or None,
-        "size_categories": [size_category(len(index))],
+        "size_categories": [size_category(stats.samples)],
         "pretty_name": manifest["name"],
         "tags": ["audio", "audiomill", layer],
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "**/*.tar"}]}],
@@ -88,41 +187,31 @@ def card_markdown(manifest: dict, index: list[dict], rejects: list[dict], plots:
            f"(record schema `{manifest.get('record_schema', '')}`, config hash `{manifest['config_hash']}`"
            + (f", parent {manifest['parent_version']}" if manifest.get("parent_version") else "") + ").", ""]
     out += ["## Licenses", "", _table(["license", "covers"], [[k, ", ".join(v)] for k, v in lic.items()])]
-    total_h = sum((r.get("duration_s") or 0.0) for r in index) / 3600
-    out += ["## Size", "", f"{len(index)} samples, {total_h:.3f} hours of audio, "
+    out += ["## Size", "", f"{stats.samples} samples, {stats.seconds / 3600:.3f} hours of audio, "
             f"{len(manifest.get('shards', []))} shards.", ""]
     if layer == "segments":
-        out += ["### By kind", "", _table(["kind", "segments", "hours"],
-                                          [[k, sum(1 for r in index if r["kind"] == k), f"{h:.3f}"]
-                                           for k, h in _hours(index, lambda r: r.get("kind")).items()])]
-        out += ["### By language", "", _table(["language", "segments", "hours"],
-                                              [[k, sum(1 for r in index if r.get("language") == k), f"{h:.3f}"]
-                                               for k, h in _hours(index, lambda r: r.get("language")).items()])]
-        events = Counter(e for r in index for e in (r.get("events") or [])[:1])
+        for title, key in (("### By kind", "kind"), ("### By language", "language")):
+            out += [title, "", _table([key, "segments", "hours"],
+                                      [[k, stats.count[key][k], f"{h:.3f}"] for k, h in stats.by_hours(key).items()])]
         out += ["## Label distributions", "", "Top events (the strongest per segment):", "",
-                _table(["event", "segments"], events.most_common(15))]
-        speakers = Counter(r.get("speakers") for r in index if r.get("speakers") is not None)
-        out += ["Speakers per segment:", "", _table(["speakers", "segments"], sorted(speakers.items()))]
-        genders = Counter(r.get("gender") for r in index if r.get("gender"))
-        out += ["Gender (one-voice segments):", "", _table(["gender", "segments"], sorted(genders.items()))]
-        mos = [r["dnsmos_ovrl"] for r in index if r.get("dnsmos_ovrl") is not None]
-        if mos:
-            out += [f"DNSMOS overall: {len(mos)} speech segments, mean {sum(mos) / len(mos):.2f}, "
-                    f"min {min(mos):.2f}, max {max(mos):.2f}.", ""]
+                _table(["event", "segments"], stats.events.most_common(15))]
+        out += ["Speakers per segment:", "", _table(["speakers", "segments"], sorted(stats.speakers.items()))]
+        out += ["Gender (one-voice segments):", "", _table(["gender", "segments"], sorted(stats.genders.items()))]
+        if stats.mos:
+            n = sum(stats.mos.values())
+            out += [f"DNSMOS overall: {n} speech segments, mean {stats.mos_sum / n:.2f}, "
+                    f"min {stats.mos_min:.2f}, max {stats.mos_max:.2f}.", ""]
     else:
-        counts = Counter((r["stage"], r["task"], r["split"]) for r in index)
-        hours = _hours(index, lambda r: f"{r['stage']}|{r['task']}|{r['split']}")
+        hours = stats.hours["task"]
         out += ["### By stage and task", "", _table(
             ["stage", "task", "split", "examples", "audio hours"],
-            [[s, t, sp, n, f"{hours.get(f'{s}|{t}|{sp}', 0.0):.3f}"] for (s, t, sp), n in sorted(counts.items())])]
-        kinds = Counter(r["rejected_kind"] for r in index if r["stage"] == "dpo")
-        out += ["### DPO pairs by rejected kind", "", _table(["rejected_kind", "pairs"], sorted(kinds.items()))]
+            [[s, t, sp, n, f"{hours[(s, t, sp)]:.3f}"] for (s, t, sp), n in sorted(stats.count["task"].items())])]
+        out += ["### DPO pairs by rejected kind", "", _table(["rejected_kind", "pairs"], sorted(stats.dpo_kinds.items()))]
         div = manifest.get("summary", {}).get("template_diversity", {})
         out += ["## Template diversity", "", _table(
             ["stage/task", "templates used", "of", "entropy (bits)", "max (bits)"],
             [[k, v["templates"], v["of"], v["entropy_bits"], v["max_bits"]] for k, v in div.items()])]
-    reasons = Counter(r["reason"] for r in rejects)
-    out += ["## Rejects", "", _table(["reason", "count"], reasons.most_common())]
+    out += ["## Rejects", "", _table(["reason", "count"], stats.reasons.most_common())]
     by = sorted(set(label_models))
     if by:
         out += ["## Labelers", "", "Models named by the labels of the browsed sample.", "", _table(["model", "measured accuracy"],
@@ -134,7 +223,7 @@ def card_markdown(manifest: dict, index: list[dict], rejects: list[dict], plots:
     return "\n".join(out)
 
 
-def card_plots(manifest: dict, index: list[dict], rejects: list[dict]) -> dict[str, bytes]:
+def card_plots(manifest: dict, stats: CardStats) -> dict[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,35 +244,33 @@ def card_plots(manifest: dict, index: list[dict], rejects: list[dict]) -> dict[s
         ax.set_xlabel(xlabel)
         return png(fig)
 
-    out: dict[str, bytes] = {}
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.hist([r.get("duration_s") or 0.0 for r in index], bins=30, color="#4a7bb7")
-    ax.set_title("duration per sample")
-    ax.set_xlabel("seconds")
-    out["plots/duration.png"] = png(fig)
+    def hist(title: str, counts: Counter, bins: int, xlabel: str = "") -> bytes:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        values = sorted(counts)
+        ax.hist([v * HIST_STEP for v in values], bins=bins, weights=[counts[v] for v in values], color="#4a7bb7")
+        ax.set_title(title)
+        if xlabel:
+            ax.set_xlabel(xlabel)
+        return png(fig)
+
+    out: dict[str, bytes] = {"plots/duration.png": hist("duration per sample", stats.durations, 30, "seconds")}
     if manifest["layer"] == "segments":
-        out["plots/hours_by_kind.png"] = bars("hours by kind", _hours(index, lambda r: r.get("kind")), "hours")
-        by_lang = _hours(index, lambda r: r.get("language"))
-        if by_lang:
-            out["plots/hours_by_language.png"] = bars("hours by language", by_lang, "hours")
-        events = Counter(e for r in index for e in (r.get("events") or [])[:1])
-        if events:
-            out["plots/top_events.png"] = bars("top events", dict(events.most_common(15)), "segments")
-        speakers = Counter(r.get("speakers") for r in index if r.get("speakers") is not None)
-        if speakers:
-            out["plots/speakers.png"] = bars("speakers per segment", dict(sorted(speakers.items())), "segments")
-        mos = [r["dnsmos_ovrl"] for r in index if r.get("dnsmos_ovrl") is not None]
-        if mos:
-            fig, ax = plt.subplots(figsize=(6, 3))
-            ax.hist(mos, bins=20, color="#4a7bb7")
-            ax.set_title("DNSMOS overall (speech)")
-            out["plots/dnsmos.png"] = png(fig)
+        out["plots/hours_by_kind.png"] = bars("hours by kind", stats.by_hours("kind"), "hours")
+        if stats.hours["language"]:
+            out["plots/hours_by_language.png"] = bars("hours by language", stats.by_hours("language"), "hours")
+        if stats.events:
+            out["plots/top_events.png"] = bars("top events", dict(stats.events.most_common(15)), "segments")
+        if stats.speakers:
+            out["plots/speakers.png"] = bars("speakers per segment", dict(sorted(stats.speakers.items())), "segments")
+        if stats.mos:
+            out["plots/dnsmos.png"] = hist("DNSMOS overall (speech)", stats.mos, 20)
     else:
-        tasks = Counter(f"{r['stage']}/{r['task']}" for r in index)
+        tasks = Counter()
+        for (stage, task, _), n in stats.count["task"].items():
+            tasks[f"{stage}/{task}"] += n
         out["plots/examples_by_task.png"] = bars("examples by stage and task", dict(tasks.most_common()), "examples")
-    reasons = Counter(r["reason"] for r in rejects)
-    if reasons:
-        out["plots/rejects.png"] = bars("reject reasons", dict(reasons.most_common()), "count")
+    if stats.reasons:
+        out["plots/rejects.png"] = bars("reject reasons", dict(stats.reasons.most_common()), "count")
     return out
 
 

@@ -400,7 +400,7 @@ def hash_rows(item: int, fp: np.ndarray, buckets: int) -> dict[str, np.ndarray]:
 
 
 SHARE_COLUMNS = ("item", "other", "shared", "item_size", "other_size")
-MATCH_CHUNK = 1 << 22      # matches expanded at once: what bounds a bucket's working memory
+MATCH_CHUNK = 1 << 18      # matches expanded at once: what bounds a bucket's working memory (bench/scale.py)
 
 
 def _matches(rows: dict[str, np.ndarray], max_hash_items: int, pairs: np.ndarray | None = None):
