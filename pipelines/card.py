@@ -15,6 +15,10 @@ from processors.card import CardStats, browse_html, card_markdown, card_plots
 from schemas.files import atomic_write
 from schemas.manifest import Manifest
 
+# The index columns the card reads, of either layer (``CardStats``; the browsed rows' shard, offset, size).
+CARD_COLUMNS = ("key", "shard", "offset", "size", "duration_s", "kind", "language", "events", "speakers", "gender",
+                "dnsmos_ovrl", "license", "corpus", "stage", "task", "split", "rejected_kind")
+
 
 def read_table(url: str) -> list[dict]:
     import pyarrow.parquet as pq
@@ -23,12 +27,14 @@ def read_table(url: str) -> list[dict]:
         return pq.read_table(f).to_pylist()
 
 
-def row_batches(url: str, batch_rows: int = 1 << 16) -> Iterator[list[dict]]:
-    """A Parquet file's rows, ``batch_rows`` at a time: what the card reads, so it holds one batch."""
+def row_batches(url: str, columns: tuple[str, ...] | None = None, batch_rows: int = 4096) -> Iterator[list[dict]]:
+    """A Parquet file's rows (those of ``columns`` it has), ``batch_rows`` at a time: the card holds one batch."""
     import pyarrow.parquet as pq
 
     with fsspec.open(url, "rb") as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
+        pf = pq.ParquetFile(f)
+        have = [c for c in columns if c in pf.schema_arrow.names] if columns else None
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=have):
             yield batch.to_pylist()
 
 
@@ -90,13 +96,13 @@ def write_card(out: str, manifest: Manifest, config: dict[str, Any] | None = Non
         atomic_write(posixpath.join(out, "config.json"),
                      (json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n").encode())
     stats = CardStats(manifest.layer)
-    for rows in row_batches(posixpath.join(out, "index.parquet")):
+    for rows in row_batches(posixpath.join(out, "index.parquet"), CARD_COLUMNS):
         stats.add(rows)
-    for rows in row_batches(posixpath.join(out, "rejects.parquet")):
+    for rows in row_batches(posixpath.join(out, "rejects.parquet"), ("reason",)):
         stats.add_rejects(rows)
     if manifest.layer == "examples":               # the licenses of the corpora the examples were built from
         for url in (config or {}).get("inputs", []):
-            for rows in row_batches(posixpath.join(url, "index.parquet")):
+            for rows in row_batches(posixpath.join(url, "index.parquet"), ("license", "corpus")):
                 stats.add_licenses(rows)
     m = manifest.to_dict()
     items, models = [], set()

@@ -26,7 +26,7 @@ import numpy as np
 from pipelines.config import PREFIX_RE, ConfigError, ShardConfig, name_problems, positive, show
 from pipelines.job import Job, run_job
 from pipelines.output import Output, OutputError
-from pipelines.passes import SegmentPasses
+from pipelines.passes import NOT_LABELERS, SegmentPasses, unit_sizes
 from pipelines.runtime import IngestRayConfig, cluster_cpus, cluster_gpus, say
 from pipelines.stage import Resources, Stage, apply, block_count, dataset, resumable_pass
 from pipelines.stages.dedup import DedupRef, near_relations
@@ -34,6 +34,7 @@ from pipelines.stages.ingest import IngestJob, IngestStage, marker_url, read_mar
 from pipelines.stages.label import LabelerError, ReadSegments, expand, labeler_stages, model_problem
 from pipelines.stages.labelers import LabelParams
 from pipelines.stages.pack import PackJob, PackStage
+from pipelines.stages.units import unit_stages
 from processors.audio import estimated_seconds
 from processors.filters import FilterParams
 from processors.dedup import DedupItem, NearParams, find_relations, resolve
@@ -45,8 +46,8 @@ from processors.vad import VadParams
 from schemas.input import InputItem
 from schemas.reject import Reject
 from schemas.segment import SegmentAudio
-from schemas.shard import ShardPlan, ShardResult
-from schemas.unit import PartRef, UnitResult
+from schemas.shard import Patch, ShardPlan, ShardResult
+from schemas.unit import PartRef, UnitRef, UnitResult
 
 
 
@@ -185,6 +186,7 @@ def stages(cfg: CurateConfig, work: str, cpus: int, gpus: float = 0.0) -> dict[s
     out = {"ingest": Stage("ingest", IngestStage, InputItem, UnitResult,
                            Resources(num_cpus=r.ingest_num_cpus, tasks=workers), IngestJob(params, work))}
     labelers = labeler_stages(cfg.labelers, cfg.label, cpus, gpus)
+    out.update(unit_stages(work, labelers=bool(labelers)))
     if labelers:
         out["read"] = Stage("read", ReadSegments, PartRef, SegmentAudio, Resources(num_cpus=0.25))
         for stage in labelers:
@@ -241,13 +243,15 @@ class _Job:
         self.seen = len(listing.items) + len(listing.rejects)
         self.times: dict[str, float] = {}
         self.hashes: dict[str, int] = {}            # unit → fingerprint size; the fingerprint stays in its marker
+        self.sizes: dict[str, tuple[int, float]] = {}     # unit → segments, seconds; the segments stay there too
+        self.segment_unit: dict[str, str] = {}      # segment key → unit, of the units dedup related
         self.passes = SegmentPasses(self.out, self.stages, self.cfg.ray, job.progress)
         self.filtered = 0
 
     def run(self) -> dict[str, Any]:
         t_ray = time.monotonic()
         say(f"{len(self.listing.items)} inputs listed, {len(self.listing.rejects)} rejected while listing; "
-            f"stages: {' → '.join(['ingest', 'dedup', *[n for n in self.stages if n not in ('ingest', 'pack')], 'pack'])}; "
+            f"stages: {' → '.join(['ingest', 'dedup', *[n for n in self.stages if n not in NOT_LABELERS], 'plan', 'pack'])}; "
             f"Ray ready in {t_ray - self.t0:.1f} s")
         units = self._timed("ingest", self.ingest)
         rejects = list(self.listing.rejects) + [u.reject for u in units if not u.ok]
@@ -256,13 +260,13 @@ class _Job:
         merge = self._timed("dedup", lambda: self.dedup(kept))
         rejects += merge.rejects
         self._check_budget(len(rejects), self.seen)
-        kept = [u for u in kept if u.unit not in merge.dropped]
+        refs = self.refs([u for u in kept if u.unit not in merge.dropped], merge.patches)
         if self.passes.labelers:
-            self._timed("label", lambda: self.passes.run_labelers(kept, merge.patches))
-        samples, filtered, self.filtered = self.passes.plan(kept, merge.patches, self.cfg.filters)
+            self._timed("label", lambda: self.passes.run_labelers(refs, self.sizes))
+        sized, filtered, self.filtered = self._timed("plan", lambda: self.passes.plan(refs, self.cfg.filters))
         rejects += filtered
         s = self.cfg.shards
-        shards = self._timed("pack", lambda: self.passes.pack(samples, int(s.target_mb * (1 << 20)), s.max_samples,
+        shards = self._timed("pack", lambda: self.passes.pack(sized, int(s.target_mb * (1 << 20)), s.max_samples,
                                                                s.prefix))
         summary = self._summary(units, rejects, shards, merge.counts, t_ray)
         self._timed("commit", lambda: self.commit(shards, rejects, summary))
@@ -321,11 +325,24 @@ class _Job:
         return [results[it.unit] for it in items]
 
     def _compact(self, r: UnitResult) -> UnitResult:
-        """Drop the fingerprint from the record the driver keeps: dedup's tasks read it from the marker."""
+        """Drop the fingerprint and the segment records from the record the driver keeps: dedup's tasks and
+        the passes after it read them from the unit's marker."""
         if r.fingerprint:
             self.hashes[r.unit] = len(r.fingerprint_array())
-            r = dataclasses.replace(r, fingerprint=b"")
-        return r
+        if r.ok:
+            self.sizes[r.unit] = unit_sizes(r.segments)
+        return dataclasses.replace(r, fingerprint=b"", segments=())
+
+    def refs(self, kept: list[UnitResult], patches: dict[str, Patch]) -> list[UnitRef]:
+        """What the passes after dedup get of each kept unit: where its marker is, and dedup's patches to
+        its segments (those of the units dedup related, whose segments ``dedup`` read)."""
+        by_unit: dict[str, tuple[list[str], list[Patch]]] = {}
+        for key, patch in patches.items():
+            keys, values = by_unit.setdefault(self.segment_unit[key], ([], []))
+            keys.append(key)
+            values.append(patch)
+        return [UnitRef(u.unit, u.uri, u.file_sha256, u.part, marker_url(self.out.work, u.unit), (),
+                        *map(tuple, by_unit.get(u.unit, ([], [])))) for u in kept]
 
     # ---- dedup ---------------------------------------------------------------------------------------
 
@@ -344,12 +361,21 @@ class _Job:
             refs = [DedupRef(i, marker_url(self.out.work, u.unit), path[u.unit], u.duration_s, self.hashes.get(u.unit, 0))
                     for i, u in enumerate(kept) if i not in copies]
             relations += near_relations(refs, near, d.verify, self.cfg.ray, say)
-        merge = plan_merges(kept, resolve(items, relations), d.containment == "drop")
+        merge = plan_merges(self._related_whole(kept, relations), resolve(items, relations), d.containment == "drop")
         c = merge.counts
         say(f"dedup: {sum(r.reason == 'duplicate' for r in merge.rejects)} duplicates, "
             f"{sum(r.how == 'contained' for r in relations)} containments; labels merged {c.merged}, moved {c.moved}, "
             f"conflicting {c.conflicts}, not placed {c.not_placed}")
         return merge
+
+    def _related_whole(self, kept: list[UnitResult], relations) -> list[UnitResult]:
+        """``kept`` with the segment records of every unit in a relation read back from its marker: what
+        dedup merges and moves labels between."""
+        whole = list(kept)
+        for i in sorted({r.a for r in relations} | {r.b for r in relations}):
+            whole[i] = dataclasses.replace(read_marker(marker_url(self.out.work, kept[i].unit)), fingerprint=b"")
+            self.segment_unit.update((seg.key, kept[i].unit) for seg in whole[i].segments)
+        return whole
 
     # ---- labelers, filters, pack, commit ---------------------------------------------------------------
 

@@ -19,19 +19,20 @@ from typing import Any
 from pipelines.config import PREFIX_RE, ShardConfig, name_problems, positive, show
 from pipelines.job import Job, run_job
 from pipelines.output import Output, OutputError
-from pipelines.passes import IndexTotals, SegmentPasses
+from pipelines.passes import NOT_LABELERS, IndexTotals, SegmentPasses, unit_sizes
 from pipelines.runtime import RayConfig, cluster_cpus, cluster_gpus, say
 from pipelines.stage import Resources, Stage
 from pipelines.stages.label import LabelerError, ReadSegments, expand, labeler_stages, model_problem
 from pipelines.stages.labelers import LabelParams
 from pipelines.stages.pack import PackJob, PackStage
+from pipelines.stages.units import unit_stages
 from processors.filters import FilterParams
 from schemas.labels import Labels
 from schemas.manifest import Manifest, read_manifest
 from schemas.reject import Reject
 from schemas.segment import SegmentAudio
 from schemas.shard import ShardPlan, ShardResult
-from schemas.unit import PartRef, SegmentRef, UnitResult
+from schemas.unit import PartRef, SegmentRef, UnitRef, UnitResult
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,15 +90,17 @@ def _work(job: Job) -> dict[str, Any]:
     cpus, gpus = cluster_cpus(), cluster_gpus()
     stages = {"read": Stage("read", ReadSegments, PartRef, SegmentAudio, Resources(num_cpus=0.25))}
     stages.update({s.name: s for s in labeler_stages(cfg.labelers, cfg.label, cpus, gpus)})
+    stages.update(unit_stages(job.out.work, labelers=True))
     stages["pack"] = Stage("pack", PackStage, ShardPlan, ShardResult,
                            Resources(num_cpus=1, tasks=cfg.ray.pack_tasks_on(cpus)), PackJob(cfg.output.rstrip("/"), job.out.work))
     passes = SegmentPasses(job.out, stages, cfg.ray, job.progress)
     say(f"{sum(len(u.segments) for u in units)} segments in {len(units)} shards of {cfg.input}; labelers: "
-        f"{', '.join(n for n in stages if n not in ('read', 'pack'))}")
-    passes.run_labelers(units, {})
-    samples, rejects, filtered = passes.plan(units, {}, cfg.filters)
+        f"{', '.join(n for n in stages if n not in ('read',) + NOT_LABELERS)}")
+    refs = [UnitRef(u.unit, u.uri, u.file_sha256, u.part, segments=u.segments) for u in units]
+    passes.run_labelers(refs, {u.unit: unit_sizes(u.segments) for u in units})
+    sized, rejects, filtered = passes.plan(refs, cfg.filters)
     s = cfg.shards
-    shards = passes.pack(samples, int(s.target_mb * (1 << 20)), s.max_samples, s.prefix)
+    shards = passes.pack(sized, int(s.target_mb * (1 << 20)), s.max_samples, s.prefix)
     summary = _summary(parent, passes.totals(shards), rejects, filtered, time.monotonic() - job.t0)
     carried = [Reject.from_row(r) for r in _parent_rejects(cfg.input)]
     manifest = job.manifest("segments", cfg.name or parent.name, f"{parent.name}@{parent.version}", summary, shards)

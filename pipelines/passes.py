@@ -7,10 +7,11 @@ import dataclasses
 import io
 import posixpath
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 
 from pipelines.output import Output
@@ -19,16 +20,24 @@ from pipelines.runtime import RayConfig, cluster_cpus, say
 from pipelines.stage import Stage, apply, block_count, dataset, resumable_pass
 from pipelines.stages.label import LabelerError, counted, writer
 from processors.filters import FilterParams
-from processors.merge import labelled
 from processors.shards import plan_shards
 from schemas import arrow
 from schemas.manifest import Manifest, write_manifest
 from schemas.reject import REJECTS_SCHEMA, Reject
 from schemas.segment import INDEX_SCHEMA, IndexRow, SegmentAudio, SegmentLabels, UnitLabelled
-from schemas.shard import Patch, PlannedSample, ShardPlan, ShardResult
-from schemas.unit import PartRef, UnitResult
+from schemas.shard import ShardPlan, ShardResult, UnitPlanned
+from schemas.unit import UnitRef
 
-NOT_LABELERS = ("ingest", "pack")
+NOT_LABELERS = ("ingest", "resolve", "plan", "pack")
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitsJob:
+    """The params of the ``resolve`` and ``plan`` stages (``pipelines/stages/units.py``)."""
+
+    work: str                                       # OUTPUT/_work
+    labels: tuple[tuple[str, bool], ...] = ()       # the labeler passes run so far: (folder, holds whole labels)
+    filters: FilterParams = FilterParams()
 
 
 def unit_level(stage: Stage) -> bool:
@@ -37,8 +46,10 @@ def unit_level(stage: Stage) -> bool:
 
 class SegmentPasses:
     """The labeler passes write each unit's labels to ``_work/<pass>/<unit>.arrow`` from the workers;
-    the driver hears only that a unit is done. The plan reads them back one unit at a time, and the pack
-    tasks read them for their own samples."""
+    the driver hears only that a unit is done. The driver sends each pass small ``UnitRef``s, and the
+    ``resolve`` tasks read the units' segments and their labels so far; the ``plan`` tasks write each
+    unit's kept samples to ``_work/plan/``, and the pack tasks read their shards' ranges of them. So the
+    driver holds a few numbers per unit (``sizes``: segments, seconds), never the segment records."""
 
     def __init__(self, out: Output, stages: dict[str, Stage], ray: RayConfig, progress: Callable[..., Progress]):
         self.out, self.stages, self.ray, self.progress = out, stages, ray, progress
@@ -48,82 +59,77 @@ class SegmentPasses:
     def labelers(self) -> bool:
         return "read" in self.stages
 
-    def run_labelers(self, kept: list[UnitResult], patches: dict[str, Patch]) -> None:
+    def run_labelers(self, units: list[UnitRef], sizes: Mapping[str, tuple[int, float]]) -> None:
         """The unit-level labelers (speakers) first, each as its own pass, then the per-segment ones; each
-        segment's labels from a pass reach the passes after it (and the plan and pack) through storage."""
+        segment's labels from a pass reach the passes after it (and the plan and pack) through storage.
+        ``sizes``: each unit's segments and their seconds."""
         for name, stage in self.stages.items():
             if unit_level(stage):
-                self._pass(name, name, kept, lambda left, s=stage: apply(self._parts(left, patches), counted(s)),
+                self._pass(name, name, units, sizes, lambda left, s=stage: apply(self._parts(left), counted(s)),
                            SegmentLabels)
                 self.ran.append((name, False))
         if any(not unit_level(s) for n, s in self.stages.items() if n not in NOT_LABELERS + ("read",)):
             def make_ds(left):
-                ds = self._parts(left, patches)
+                ds = self._parts(left)
                 for name, stage in self.stages.items():
                     if name not in NOT_LABELERS and not unit_level(stage):
                         ds = apply(ds, stage)
                 return ds
 
-            self._pass("label", "labels", kept, make_ds, SegmentAudio)
+            self._pass("label", "labels", units, sizes, make_ds, SegmentAudio)
             self.ran.append(("labels", True))
 
-    def _pass(self, name: str, folder: str, kept: list[UnitResult], make_ds, rows: type) -> None:
+    def _pass(self, name: str, folder: str, units: list[UnitRef], sizes: Mapping[str, tuple[int, float]], make_ds,
+              rows: type) -> None:
         """Run the pass ``name`` over the kept units whose labels are not yet under _work/<folder>/."""
-        todo = [u for u in kept if u.segments and not _exists(labels_url(self.out.work, folder, u.unit))]
-        progress = self.progress(name, sum(len(u.segments) for u in todo), "segments")
+        todo = [u for u in units if sizes[u.unit][0] and not _exists(labels_url(self.out.work, folder, u.unit))]
+        progress = self.progress(name, sum(sizes[u.unit][0] for u in todo), "segments")
         write = writer(f"write_{folder}", rows, posixpath.join(self.out.work, folder))
         left = resumable_pass(name, todo, lambda u: u.unit, lambda left: apply(make_ds(left), write), UnitLabelled,
-                              lambda a: a.unit, lambda u, a: progress.update(a[0].segments, audio_s=_seconds(u)),
+                              lambda a: a.unit, lambda u, a: progress.update(a[0].segments, audio_s=sizes[u.unit][1]),
                               self.ray.max_pass_retries, say)
         progress.close()
         if left:
             raise LabelerError(f"{name}: {len(left)} unit(s) came back without a label row for each segment "
                                f"(first {left[0].uri}); a labeler must return one record per record it gets")
 
-    def _labelled(self, u: UnitResult, patches: dict[str, Patch]) -> list[Patch]:
-        """Each segment's patch: dedup's, then what every pass run so far gave it (read from storage)."""
-        rows = pass_rows(self.out.work, self.ran, u.unit)
-        return [labelled(patches.get(s.key, Patch()), s.kind, [(found.get(s.key), whole) for found, whole in rows])
-                for s in u.segments]
+    def _units_stage(self, name: str, filters: FilterParams = FilterParams()) -> Stage:
+        stage = self.stages[name]
+        return dataclasses.replace(stage, params=UnitsJob(self.out.work, tuple(self.ran), filters))
 
-    def _parts(self, units: list[UnitResult], patches: dict[str, Patch]):
-        """The units' parts as a dataset in blocks of many units: a table per unit, with the labels' deep
-        schema, would cost the object store (and the driver, which puts them there) far more than the rows."""
-        parts = [PartRef(u.unit, u.uri, u.file_sha256, u.part, u.segments, tuple(self._labelled(u, patches)))
-                 for u in units]
-        return dataset(parts, PartRef, [float(len(p.segments)) for p in parts], blocks=block_count(len(parts), cluster_cpus()))
+    def _refs(self, units: list[UnitRef]):
+        """The units as a dataset in blocks of many units: a table per unit would cost the object store (and
+        the driver, which puts them there) far more than the rows."""
+        return dataset(units, UnitRef, blocks=block_count(len(units), cluster_cpus()))
+
+    def _parts(self, units: list[UnitRef]):
+        """The units' parts with their segments and patches, made in the ``resolve`` tasks."""
+        return apply(self._refs(units), self._units_stage("resolve"))
 
     # ---- the plan ------------------------------------------------------------------------------------
 
-    def plan(self, kept: list[UnitResult], patches: dict[str, Patch], filters: FilterParams
-             ) -> tuple[list[PlannedSample], list[Reject], int]:
-        """The samples to pack, in uri order, and what the filters drop: (samples, rejects, segments
-        dropped). A unit left with no segment is rejected as a whole (``filtered``), so every input stays
-        accounted for. A sample carries dedup's patch only; pack lays the passes' labels over it."""
-        samples, rejects, dropped = [], [], 0
-        active = filters.active()
-        for u in sorted(kept, key=lambda u: u.uri):
-            final = self._labelled(u, patches) if active else [Patch()] * len(u.segments)
-            keep = []
-            for s, p in zip(u.segments, final):
-                verdict = filters.verdict(s.labels.replace(**{k: getattr(p.labels, k) for k in p.labels.kinds()}),
-                                          p.kind or s.kind) if active else None
-                if verdict is None:
-                    keep.append(PlannedSample(s.key, u.part, s.offset, s.size, patches.get(s.key, Patch()), u.unit))
-                    continue
-                dropped += 1
-                rejects.append(Reject(u.uri, "filter", verdict[0],
-                                      f"segment {s.key} ({s.start_s:.2f}–{s.end_s:.2f} s): {verdict[1]}"))
-            if keep or not active:
-                samples += keep
-            else:
-                rejects.append(Reject(u.uri, "filter", "filtered", f"all {len(u.segments)} segments filtered out"))
-        return samples, rejects, dropped
+    def plan(self, units: list[UnitRef], filters: FilterParams) -> tuple[list[tuple[str, np.ndarray]], list[Reject], int]:
+        """The plan tasks write each unit's samples to pack, and what the filters drop: ((unit, its samples'
+        sizes) in uri order, rejects, segments dropped)."""
+        got: dict[str, UnitPlanned] = {}
+        progress = self.progress("plan", len(units), "units")
+
+        def on_done(_: UnitRef, r: list[UnitPlanned]) -> None:
+            got[r[0].unit] = r[0]
+            progress.update(1)
+
+        resumable_pass("plan", units, lambda u: u.unit, lambda left: apply(self._refs(left), self._units_stage("plan", filters)),
+                       UnitPlanned, lambda r: r.unit, on_done, self.ray.max_pass_retries, say)
+        progress.close()
+        order = sorted(units, key=lambda u: u.uri)
+        sized = [(u.unit, np.frombuffer(got[u.unit].sizes, "<i8")) for u in order]
+        rejects = [r for u in order for r in got[u.unit].rejects]
+        return sized, rejects, sum(p.dropped for p in got.values())
 
     # ---- pack ----------------------------------------------------------------------------------------
 
-    def pack(self, samples: list[PlannedSample], target_bytes: int, max_samples: int, prefix: str) -> list[ShardResult]:
-        plans = plan_shards(samples, target_bytes, max_samples, prefix)
+    def pack(self, sized: list[tuple[str, np.ndarray]], target_bytes: int, max_samples: int, prefix: str) -> list[ShardResult]:
+        plans = plan_shards(sized, target_bytes, max_samples, prefix)
         results: dict[str, ShardResult] = {}
         progress = self.progress("pack", len(plans), "shards")
 
@@ -245,13 +251,19 @@ def pass_rows(work: str, passes, unit: str) -> list[tuple[dict[str, SegmentLabel
             for folder, whole in passes]
 
 
+def plan_url(work: str, unit: str) -> str:
+    """Where the plan task of ``unit`` writes its kept samples, which the pack tasks read."""
+    return posixpath.join(work, "plan", unit + ".arrow")
+
+
 def index_part(work: str, shard: str) -> str:
     """Where the pack task of ``shard`` writes its index rows."""
     return posixpath.join(work, "index", shard + ".arrow")
 
 
-def _seconds(u: UnitResult) -> float:
-    return sum(s.end_s - s.start_s for s in u.segments)
+def unit_sizes(segments) -> tuple[int, float]:
+    """(segments, their seconds): what the passes know of a unit on the driver."""
+    return len(segments), sum(s.end_s - s.start_s for s in segments)
 
 
 def _exists(url: str) -> bool:

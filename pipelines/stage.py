@@ -122,11 +122,12 @@ def dataset(records: list[Any], cls: type, weights: list[float] | None = None, b
     alone in its block), so small records share a task's overhead and a pool still shares out the work."""
     import ray
 
-    table = arrow.to_table(records, cls)
     if not records:
-        return ray.data.from_arrow(table)
+        return ray.data.from_arrow(arrow.to_table(records, cls))
     bounds = block_bounds(weights or [1.0] * len(records), blocks or len(records))
-    return ray.data.from_arrow([table.slice(a, b - a) for a, b in zip(bounds, bounds[1:])])
+    # Each block goes to the object store as it is made: the driver holds one block's rows at a time, where
+    # a table of every record (with a row dict each on the way) would cost it memory that grows with the list.
+    return ray.data.from_arrow_refs([ray.put(arrow.to_table(records[a:b], cls)) for a, b in zip(bounds, bounds[1:])])
 
 
 def block_count(n: int, workers: int) -> int:

@@ -12,9 +12,9 @@ import hashlib
 import io
 import re
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
-from schemas.shard import PlannedSample, ShardPlan
+from schemas.shard import PlanRange, ShardPlan
 
 MTIME = 946684800  # 2000-01-01T00:00:00Z: fixed, so equal content gives equal bytes
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -154,18 +154,26 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def plan_shards(samples: list[PlannedSample], target_bytes: int, max_samples: int, prefix: str) -> list[ShardPlan]:
+def plan_shards(units: Iterable[tuple[str, Sequence[int]]], target_bytes: int, max_samples: int,
+                prefix: str) -> list[ShardPlan]:
     """Pack ordered samples into size-targeted shards, in order: a shard closes before the sample that
-    would push it past ``target_bytes`` or ``max_samples``."""
+    would push it past ``target_bytes`` or ``max_samples``. ``units``: (unit, its samples' sizes), in order;
+    a shard names ranges of its units' samples, so this holds sizes, never sample records."""
     plans: list[ShardPlan] = []
-    current: list[PlannedSample] = []
-    size = 0
-    for s in samples:
-        if current and (size + s.size > target_bytes or len(current) >= max_samples):
-            plans.append(ShardPlan(f"{prefix}-{len(plans):06d}.tar", tuple(current)))
-            current, size = [], 0
-        current.append(s)
-        size += s.size
-    if current:
-        plans.append(ShardPlan(f"{prefix}-{len(plans):06d}.tar", tuple(current)))
+    ranges: list[PlanRange] = []
+    count = size = 0
+    for unit, sizes in units:
+        start = 0
+        for i, n in enumerate(sizes):
+            if count and (size + n > target_bytes or count >= max_samples):
+                if i > start:
+                    ranges.append(PlanRange(unit, start, i))
+                plans.append(ShardPlan(f"{prefix}-{len(plans):06d}.tar", tuple(ranges)))
+                ranges, count, size, start = [], 0, 0, i
+            count += 1
+            size += int(n)
+        if len(sizes) > start:
+            ranges.append(PlanRange(unit, start, len(sizes)))
+    if ranges:
+        plans.append(ShardPlan(f"{prefix}-{len(plans):06d}.tar", tuple(ranges)))
     return plans

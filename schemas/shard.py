@@ -1,5 +1,6 @@
-"""Records of the pack stage: which samples go into a shard with the changes dedup and the labelers made
-to them (driver → pack tasks), and what a written shard holds (pack tasks → driver)."""
+"""Records of the plan and pack stages: which samples go into a shard with the changes dedup and the
+labelers made to them (plan tasks → storage; the driver sends each pack task ranges of them), and what a
+written shard holds (pack tasks → driver)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from schemas import arrow
 from schemas.labels import Labels
+from schemas.reject import Reject
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -58,9 +60,29 @@ class PlannedSample:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class UnitPlanned:
+    """What the plan task says of one kept unit (pack tasks read its samples from its plan file): each
+    kept sample's size in bytes, in order (little-endian int64), and what the filters dropped."""
+
+    unit: str
+    sizes: bytes
+    rejects: tuple[Reject, ...] = ()
+    dropped: int = 0                  # segments the filters dropped
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PlanRange:
+    """Samples ``start``–``stop`` of a unit's plan file (``OUTPUT/_work/plan/<unit>.arrow``)."""
+
+    unit: str
+    start: int
+    stop: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ShardPlan:
     name: str
-    samples: tuple[PlannedSample, ...]
+    ranges: tuple[PlanRange, ...]
 
     def to_row(self) -> dict[str, Any]:
         return arrow.to_row(self)

@@ -84,3 +84,21 @@ class PartRef:
     part: str
     segments: tuple[SegmentRef, ...]
     patches: tuple[Patch, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UnitRef:
+    """A kept unit as the driver sends it to the passes after dedup: its segments are read from its
+    completion marker in the task (``marker``), unless it carries them (the label job's units, made from a
+    parent's index), so the driver never holds a corpus of segment records. ``patch_keys`` and
+    ``patches``: dedup's changes to some of its segments, by key."""
+
+    unit: str
+    uri: str
+    source_sha256: str
+    part: str
+    marker: str = ""
+    segments: tuple[SegmentRef, ...] = ()
+    patch_keys: tuple[str, ...] = ()
+    patches: tuple[Patch, ...] = ()
+

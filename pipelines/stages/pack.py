@@ -1,6 +1,7 @@
-"""Stage ``pack``: copy a shard's planned samples out of the units' part tars, apply their patches (labels
-carried over by dedup, then the labelers' labels, read from where the labeler passes wrote them), and write
-the shard; its index rows go to ``_work/index/``, and only the shard's name, size and hash go back."""
+"""Stage ``pack``: read a shard's planned samples (its ranges of the units' plan files), copy them out of
+the units' part tars, apply their patches (labels carried over by dedup, then the labelers' labels, read
+from where the labeler passes wrote them), and write the shard; its index rows go to ``_work/index/``, and
+only the shard's name, size and hash go back."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 
 import fsspec
 
-from pipelines.passes import index_part, pass_rows, write_rows
+from pipelines.passes import index_part, pass_rows, plan_url, read_rows, write_rows
 from pipelines.stage import StageFn
 from processors.merge import apply_patch, labelled
 from processors.shards import join_samples, parse_blob, read_blob, sample_blob, sha256_bytes
@@ -53,7 +54,8 @@ class PackStage(StageFn):
         The shard's index rows go to ``_work/index/<shard>.arrow``, where the commit reads them."""
         blobs, index, offset = [], [], 0
         rows: dict[str, list] = {}
-        for s, blob, members in planned_blobs(plan.samples):
+        samples = [s for r in plan.ranges for s in read_rows(plan_url(self.params.work, r.unit), PlannedSample)[r.start:r.stop]]
+        for s, blob, members in planned_blobs(samples):
             seg = Segment.from_json(members["json"])
             patch = s.patch
             if self.params.labels and s.unit:

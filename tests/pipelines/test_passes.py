@@ -11,16 +11,21 @@ from pipelines.curate import CurateConfig
 from pipelines.curate import run as curate
 from pipelines.label import input_units
 from pipelines.output import Output
-from pipelines.passes import SegmentPasses, labels_url, read_rows
+from pipelines.passes import SegmentPasses, labels_url, read_rows, unit_sizes
 from pipelines.runtime import RayConfig
 from pipelines.stage import Resources, Stage
 from pipelines.stages.label import LabelerError, ReadSegments, labeler_stages
+from pipelines.stages.pack import PackJob, PackStage
+from pipelines.stages.units import unit_stages
+from processors.filters import FilterParams
 from processors.audio import decode_flac
 from processors.shards import read_sample
 from schemas.labels import Caption
 from schemas.manifest import read_manifest
-from schemas.segment import SegmentAudio, SegmentLabels
-from schemas.unit import PartRef
+from schemas import arrow
+from schemas.segment import IndexRow, SegmentAudio, SegmentLabels
+from schemas.shard import PlannedSample, ShardPlan, ShardResult
+from schemas.unit import PartRef, UnitRef
 from tests.factories import silence, tts, write
 from tests.pipelines.toy_labelers import zero_crossing_rate
 
@@ -46,7 +51,8 @@ class Watch:
     """A progress bar that, each time the driver hears of a finished unit, counts the label records alive
     in the driver process."""
 
-    def __init__(self):
+    def __init__(self, watched=WATCHED):
+        self.watched = watched
         self.most = 0
         self.segments = 0
 
@@ -55,24 +61,33 @@ class Watch:
 
     def update(self, n=1, audio_s=0.0):
         self.segments += n
-        self.most = max(self.most, sum(isinstance(o, WATCHED) for o in gc.get_objects()))
+        self.most = max(self.most, sum(isinstance(o, self.watched) for o in gc.get_objects()))
 
     def close(self):
         pass
 
 
-def _passes(out, labeler="tests.pipelines.toy_labelers:ZeroCrossing"):
+def _passes(out, labeler="tests.pipelines.toy_labelers:ZeroCrossing", watched=WATCHED):
+    output = Output(str(out), "segments")
     stages = {"read": Stage("read", ReadSegments, PartRef, SegmentAudio, Resources(num_cpus=0.25))}
     stages.update({s.name: s for s in labeler_stages([labeler], None, cpus=2)})
-    watch = Watch()
-    return SegmentPasses(Output(str(out), "segments"), stages, RayConfig(progress=False), watch), watch
+    stages.update(unit_stages(output.work, labelers=True))
+    stages["pack"] = Stage("pack", PackStage, ShardPlan, ShardResult, Resources(num_cpus=1, tasks=2),
+                           PackJob(output.url, output.work))
+    watch = Watch(watched)
+    return SegmentPasses(output, stages, RayConfig(progress=False), watch), watch
+
+
+def _refs(units):
+    return [UnitRef(u.unit, u.uri, u.file_sha256, u.part, segments=u.segments) for u in units], \
+        {u.unit: unit_sizes(u.segments) for u in units}
 
 
 def test_a_label_pass_holds_no_labels_on_the_driver_as_segments_grow(units, tmp_path):
     most = {}
     for n in (2, 8):                       # 8 and 32 segments
         passes, watch = _passes(tmp_path / f"out{n}")
-        passes.run_labelers(units[:n], {})
+        passes.run_labelers(*_refs(units[:n]))
         assert watch.segments == 4 * n
         most[n] = watch.most
         for u in units[:n]:
@@ -94,4 +109,24 @@ def _check_written(passes, u):
 def test_a_labeler_that_loses_a_segment_stops_the_pass(units, tmp_path):
     passes, _ = _passes(tmp_path / "out", "tests.pipelines.toy_labelers:DropsLast")
     with pytest.raises(LabelerError, match="without a label row for each segment"):
-        passes.run_labelers(units[:2], {})
+        passes.run_labelers(*_refs(units[:2]))
+
+
+def test_the_plan_and_pack_hold_no_sample_records_on_the_driver_as_units_grow(units, tmp_path):
+    """The plan tasks write each unit's samples to storage and send back their sizes; the pack tasks read
+    their shards' ranges of them. Planning on the driver would hold a record per sample by the last unit."""
+    most = {}
+    for n in (2, 8):                       # 8 and 32 segments
+        passes, watch = _passes(tmp_path / f"out{n}", watched=(PlannedSample,))
+        refs, _ = _refs(units[:n])
+        sized, rejects, dropped = passes.plan(refs, FilterParams())
+        assert not rejects and dropped == 0 and watch.segments == n
+        assert [u for u, _ in sized] == [u.unit for u in sorted(units[:n], key=lambda u: u.uri)]
+        assert [list(sizes) for _, sizes in sized] == [[s.size for s in u.segments]
+                                                       for u in sorted(units[:n], key=lambda u: u.uri)]
+        shards = passes.pack(sized, 1 << 30, 3, "segments")
+        assert [s.samples for s in shards] == [3] * (4 * n // 3) + ([4 * n % 3] if 4 * n % 3 else [])
+        most[n] = watch.most
+        keys = [r.key for table in passes.index_parts(shards) for r in arrow.from_table(IndexRow, table)]
+        assert keys == [s.key for u in sorted(units[:n], key=lambda u: u.uri) for s in u.segments]
+    assert most[8] == most[2] == 0, most

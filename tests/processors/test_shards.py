@@ -46,15 +46,20 @@ def test_keys_with_dots_are_refused():
 
 
 def test_plan_shards_respects_bytes_and_count_and_keeps_order():
-    from schemas.shard import PlannedSample
+    from schemas.shard import PlanRange
 
-    samples = [PlannedSample(k, p, 0, n) for p, k, n in
-               [("p0", "a", 40), ("p0", "b", 40), ("p1", "c", 40), ("p1", "d", 10), ("p2", "e", 200)]]
-    plans = plan_shards(samples, target_bytes=90, max_samples=3, prefix="segments")
+    units = [("p0", [40, 40]), ("p1", [40, 10]), ("p2", [200]), ("p3", [])]
+    plans = plan_shards(units, target_bytes=90, max_samples=3, prefix="segments")
     assert [p.name for p in plans] == ["segments-000000.tar", "segments-000001.tar", "segments-000002.tar"]
-    assert [[s.key for s in p.samples] for p in plans] == [["a", "b"], ["c", "d"], ["e"]]
-    by_count = plan_shards(samples, target_bytes=10**9, max_samples=2, prefix="s")
-    assert [len(p.samples) for p in by_count] == [2, 2, 1]
+    assert [p.ranges for p in plans] == [(PlanRange("p0", 0, 2),), (PlanRange("p1", 0, 2),), (PlanRange("p2", 0, 1),)]
+    by_count = plan_shards(units, target_bytes=10**9, max_samples=3, prefix="s")
+    # A shard closes inside a unit: p1's second sample opens the next one.
+    assert [p.ranges for p in by_count] == [(PlanRange("p0", 0, 2), PlanRange("p1", 0, 1)),
+                                            (PlanRange("p1", 1, 2), PlanRange("p2", 0, 1))]
+    one_each = plan_shards(units, target_bytes=10**9, max_samples=1, prefix="s")
+    assert [r for p in one_each for r in p.ranges] == [PlanRange("p0", 0, 1), PlanRange("p0", 1, 2), PlanRange("p1", 0, 1),
+                                                       PlanRange("p1", 1, 2), PlanRange("p2", 0, 1)]
+    assert all(len(p.ranges) == 1 for p in one_each)
 
 
 def test_incremental_sink_and_sample_reads_match_a_whole_tar():

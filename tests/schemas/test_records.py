@@ -12,8 +12,8 @@ from schemas.labels import Event, LabelError, Labels, Quality, SpeakerTurn, Spea
 from schemas.manifest import Manifest, ShardEntry, read_manifest, write_manifest
 from schemas.reject import REJECTS_SCHEMA, Reject
 from schemas.segment import Segment, Source
-from schemas.shard import Containment, DuplicateRef, Patch, PlannedSample, ShardPlan
-from schemas.unit import SegmentRef, UnitResult, pack_fingerprint
+from schemas.shard import Containment, DuplicateRef, Patch, PlannedSample, PlanRange, ShardPlan, UnitPlanned
+from schemas.unit import SegmentRef, UnitRef, UnitResult, pack_fingerprint
 
 LABELS = Labels(transcript=Transcript("hello there", "manifest", language="en"),
                 speakers=Speakers(2, "manifest", turns=(SpeakerTurn("S0", 0.0, 1.5), SpeakerTurn("S1", 1.5, 3.0))),
@@ -57,7 +57,10 @@ def test_shard_plan_with_patches_round_trips():
     patch = Patch(labels=Labels(transcript=Transcript("moved", "manifest", origin="/clip.wav")), label="dog",
                   duplicates=(DuplicateRef("/copy.wav", "s" * 64, "near", Labels(caption=None)),),
                   contained_in=(Containment("/long.wav", "l" * 64, 12.5, 15.0),))
-    _round_trip(ShardPlan("segments-000000.tar", (PlannedSample("seg-1", "/p.tar", 0, 100, patch),)))
+    _round_trip(PlannedSample("seg-1", "/p.tar", 0, 100, patch, "u1"))
+    _round_trip(ShardPlan("segments-000000.tar", (PlanRange("u1", 0, 3), PlanRange("u2", 0, 1))))
+    _round_trip(UnitRef("u1", "/a.wav", "s" * 64, "/p.tar", "/w/units/u1.arrow", (), ("seg-1",), (patch,)))
+    _round_trip(UnitPlanned("u1", b"\x01" * 16, (Reject("/a.wav", "filter", "low_dnsmos", "segment seg-2"),), 1))
 
 
 def test_rejects_schema_is_the_record_schema():
