@@ -21,7 +21,8 @@ from schemas.unit import PartRef, SegmentRef, UnitRef
 
 
 def segments_of(ref: UnitRef) -> tuple[SegmentRef, ...]:
-    return ref.segments or read_marker(ref.marker).segments
+    """The unit's segments: those it carries, or its marker's."""
+    return ref.segments if ref.segments or not ref.marker else read_marker(ref.marker).segments
 
 
 def patches_of(ref: UnitRef, segments: tuple[SegmentRef, ...], job: UnitsJob) -> list[Patch]:
