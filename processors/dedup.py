@@ -544,13 +544,21 @@ def concat_rows(parts: list[dict[str, np.ndarray]], columns: tuple[str, ...]) ->
     return {c: np.concatenate([r[c] for r in parts]) for c in columns}
 
 
-def bucket_candidates(in_bucket: list[dict[str, np.ndarray]], p: NearParams) -> list[tuple[int, int, int, int]]:
-    """Hash rows split by bucket → candidates (``pair_candidates``), in both passes: shares, then the votes of
-    the surviving pairs. The job runs the same steps with each bucket in its own task."""
-    shares = concat_rows([pair_shares(r, p.max_hash_items) for r in in_bucket], SHARE_COLUMNS)
+def bucket_candidates(rows_of: Callable[[int], dict[str, np.ndarray]], buckets: int,
+                      p: NearParams) -> list[tuple[int, int, int, int]]:
+    """Hash rows by bucket (``rows_of(b)``, asked for once in each pass, so a caller may make each bucket's
+    rows when asked and hold one at a time) → candidates (``pair_candidates``), in both passes: shares,
+    then the votes of the surviving pairs. The job runs the same steps with each bucket in its own task."""
+    shares = concat_rows([pair_shares(rows_of(b), p.max_hash_items) for b in range(buckets)], SHARE_COLUMNS)
     pairs = surviving_pairs(shares, p)
-    votes = concat_rows([bucket_votes(r, p.max_hash_items, p.offset_tolerance, pairs) for r in in_bucket], VOTE_COLUMNS)
+    votes = concat_rows([bucket_votes(rows_of(b), p.max_hash_items, p.offset_tolerance, pairs) for b in range(buckets)],
+                        VOTE_COLUMNS)
     return pair_candidates(votes, p)
+
+
+def in_bucket(rows: dict[str, np.ndarray], bucket: int) -> dict[str, np.ndarray]:
+    keep = rows["bucket"] == bucket
+    return {c: v[keep] for c, v in rows.items()}
 
 
 def bucketed_candidates(fingerprints: list[np.ndarray], p: NearParams, buckets: int) -> dict[int, list[tuple[int, int]]]:
@@ -558,8 +566,8 @@ def bucketed_candidates(fingerprints: list[np.ndarray], p: NearParams, buckets: 
     (what the job does across the cluster, here in one process): item → [(other, offset frames)],
     strongest first."""
     rows = concat_rows([hash_rows(i, fp, buckets) for i, fp in enumerate(fingerprints) if len(fp)], HASH_COLUMNS)
-    in_bucket = [{c: v[rows["bucket"] == b] for c, v in rows.items()} for b in range(max(1, buckets))]
+    split = [in_bucket(rows, b) for b in range(max(1, buckets))]
     out: dict[int, list[tuple[int, int]]] = {}
-    for item, other, offset, _ in candidate_order(bucket_candidates(in_bucket, p)):
+    for item, other, offset, _ in candidate_order(bucket_candidates(split.__getitem__, len(split), p)):
         out.setdefault(item, []).append((other, offset))
     return out

@@ -12,8 +12,8 @@ Counting shared hashes first costs a second shuffle of the hash rows, and saves 
 shares hashes by chance: that is most pairs of long inputs, whose votes grow with the square of the corpus
 (``bench/scale.py``).
 
-Up to ``ray.dedup_one_task_hashes`` hashes, one task does the first four steps: a shuffle costs seconds of
-start-up that a small corpus does not repay. Beyond it, the buckets hold about ``ray.dedup_bucket_hashes``
+Up to ``ray.dedup_one_task_hashes`` hashes, one task does the first four steps, over buckets of
+``ray.dedup_bucket_hashes`` in turn: a shuffle costs seconds of start-up that a small corpus does not repay. Beyond it, the buckets hold about ``ray.dedup_bucket_hashes``
 hashes each: a reducer's input. Its work still grows with how many inputs share each hash value, so a
 worker's peak grows with the corpus at a fixed bucket size (``docs/scale.md``). Either way the candidates,
 and so the relations, are those of ``processors.dedup.find_relations``.
@@ -33,7 +33,8 @@ from pipelines.stage import block_bounds
 from pipelines.stages.ingest import marker_table
 from processors.dedup import (HASH_COLUMNS, ROW_BYTES, ROWS_PER_HASH, SHARE_COLUMNS, VOTE_COLUMNS, DedupItem,
                               NearParams, Relation, SpectralVerifier, bucket_candidates, bucket_votes, candidate_order,
-                              classify, concat_rows, hash_rows, pair_candidates, pair_shares, surviving_pairs)
+                              classify, concat_rows, hash_rows, in_bucket, pair_candidates, pair_shares,
+                              surviving_pairs)
 from schemas.unit import unpack_fingerprint
 
 Candidate = tuple[int, int, int, int]          # item, other, offset in frames, aligned votes
@@ -63,8 +64,10 @@ def near_relations(refs: list[DedupRef], p: NearParams, verify: bool, ray_cfg: I
 
     total = sum(r.hashes for r in refs)
     if total <= ray_cfg.dedup_one_task_hashes:
-        found = ray.get(ray.remote(_one_task_candidates).remote([(r.item, r.marker) for r in refs if r.hashes], p))
-        how = "in one task"
+        buckets = max(1, math.ceil(total / ray_cfg.dedup_bucket_hashes))
+        found = ray.get(ray.remote(_one_task_candidates).remote([(r.item, r.marker) for r in refs if r.hashes], p,
+                                                                 buckets))
+        how = f"in one task, {buckets} hash bucket{'s' * (buckets > 1)} in turn"
     else:
         buckets = max(2, math.ceil(total / ray_cfg.dedup_bucket_hashes))
         found = _shuffled_candidates(refs, p, buckets, ray_cfg.dedup_bucket_hashes)
@@ -78,9 +81,12 @@ def near_relations(refs: list[DedupRef], p: NearParams, verify: bool, ray_cfg: I
     return [rel for result in ray.get(pending) for rel in result if rel is not None]
 
 
-def _one_task_candidates(refs: list[tuple[int, str]], p: NearParams) -> list[Candidate]:
-    return bucket_candidates([concat_rows([hash_rows(item, read_fingerprint(marker), 1) for item, marker in refs],
-                                      HASH_COLUMNS)], p)
+def _one_task_candidates(refs: list[tuple[int, str]], p: NearParams, buckets: int) -> list[Candidate]:
+    """The fingerprints are held (8 bytes a hash); their rows, four times as many bytes, are made one bucket
+    at a time."""
+    prints = [(item, read_fingerprint(marker)) for item, marker in refs]
+    return bucket_candidates(lambda b: concat_rows([in_bucket(hash_rows(item, fp, buckets), b) for item, fp in prints],
+                                                   HASH_COLUMNS), buckets, p)
 
 
 def _shuffled_candidates(refs: list[DedupRef], p: NearParams, buckets: int, bucket_hashes: int) -> list[Candidate]:

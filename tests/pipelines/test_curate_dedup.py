@@ -101,16 +101,19 @@ def test_containment_drop_moves_each_transcript_onto_the_recordings_segment(ray_
 
 
 def test_dedup_shuffled_by_hash_bucket_gives_the_same_output_as_one_task(ray_cluster, corpus, tmp_path, capsys):
-    """The fingerprints shuffled across many hash buckets (with each candidate verified in its own task)
-    decide what one task decides: the outputs, duplicates, containments and moved labels included, are
+    """The fingerprints in many hash buckets, taken in turn by one task or shuffled across the cluster (with
+    each candidate verified in its own task), decide what one task with one bucket decides: the outputs, duplicates, containments and moved labels included, are
     byte-identical."""
-    one, shuffled = tmp_path / "one", tmp_path / "shuffled"
+    one, in_turn, shuffled = tmp_path / "one", tmp_path / "in_turn", tmp_path / "shuffled"
     _run(corpus, one)
-    assert "hashes in one task" in capsys.readouterr().out
+    assert "hashes in one task, 1 hash bucket in turn" in capsys.readouterr().out
+    _run(corpus, in_turn, "ray.dedup_bucket_hashes=200")          # one task, its rows made bucket by bucket
+    assert int(capsys.readouterr().out.split("in one task, ")[1].split()[0]) >= 4
     _run(corpus, shuffled, "ray.dedup_one_task_hashes=0", "ray.dedup_bucket_hashes=200", "ray.dedup_verify_batch=1")
     said = capsys.readouterr().out
     buckets = int(said.split("shuffled in ")[1].split()[0])
     assert buckets >= 4
+    assert_same_tree(one, in_turn)
     assert_same_tree(one, shuffled)
     rejects = pq.read_table(shuffled / "rejects.parquet").to_pylist()
     assert sorted(r["reason"] for r in rejects) == ["duplicate", "duplicate"]
