@@ -26,7 +26,7 @@ import numpy as np
 from pipelines.config import PREFIX_RE, ConfigError, ShardConfig, name_problems, positive, show
 from pipelines.job import Job, run_job
 from pipelines.output import Output, OutputError
-from pipelines.passes import NOT_LABELERS, SegmentPasses, unit_sizes
+from pipelines.passes import NOT_LABELERS, SegmentPasses
 from pipelines.runtime import IngestRayConfig, cluster_cpus, cluster_gpus, say
 from pipelines.stage import Resources, Stage, apply, block_count, dataset, resumable_pass
 from pipelines.stages.dedup import DedupRef, near_relations
@@ -325,13 +325,13 @@ class _Job:
         return [results[it.unit] for it in items]
 
     def _compact(self, r: UnitResult) -> UnitResult:
-        """Drop the fingerprint and the segment records from the record the driver keeps: dedup's tasks and
-        the passes after it read them from the unit's marker."""
-        if r.fingerprint:
-            self.hashes[r.unit] = len(r.fingerprint_array())
+        """The record the driver keeps, without the fingerprint and the segment records (a marker read on
+        resume holds them): dedup's tasks and the passes after it read them from the unit's marker."""
+        r = r.lean()
+        self.hashes[r.unit] = r.hashes
         if r.ok:
-            self.sizes[r.unit] = unit_sizes(r.segments)
-        return dataclasses.replace(r, fingerprint=b"", segments=())
+            self.sizes[r.unit] = (r.segment_count, r.segment_seconds)
+        return r
 
     def refs(self, kept: list[UnitResult], patches: dict[str, Patch]) -> list[UnitRef]:
         """What the passes after dedup get of each kept unit: where its marker is, and dedup's patches to

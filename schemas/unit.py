@@ -49,10 +49,22 @@ class UnitResult:
     part: str = ""                        # url of the unit's part tar ("" when it has no segments)
     segments: tuple[SegmentRef, ...] = ()
     warnings: tuple[str, ...] = ()
+    hashes: int = 0                       # the fingerprint's size, segments and their seconds: what the driver
+    segment_count: int = 0                # keeps (``lean``) where the marker keeps the fingerprint and the
+    segment_seconds: float = 0.0          # segments
 
     @property
     def ok(self) -> bool:
         return self.reject is None
+
+    def lean(self) -> "UnitResult":
+        """The record without its fingerprint and segment records, which stay in the unit's marker: what
+        the ingest tasks send the driver, so it never holds, or even receives, a corpus of them."""
+        if not self.fingerprint and not self.segments:
+            return self
+        return dataclasses.replace(self, fingerprint=b"", segments=(), hashes=len(self.fingerprint) // 16,
+                                   segment_count=len(self.segments),
+                                   segment_seconds=sum(s.end_s - s.start_s for s in self.segments))
 
     def fingerprint_array(self) -> np.ndarray:
         """(n, 2) int64: column 0 the hash, column 1 the anchor frame."""

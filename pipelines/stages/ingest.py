@@ -91,4 +91,4 @@ class IngestStage(StageFn):
             if os.path.exists(tmp):
                 os.remove(tmp)
         write_marker(work, result)
-        return result
+        return result.lean()

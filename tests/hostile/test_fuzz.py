@@ -49,7 +49,7 @@ def _ingest(stage, data: bytes, ext: str):
         assert time.monotonic() - t < 15, "ingest took too long"
     assert result.unit == item.unit
     if result.reject is None:
-        assert result.segments and result.duration_s > 0
+        assert result.segment_count and result.duration_s > 0 and not result.segments     # they stay in the marker
     else:
         assert result.reject.reason and result.reject.reason != "bad_media"
     return result

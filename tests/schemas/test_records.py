@@ -1,5 +1,6 @@
 """Records that cross Ray: one Arrow schema each, exact round trips; labels typed and checked; strict JSON."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -51,6 +52,11 @@ def test_unit_result_round_trip_with_fingerprint_segments_and_reject():
     bad = UnitResult(unit="u2", uri="/b.wav", reject=Reject("/b.wav", "ingest", "corrupt", "at frame 3"))
     _round_trip(bad)
     assert ok.ok and not bad.ok
+    lean = ok.lean()                       # what the ingest tasks send the driver
+    assert (lean.fingerprint, lean.segments, lean.hashes, lean.segment_count, lean.segment_seconds) == (b"", (), 2, 1, 2.5)
+    assert lean.lean() == lean and _round_trip(lean) and bad.lean() == bad
+    assert dataclasses.replace(lean, hashes=0, segment_count=0, segment_seconds=0.0) == \
+        dataclasses.replace(ok, fingerprint=b"", segments=())
 
 
 def test_shard_plan_with_patches_round_trips():
