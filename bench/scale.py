@@ -16,8 +16,9 @@ Then dedup alone (``--dedup-hours``, default 10,100,1000) over synthetic fingerp
 cluster, through the job's own shuffle (``pipelines/stages/dedup.py``, forced for every size): 10-minute
 items of 59 hashes a second (the density measured on real fingerprints), drawn like the fingerprinter's
 hashes (anchor bin, bin difference and time difference, subsampled by the same rule), one in 200
-followed by a near copy of itself (shifted, 10 % of its hashes lost). It reports the largest worker's peak and what it ran (against the hours, at one
-``ray.dedup_bucket_hashes``), the wall time, and how many planted copies were found.
+followed by a near copy of itself (shifted, 10 % of its hashes lost). It reports the largest worker's
+peak and what it ran (against the hours, at one ``ray.dedup_bucket_hashes``), the wall time, and how many
+planted copies were found.
 
 The ratios print beside the goals they are held to.
 """
