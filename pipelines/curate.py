@@ -242,8 +242,6 @@ class _Job:
         self.stages = stages(self.cfg, self.out.work, self.cpus, cluster_gpus())
         self.seen = len(listing.items) + len(listing.rejects)
         self.times: dict[str, float] = {}
-        self.hashes: dict[str, int] = {}            # unit → fingerprint size; the fingerprint stays in its marker
-        self.sizes: dict[str, tuple[int, float]] = {}     # unit → segments, seconds; the segments stay there too
         self.segment_unit: dict[str, str] = {}      # segment key → unit, of the units dedup related
         self.passes = SegmentPasses(self.out, self.stages, self.cfg.ray, job.progress)
         self.filtered = 0
@@ -262,7 +260,7 @@ class _Job:
         self._check_budget(len(rejects), self.seen)
         refs = self.refs([u for u in kept if u.unit not in merge.dropped], merge.patches)
         if self.passes.labelers:
-            self._timed("label", lambda: self.passes.run_labelers(refs, self.sizes))
+            self._timed("label", lambda: self.passes.run_labelers(refs))
         sized, filtered, self.filtered = self._timed("plan", lambda: self.passes.plan(refs, self.cfg.filters))
         rejects += filtered
         s = self.cfg.shards
@@ -295,7 +293,7 @@ class _Job:
         results: dict[str, UnitResult] = {}
         for it in items:
             if it.unit in have:
-                results[it.unit] = self._compact(read_marker(marker_url(self.out.work, it.unit)))
+                results[it.unit] = read_marker(marker_url(self.out.work, it.unit)).lean()     # the marker holds the whole record
         # The biggest inputs first (by an estimate of their duration from headers), so none is left at the end.
         seconds = {it.unit: estimated_seconds(it.path, it.size) for it in items if it.unit not in results}
         todo = sorted((it for it in items if it.unit not in results), key=lambda it: (-seconds[it.unit], it.uri))
@@ -307,7 +305,7 @@ class _Job:
 
         def on_result(_: InputItem, r: list[UnitResult]) -> None:
             nonlocal done_rejects
-            results[r[0].unit] = u = self._compact(r[0])
+            results[r[0].unit] = u = r[0]
             done_rejects += not u.ok
             progress.update(1, seconds.get(u.unit, 0.0), u.duration_s)
             self._check_budget(listed_rejects + done_rejects, listed_rejects + len(results))
@@ -324,15 +322,6 @@ class _Job:
         progress.close()
         return [results[it.unit] for it in items]
 
-    def _compact(self, r: UnitResult) -> UnitResult:
-        """The record the driver keeps, without the fingerprint and the segment records (a marker read on
-        resume holds them): dedup's tasks and the passes after it read them from the unit's marker."""
-        r = r.lean()
-        self.hashes[r.unit] = r.hashes
-        if r.ok:
-            self.sizes[r.unit] = (r.segment_count, r.segment_seconds)
-        return r
-
     def refs(self, kept: list[UnitResult], patches: dict[str, Patch]) -> list[UnitRef]:
         """What the passes after dedup get of each kept unit: where its marker is, and dedup's patches to
         its segments (those of the units dedup related, whose segments ``dedup`` read)."""
@@ -341,8 +330,7 @@ class _Job:
             keys, values = by_unit.setdefault(self.segment_unit[key], ([], []))
             keys.append(key)
             values.append(patch)
-        return [UnitRef(u.unit, u.uri, u.file_sha256, u.part, marker_url(self.out.work, u.unit), (),
-                        *map(tuple, by_unit.get(u.unit, ([], [])))) for u in kept]
+        return [u.ref(marker_url(self.out.work, u.unit), False, *map(tuple, by_unit.get(u.unit, ([], [])))) for u in kept]
 
     # ---- dedup ---------------------------------------------------------------------------------------
 
@@ -358,7 +346,7 @@ class _Job:
         near = d.near_params()
         if near is not None:
             copies = {r.b for r in relations}
-            refs = [DedupRef(i, marker_url(self.out.work, u.unit), path[u.unit], u.duration_s, self.hashes.get(u.unit, 0))
+            refs = [DedupRef(i, marker_url(self.out.work, u.unit), path[u.unit], u.duration_s, u.hashes)
                     for i, u in enumerate(kept) if i not in copies]
             relations += near_relations(refs, near, d.verify, self.cfg.ray, say)
         merge = plan_merges(self._related_whole(kept, relations), resolve(items, relations), d.containment == "drop")

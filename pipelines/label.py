@@ -19,7 +19,7 @@ from typing import Any
 from pipelines.config import PREFIX_RE, ShardConfig, name_problems, positive, show
 from pipelines.job import Job, run_job
 from pipelines.output import Output, OutputError
-from pipelines.passes import NOT_LABELERS, IndexTotals, SegmentPasses, unit_sizes
+from pipelines.passes import NOT_LABELERS, IndexTotals, SegmentPasses
 from pipelines.runtime import RayConfig, cluster_cpus, cluster_gpus, say
 from pipelines.stage import Resources, Stage
 from pipelines.stages.label import LabelerError, ReadSegments, expand, labeler_stages, model_problem
@@ -32,7 +32,7 @@ from schemas.manifest import Manifest, read_manifest
 from schemas.reject import Reject
 from schemas.segment import SegmentAudio
 from schemas.shard import ShardPlan, ShardResult
-from schemas.unit import PartRef, SegmentRef, UnitRef, UnitResult
+from schemas.unit import PartRef, SegmentRef, UnitResult
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +96,8 @@ def _work(job: Job) -> dict[str, Any]:
     passes = SegmentPasses(job.out, stages, cfg.ray, job.progress)
     say(f"{sum(len(u.segments) for u in units)} segments in {len(units)} shards of {cfg.input}; labelers: "
         f"{', '.join(n for n in stages if n not in ('read',) + NOT_LABELERS)}")
-    refs = [UnitRef(u.unit, u.uri, u.file_sha256, u.part, segments=u.segments) for u in units]
-    passes.run_labelers(refs, {u.unit: unit_sizes(u.segments) for u in units})
+    refs = [u.ref(keep_segments=True) for u in units]
+    passes.run_labelers(refs)
     sized, rejects, filtered = passes.plan(refs, cfg.filters)
     s = cfg.shards
     shards = passes.pack(sized, int(s.target_mb * (1 << 20)), s.max_samples, s.prefix)

@@ -7,7 +7,7 @@ import dataclasses
 import io
 import posixpath
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import fsspec
@@ -49,7 +49,8 @@ class SegmentPasses:
     the driver hears only that a unit is done. The driver sends each pass small ``UnitRef``s, and the
     ``resolve`` tasks read the units' segments and their labels so far; the ``plan`` tasks write each
     unit's kept samples to ``_work/plan/``, and the pack tasks read their shards' ranges of them. So the
-    driver holds a few numbers per unit (``sizes``: segments, seconds), never the segment records."""
+    driver holds a few numbers per unit (``UnitRef.segment_count``, ``segment_seconds``), never the segment
+    records."""
 
     def __init__(self, out: Output, stages: dict[str, Stage], ray: RayConfig, progress: Callable[..., Progress]):
         self.out, self.stages, self.ray, self.progress = out, stages, ray, progress
@@ -59,13 +60,12 @@ class SegmentPasses:
     def labelers(self) -> bool:
         return "read" in self.stages
 
-    def run_labelers(self, units: list[UnitRef], sizes: Mapping[str, tuple[int, float]]) -> None:
+    def run_labelers(self, units: list[UnitRef]) -> None:
         """The unit-level labelers (speakers) first, each as its own pass, then the per-segment ones; each
-        segment's labels from a pass reach the passes after it (and the plan and pack) through storage.
-        ``sizes``: each unit's segments and their seconds."""
+        segment's labels from a pass reach the passes after it (and the plan and pack) through storage."""
         for name, stage in self.stages.items():
             if unit_level(stage):
-                self._pass(name, name, units, sizes, lambda left, s=stage: apply(self._parts(left), counted(s)),
+                self._pass(name, name, units, lambda left, s=stage: apply(self._parts(left), counted(s)),
                            SegmentLabels)
                 self.ran.append((name, False))
         if any(not unit_level(s) for n, s in self.stages.items() if n not in NOT_LABELERS + ("read",)):
@@ -76,17 +76,16 @@ class SegmentPasses:
                         ds = apply(ds, stage)
                 return ds
 
-            self._pass("label", "labels", units, sizes, make_ds, SegmentAudio)
+            self._pass("label", "labels", units, make_ds, SegmentAudio)
             self.ran.append(("labels", True))
 
-    def _pass(self, name: str, folder: str, units: list[UnitRef], sizes: Mapping[str, tuple[int, float]], make_ds,
-              rows: type) -> None:
+    def _pass(self, name: str, folder: str, units: list[UnitRef], make_ds, rows: type) -> None:
         """Run the pass ``name`` over the kept units whose labels are not yet under _work/<folder>/."""
-        todo = [u for u in units if sizes[u.unit][0] and not _exists(labels_url(self.out.work, folder, u.unit))]
-        progress = self.progress(name, sum(sizes[u.unit][0] for u in todo), "segments")
+        todo = [u for u in units if u.segment_count and not _exists(labels_url(self.out.work, folder, u.unit))]
+        progress = self.progress(name, sum(u.segment_count for u in todo), "segments")
         write = writer(f"write_{folder}", rows, posixpath.join(self.out.work, folder))
         left = resumable_pass(name, todo, lambda u: u.unit, lambda left: apply(make_ds(left), write), UnitLabelled,
-                              lambda a: a.unit, lambda u, a: progress.update(a[0].segments, audio_s=sizes[u.unit][1]),
+                              lambda a: a.unit, lambda u, a: progress.update(a[0].segments, audio_s=u.segment_seconds),
                               self.ray.max_pass_retries, say)
         progress.close()
         if left:
@@ -98,9 +97,9 @@ class SegmentPasses:
         return dataclasses.replace(stage, params=UnitsJob(self.out.work, tuple(self.ran), filters))
 
     def _refs(self, units: list[UnitRef]):
-        """The units as a dataset in blocks of many units: a table per unit would cost the object store (and
-        the driver, which puts them there) far more than the rows."""
-        return dataset(units, UnitRef, blocks=block_count(len(units), cluster_cpus()))
+        """The units as a dataset in blocks of many units and about equal segments: a table per unit would cost
+        the object store (and the driver, which puts them there) far more than the rows."""
+        return dataset(units, UnitRef, [float(u.segment_count) for u in units], blocks=block_count(len(units), cluster_cpus()))
 
     def _parts(self, units: list[UnitRef]):
         """The units' parts with their segments and patches, made in the ``resolve`` tasks."""
@@ -259,11 +258,6 @@ def plan_url(work: str, unit: str) -> str:
 def index_part(work: str, shard: str) -> str:
     """Where the pack task of ``shard`` writes its index rows."""
     return posixpath.join(work, "index", shard + ".arrow")
-
-
-def unit_sizes(segments) -> tuple[int, float]:
-    """(segments, their seconds): what the passes know of a unit on the driver."""
-    return len(segments), sum(s.end_s - s.start_s for s in segments)
 
 
 def _exists(url: str) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import heapq
 import html
 import io
 import json
@@ -20,6 +21,8 @@ from collections import Counter, defaultdict
 from typing import Any
 
 import yaml
+
+from processors.builders.pretrain import stable_hash
 
 # Measured accuracy of the default labelers (bench/labels.py; README "Tests and benchmarks"), by the
 # model id a label's ``by`` starts with.
@@ -85,8 +88,7 @@ class CardStats:
                 self._add_example(r, seconds)
 
     def _add_segment(self, r: dict, seconds: float) -> None:
-        if r.get("license"):
-            self.licenses[r["license"]].add(r.get("corpus") or "?")
+        self.add_licenses([r])
         for key, value in (("kind", r.get("kind")), ("language", r.get("language"))):
             if value:
                 self.count[key][value] += 1
@@ -100,10 +102,6 @@ class CardStats:
         if mos is not None:
             self.mos[round(mos / HIST_STEP)] += 1
             self.mos_sum, self.mos_min, self.mos_max = self.mos_sum + mos, min(self.mos_min, mos), max(self.mos_max, mos)
-        import heapq
-
-        from processors.builders.pretrain import stable_hash
-
         entry = (-stable_hash(f"browse/{r['key']}"), _Desc(r["key"]))
         if len(self._browse) < BROWSE_SEGMENTS:
             heapq.heappush(self._browse, entry)

@@ -57,6 +57,13 @@ class UnitResult:
     def ok(self) -> bool:
         return self.reject is None
 
+    def ref(self, marker: str = "", keep_segments: bool = False, patch_keys: tuple[str, ...] = (),
+            patches: tuple[Patch, ...] = ()) -> "UnitRef":
+        """What the passes after dedup get of this unit: its segments read from ``marker``, or carried."""
+        lean = self.lean()
+        return UnitRef(self.unit, self.uri, self.file_sha256, self.part, lean.segment_count, lean.segment_seconds,
+                       marker, self.segments if keep_segments else (), patch_keys, patches)
+
     def lean(self) -> "UnitResult":
         """The record without its fingerprint and segment records, which stay in the unit's marker: what
         the ingest tasks send the driver, so it never holds, or even receives, a corpus of them."""
@@ -109,6 +116,8 @@ class UnitRef:
     uri: str
     source_sha256: str
     part: str
+    segment_count: int = 0                # what the driver knows of its segments (``UnitResult.lean``)
+    segment_seconds: float = 0.0
     marker: str = ""
     segments: tuple[SegmentRef, ...] = ()
     patch_keys: tuple[str, ...] = ()

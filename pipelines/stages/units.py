@@ -25,9 +25,13 @@ def segments_of(ref: UnitRef) -> tuple[SegmentRef, ...]:
     return ref.segments if ref.segments or not ref.marker else read_marker(ref.marker).segments
 
 
+def dedup_patches(ref: UnitRef) -> dict[str, Patch]:
+    return dict(zip(ref.patch_keys, ref.patches))
+
+
 def patches_of(ref: UnitRef, segments: tuple[SegmentRef, ...], job: UnitsJob) -> list[Patch]:
     """Each segment's patch: dedup's, then what every labeler pass run so far gave it."""
-    dedup = dict(zip(ref.patch_keys, ref.patches))
+    dedup = dedup_patches(ref)
     rows = pass_rows(job.work, job.labels, ref.unit) if job.labels else []
     return [labelled(dedup.get(s.key, Patch()), s.kind, [(found.get(s.key), whole) for found, whole in rows])
             for s in segments]
@@ -58,7 +62,7 @@ class PlanUnits(StageFn):
         filters = self.params.filters
         active = filters.active()
         final = patches_of(ref, segments, self.params) if active else [Patch()] * len(segments)
-        dedup = dict(zip(ref.patch_keys, ref.patches))
+        dedup = dedup_patches(ref)
         keep, rejects = [], []
         for s, p in zip(segments, final):
             verdict = filters.verdict(s.labels.replace(**{k: getattr(p.labels, k) for k in p.labels.kinds()}),

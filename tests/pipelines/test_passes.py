@@ -11,7 +11,7 @@ from pipelines.curate import CurateConfig
 from pipelines.curate import run as curate
 from pipelines.label import input_units
 from pipelines.output import Output
-from pipelines.passes import SegmentPasses, labels_url, read_rows, unit_sizes
+from pipelines.passes import SegmentPasses, labels_url, read_rows
 from pipelines.runtime import RayConfig
 from pipelines.stage import Resources, Stage
 from pipelines.stages.label import LabelerError, ReadSegments, labeler_stages
@@ -25,7 +25,7 @@ from schemas.manifest import read_manifest
 from schemas import arrow
 from schemas.segment import IndexRow, SegmentAudio, SegmentLabels
 from schemas.shard import PlannedSample, ShardPlan, ShardResult
-from schemas.unit import PartRef, UnitRef
+from schemas.unit import PartRef
 from tests.factories import silence, tts, write
 from tests.pipelines.toy_labelers import zero_crossing_rate
 
@@ -79,15 +79,14 @@ def _passes(out, labeler="tests.pipelines.toy_labelers:ZeroCrossing", watched=WA
 
 
 def _refs(units):
-    return [UnitRef(u.unit, u.uri, u.file_sha256, u.part, segments=u.segments) for u in units], \
-        {u.unit: unit_sizes(u.segments) for u in units}
+    return [u.ref(keep_segments=True) for u in units]
 
 
 def test_a_label_pass_holds_no_labels_on_the_driver_as_segments_grow(units, tmp_path):
     most = {}
     for n in (2, 8):                       # 8 and 32 segments
         passes, watch = _passes(tmp_path / f"out{n}")
-        passes.run_labelers(*_refs(units[:n]))
+        passes.run_labelers(_refs(units[:n]))
         assert watch.segments == 4 * n
         most[n] = watch.most
         for u in units[:n]:
@@ -109,7 +108,7 @@ def _check_written(passes, u):
 def test_a_labeler_that_loses_a_segment_stops_the_pass(units, tmp_path):
     passes, _ = _passes(tmp_path / "out", "tests.pipelines.toy_labelers:DropsLast")
     with pytest.raises(LabelerError, match="without a label row for each segment"):
-        passes.run_labelers(*_refs(units[:2]))
+        passes.run_labelers(_refs(units[:2]))
 
 
 def test_the_plan_and_pack_hold_no_sample_records_on_the_driver_as_units_grow(units, tmp_path):
@@ -118,7 +117,7 @@ def test_the_plan_and_pack_hold_no_sample_records_on_the_driver_as_units_grow(un
     most = {}
     for n in (2, 8):                       # 8 and 32 segments
         passes, watch = _passes(tmp_path / f"out{n}", watched=(PlannedSample,))
-        refs, _ = _refs(units[:n])
+        refs = _refs(units[:n])
         sized, rejects, dropped = passes.plan(refs, FilterParams())
         assert not rejects and dropped == 0 and watch.segments == n
         assert [u for u, _ in sized] == [u.unit for u in sorted(units[:n], key=lambda u: u.uri)]
