@@ -56,9 +56,20 @@ def vm_hwm_mb(pid: int | str = "self") -> float:
 
 
 def child(argv: list[str]) -> None:
-    """Run the CLI in this process, then print this process's own peak memory on its last line."""
+    """Run the CLI in this process, printing this process's own peak memory after each of the job's stages
+    and on its last line."""
+    from pipelines import curate
     from pipelines.cli import main
 
+    timed = curate._Job._timed
+
+    def timed_with_peak(job, name, fn):
+        try:
+            return timed(job, name, fn)
+        finally:
+            print(f"DRIVER_STAGE_VMHWM_MB {name} {vm_hwm_mb():.1f}", flush=True)
+
+    curate._Job._timed = timed_with_peak
     try:
         rc = main(argv)
     finally:
@@ -136,7 +147,9 @@ def run_job(corpus: Path, out: Path, cpus: int, address: str = "") -> dict:
     return {"driver_mb": float(line("DRIVER_VMHWM_MB").split()[1]), "worker_mb": workers.largest,
             "worker": workers.largest_title, "wall": wall, "after_startup": float(line("after Ray start-up").split()[-1]) / cpus,
             "hours": summary["audio_seconds_decoded"] / 3600, "segments": summary["segments"],
-            "inputs": summary["inputs_seen"], "stages": stages}
+            "inputs": summary["inputs_seen"], "stages": stages,
+            "driver_by_stage": " ".join(f"{ln.split()[1]}={float(ln.split()[2]):.0f}" for ln in log.splitlines()
+                                        if ln.startswith("DRIVER_STAGE_VMHWM_MB"))}
 
 
 def same_tree(a: Path, b: Path) -> bool:
@@ -243,7 +256,8 @@ def dedup_alone(hours: float, tmp: Path, bucket_hashes: int) -> dict:
 def show(name: str, r: dict) -> None:
     print(f"{name:<22} {r['inputs']:6d} inputs {r['hours']:6.2f} h {r['segments']:7d} segments | driver "
           f"{r['driver_mb']:6.0f} MB | largest worker {r['worker_mb']:6.0f} MB ({r['worker']}) | wall "
-          f"{r['wall']:6.1f} s | {r['after_startup']:6.1f} audio-s per core-s after start-up | stages {r['stages']}", flush=True)
+          f"{r['wall']:6.1f} s | {r['after_startup']:6.1f} audio-s per core-s after start-up | stages {r['stages']} | driver peak MB after each "
+          f"stage {r['driver_by_stage']}", flush=True)
 
 
 def main() -> None:

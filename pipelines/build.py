@@ -29,7 +29,7 @@ from pipelines.config import PREFIX_RE, name_problems, positive, show
 from pipelines.job import Job, run_job
 from pipelines.label import input_units, segments_input_problems
 from pipelines.output import Output, OutputError
-from pipelines.passes import _exists, read_rows, write_rows
+from pipelines.passes import _exists, read_rows, reject_tables, write_rows
 from pipelines.runtime import RayConfig, cluster_cpus, say
 from pipelines.stage import Resources, Stage, apply, dataset, resumable_pass
 from pipelines.stages.build import BuildExamples, BuildJob, PackExamples, PackExamplesJob, ScanSegments
@@ -231,7 +231,7 @@ def _work(job: Job) -> dict[str, Any]:
     summary = _summary(cfg, parents, scan, p, index, rejects, counts, evals, time.monotonic() - job.t0)
     name = cfg.name or f"{parents[0].name}-examples"
     manifest = job.manifest("examples", name, ",".join(f"{m.name}@{m.version}" for m in parents), summary, shards)
-    job.commit([arrow.to_table(index, ExampleIndexRow)], EXAMPLE_INDEX_SCHEMA, rejects, manifest)
+    job.commit([arrow.to_table(index, ExampleIndexRow)], EXAMPLE_INDEX_SCHEMA, reject_tables(rejects), manifest)
     return summary
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from pipelines.config import PREFIX_RE, ConfigError, ShardConfig, name_problems, positive, show
 from pipelines.job import Job, run_job
 from pipelines.output import Output, OutputError
-from pipelines.passes import NOT_LABELERS, SegmentPasses
+from pipelines.passes import NOT_LABELERS, Planned, SegmentPasses, reject_tables
 from pipelines.runtime import IngestRayConfig, cluster_cpus, cluster_gpus, say
 from pipelines.stage import Resources, Stage, apply, block_count, dataset, resumable_pass
 from pipelines.stages.dedup import DedupRef, near_relations
@@ -244,7 +244,6 @@ class _Job:
         self.times: dict[str, float] = {}
         self.segment_unit: dict[str, str] = {}      # segment key → unit, of the units dedup related
         self.passes = SegmentPasses(self.out, self.stages, self.cfg.ray, job.progress)
-        self.filtered = 0
 
     def run(self) -> dict[str, Any]:
         t_ray = time.monotonic()
@@ -261,13 +260,12 @@ class _Job:
         refs = self.refs([u for u in kept if u.unit not in merge.dropped], merge.patches)
         if self.passes.labelers:
             self._timed("label", lambda: self.passes.run_labelers(refs))
-        sized, filtered, self.filtered = self._timed("plan", lambda: self.passes.plan(refs, self.cfg.filters))
-        rejects += filtered
+        planned = self._timed("plan", lambda: self.passes.plan(refs, self.cfg.filters))
         s = self.cfg.shards
-        shards = self._timed("pack", lambda: self.passes.pack(sized, int(s.target_mb * (1 << 20)), s.max_samples,
-                                                               s.prefix))
-        summary = self._summary(units, rejects, shards, merge.counts, t_ray)
-        self._timed("commit", lambda: self.commit(shards, rejects, summary))
+        shards = self._timed("pack", lambda: self.passes.pack(planned.sized, int(s.target_mb * (1 << 20)),
+                                                               s.max_samples, s.prefix))
+        summary = self._summary(units, rejects, planned, shards, merge.counts, t_ray)
+        self._timed("commit", lambda: self.commit(shards, rejects, planned, summary))
         summary["stage_seconds"] = {k: round(v, 2) for k, v in self.times.items()}
         return summary
 
@@ -367,12 +365,13 @@ class _Job:
 
     # ---- labelers, filters, pack, commit ---------------------------------------------------------------
 
-    def commit(self, shards: list[ShardResult], rejects: list[Reject], summary: dict[str, Any]) -> None:
+    def commit(self, shards: list[ShardResult], rejects: list[Reject], planned: Planned, summary: dict[str, Any]) -> None:
+        """``rejects``: those of whole inputs (listing, ingest, dedup); the filters' are in ``planned``'s parts."""
         c = self.cfg
         manifest = self.job.manifest("segments", c.name, c.parent_version, summary, shards)
-        self.passes.commit(self.job, shards, rejects, manifest)
+        self.passes.commit(self.job, shards, reject_tables(rejects, planned.reject_rows()), manifest)
 
-    def _summary(self, units: list[UnitResult], rejects: list[Reject], shards: list[ShardResult],
+    def _summary(self, units: list[UnitResult], rejects: list[Reject], planned: Planned, shards: list[ShardResult],
                  counts: MergeCounts, t_ray: float) -> dict[str, Any]:
         index = self.passes.totals(shards)
         wall = time.monotonic() - self.t0
@@ -382,9 +381,9 @@ class _Job:
         return {
             "inputs_seen": self.seen,
             "accepted": index.inputs,
-            "rejected": sum(r.stage != "filter" or r.reason == "filtered" for r in rejects),   # inputs
-            "segments_filtered": self.filtered,
-            "rejected_by_reason": dict(sorted(Counter(r.reason for r in rejects).items())),
+            "rejected": len(rejects) + planned.rejected["filtered"],      # inputs
+            "segments_filtered": planned.dropped,
+            "rejected_by_reason": dict(sorted((Counter(r.reason for r in rejects) + planned.rejected).items())),
             "hours_by_language": hours(index.seconds_by_language),
             "top_events": dict(index.first_sound_events.most_common(10)),
             "speaker_counts": dict(sorted(index.speakers.items())),

@@ -57,7 +57,7 @@ class Job:
                         shards=tuple(ShardEntry(s.name, s.bytes, s.samples, s.sha256) for s in shards))
 
     def commit(self, index, index_schema, rejects, manifest: Manifest) -> None:
-        """``index``: its rows as Arrow tables, in order."""
+        """``index`` and ``rejects``: their rows as Arrow tables, in order (``passes.reject_tables``)."""
         from pipelines.passes import commit_layer
 
         commit_layer(self.out, index, index_schema, rejects, manifest, self.cfg.keep_work, job_config(self.cfg))

@@ -19,7 +19,8 @@ from typing import Any
 from pipelines.config import PREFIX_RE, ShardConfig, name_problems, positive, show
 from pipelines.job import Job, run_job
 from pipelines.output import Output, OutputError
-from pipelines.passes import NOT_LABELERS, IndexTotals, SegmentPasses
+from pipelines.card import row_batches
+from pipelines.passes import NOT_LABELERS, IndexTotals, SegmentPasses, reject_tables
 from pipelines.runtime import RayConfig, cluster_cpus, cluster_gpus, say
 from pipelines.stage import Resources, Stage
 from pipelines.stages.label import LabelerError, ReadSegments, expand, labeler_stages, model_problem
@@ -29,7 +30,6 @@ from pipelines.stages.units import unit_stages
 from processors.filters import FilterParams
 from schemas.labels import Labels
 from schemas.manifest import Manifest, read_manifest
-from schemas.reject import Reject
 from schemas.segment import SegmentAudio
 from schemas.shard import ShardPlan, ShardResult
 from schemas.unit import PartRef, SegmentRef, UnitResult
@@ -98,13 +98,13 @@ def _work(job: Job) -> dict[str, Any]:
         f"{', '.join(n for n in stages if n not in ('read',) + NOT_LABELERS)}")
     refs = [u.ref(keep_segments=True) for u in units]
     passes.run_labelers(refs)
-    sized, rejects, filtered = passes.plan(refs, cfg.filters)
+    planned = passes.plan(refs, cfg.filters)
     s = cfg.shards
-    shards = passes.pack(sized, int(s.target_mb * (1 << 20)), s.max_samples, s.prefix)
-    summary = _summary(parent, passes.totals(shards), rejects, filtered, time.monotonic() - job.t0)
-    carried = [Reject.from_row(r) for r in _parent_rejects(cfg.input)]
+    shards = passes.pack(planned.sized, int(s.target_mb * (1 << 20)), s.max_samples, s.prefix)
+    summary = _summary(parent, passes.totals(shards), planned.rejected, planned.dropped, time.monotonic() - job.t0)
     manifest = job.manifest("segments", cfg.name or parent.name, f"{parent.name}@{parent.version}", summary, shards)
-    passes.commit(job, shards, carried + rejects, manifest)
+    carried = (row for rows in row_batches(posixpath.join(cfg.input, "rejects.parquet")) for row in rows)
+    passes.commit(job, shards, reject_tables((), carried, planned.reject_rows()), manifest)
     return summary
 
 
@@ -178,21 +178,13 @@ def damaged_input(url: str, manifest: Manifest) -> list[str]:
     return out
 
 
-def _parent_rejects(url: str) -> list[dict]:
-    import fsspec
-    import pyarrow.parquet as pq
-
-    with fsspec.open(posixpath.join(url, "rejects.parquet"), "rb") as f:
-        return pq.read_table(f).to_pylist()
-
-
-def _summary(parent: Manifest, index: IndexTotals, rejects: list[Reject], filtered: int, wall: float) -> dict[str, Any]:
+def _summary(parent: Manifest, index: IndexTotals, rejected: Counter, filtered: int, wall: float) -> dict[str, Any]:
     return {
         "parent": f"{parent.name}@{parent.version}",
         "segments_in": parent.summary.get("segments"),
         "segments": index.segments,
         "segments_filtered": filtered,
-        "filtered_by_reason": dict(sorted(Counter(r.reason for r in rejects if r.reason != "filtered").items())),
+        "filtered_by_reason": {k: n for k, n in sorted(rejected.items()) if k != "filtered"},
         "segments_by_kind": dict(sorted(index.kinds.items())),
         "languages": dict(sorted(index.languages.items())),
         "top_events": dict(index.first_events.most_common(10)),

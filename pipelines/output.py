@@ -31,7 +31,8 @@ WRITER = "audiomill"
 TOP_FILES = ("index.parquet", "rejects.parquet", "manifest.json", "README.md", "config.json", "index.html", LOCK)
 PLOTS = "plots"
 WORK_DIRS = {"units": r"[0-9a-f]+\.arrow", "parts": r"[0-9a-f]+\.tar", "labels": r"[0-9a-f]+\.arrow",
-             "speakers": r"[0-9a-f]+\.arrow", "plan": r"[0-9a-f]+\.arrow", "examples": r"[0-9a-f]+\.(tar|arrow)",
+             "speakers": r"[0-9a-f]+\.arrow", "plan": r"[0-9a-f]+\.arrow", "rejects": r"[0-9a-f]+\.arrow",
+             "examples": r"[0-9a-f]+\.(tar|arrow)",
              "index": r"[A-Za-z0-9_-]+-[0-9]{6}\.tar\.arrow"}     # a shard's index rows, by its pack task
 
 

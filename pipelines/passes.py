@@ -4,7 +4,9 @@ filters, packing into shards, and the commit (index, rejects, manifest last)."""
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import io
+import itertools
 import posixpath
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -23,7 +25,7 @@ from processors.filters import FilterParams
 from processors.shards import plan_shards
 from schemas import arrow
 from schemas.manifest import Manifest, write_manifest
-from schemas.reject import REJECTS_SCHEMA, Reject
+from schemas.reject import REJECTS_SCHEMA, Reject, reject_order
 from schemas.segment import INDEX_SCHEMA, IndexRow, SegmentAudio, SegmentLabels, UnitLabelled
 from schemas.shard import ShardPlan, ShardResult, UnitPlanned
 from schemas.unit import UnitRef
@@ -38,6 +40,22 @@ class UnitsJob:
     work: str                                       # OUTPUT/_work
     labels: tuple[tuple[str, bool], ...] = ()       # the labeler passes run so far: (folder, holds whole labels)
     filters: FilterParams = FilterParams()
+
+
+@dataclasses.dataclass
+class Planned:
+    """What the plan pass leaves on the driver: each kept unit's samples' sizes (in uri order), to cut the
+    shards, and the filters' rejects counted by reason; the rejects themselves are in the units' reject
+    parts, read back in order by ``reject_rows`` as the commit writes ``rejects.parquet``."""
+
+    work: str
+    sized: list[tuple[str, np.ndarray]]
+    rejected: Counter                       # the filters' rejects by reason
+    with_rejects: list[str]                 # the units with a reject part, in uri order
+    dropped: int                            # segments the filters dropped
+
+    def reject_rows(self) -> Iterator[dict]:
+        return part_rows(reject_url(self.work, unit) for unit in self.with_rejects)
 
 
 def unit_level(stage: Stage) -> bool:
@@ -107,9 +125,8 @@ class SegmentPasses:
 
     # ---- the plan ------------------------------------------------------------------------------------
 
-    def plan(self, units: list[UnitRef], filters: FilterParams) -> tuple[list[tuple[str, np.ndarray]], list[Reject], int]:
-        """The plan tasks write each unit's samples to pack, and what the filters drop: ((unit, its samples'
-        sizes) in uri order, rejects, segments dropped)."""
+    def plan(self, units: list[UnitRef], filters: FilterParams) -> Planned:
+        """The plan tasks write each unit's samples to pack, and what the filters drop, to storage."""
         got: dict[str, UnitPlanned] = {}
         progress = self.progress("plan", len(units), "units")
 
@@ -120,10 +137,12 @@ class SegmentPasses:
         resumable_pass("plan", units, lambda u: u.unit, lambda left: apply(self._refs(left), self._units_stage("plan", filters)),
                        UnitPlanned, lambda r: r.unit, on_done, self.ray.max_pass_retries, say)
         progress.close()
-        order = sorted(units, key=lambda u: u.uri)
-        sized = [(u.unit, np.frombuffer(got[u.unit].sizes, "<i8")) for u in order]
-        rejects = [r for u in order for r in got[u.unit].rejects]
-        return sized, rejects, sum(p.dropped for p in got.values())
+        order = [got[u.unit] for u in sorted(units, key=lambda u: u.uri)]
+        rejected: Counter = Counter()
+        for p in order:
+            rejected.update(dict(zip(p.reject_reasons, p.reject_counts)))
+        return Planned(self.out.work, [(p.unit, np.frombuffer(p.sizes, "<i8")) for p in order], rejected,
+                       [p.unit for p in order if p.reject_counts], sum(p.dropped for p in order))
 
     # ---- pack ----------------------------------------------------------------------------------------
 
@@ -164,7 +183,8 @@ class SegmentPasses:
             totals.add(arrow.from_table(IndexRow, table))
         return totals
 
-    def commit(self, job, shards: list[ShardResult], rejects: list[Reject], manifest: Manifest) -> None:
+    def commit(self, job, shards: list[ShardResult], rejects: Iterable[pa.Table], manifest: Manifest) -> None:
+        """``rejects``: ``reject_tables``."""
         job.commit(self.index_parts(shards), INDEX_SCHEMA, rejects, manifest)
 
 
@@ -201,19 +221,40 @@ class IndexTotals:
                     self.first_sound_events[r.events[0]] += 1
 
 
-def commit_layer(out: Output, index: Iterable[pa.Table], index_schema, rejects: list[Reject], manifest: Manifest,
+def commit_layer(out: Output, index: Iterable[pa.Table], index_schema, rejects: Iterable[pa.Table], manifest: Manifest,
                  keep_work: bool, config: dict[str, Any] | None = None) -> None:
-    """The commit of any layer: the index (its tables streamed into one file, in order), the rejects
-    (sorted), the card, then the manifest last; ``_work`` goes unless kept."""
+    """The commit of any layer: the index and the rejects (``reject_tables``), each streamed into one file in
+    order, the card, then the manifest last; ``_work`` goes unless kept."""
     from pipelines.card import write_card
 
-    reject_rows = sorted((r.to_row() for r in rejects), key=lambda r: (r["uri"], r["stage"], r["reason"], r["detail"]))
     write_parquet(out.join("index.parquet"), index, index_schema)
-    write_parquet(out.join("rejects.parquet"), [pa.Table.from_pylist(reject_rows, schema=REJECTS_SCHEMA)], REJECTS_SCHEMA)
+    write_parquet(out.join("rejects.parquet"), rejects, REJECTS_SCHEMA)
     write_card(out.url, manifest, config)
     write_manifest(out.url, manifest)
     if not keep_work:
         out.remove_work()
+
+
+def reject_tables(rejects: Iterable[Reject], *ordered: Iterable[dict], rows: int = 1 << 16) -> Iterator[pa.Table]:
+    """The rows of ``rejects.parquet`` in its order (``reject_order``), ``rows`` at a time: the rejects the
+    driver holds (of whole inputs: listing, decoding, dedup), sorted here, merged with row streams already
+    in that order (``Planned.reject_rows``, a parent's ``rejects.parquet``), which are never held whole."""
+    merged = heapq.merge(sorted((r.to_row() for r in rejects), key=reject_order), *ordered, key=reject_order)
+    while batch := list(itertools.islice(merged, rows)):
+        yield pa.Table.from_pylist(batch, schema=REJECTS_SCHEMA)
+
+
+def part_rows(urls: Iterable[str]) -> Iterator[dict]:
+    """The rows of reject parts, each of one input's rejects sorted (``PlanUnits``), given in uri order:
+    in ``reject_order``, the parts of one uri merged."""
+    held: list[dict] = []
+    for url in urls:
+        found = read_table(url).to_pylist()
+        if held and found and found[0]["uri"] != held[0]["uri"]:
+            yield from sorted(held, key=reject_order)
+            held = []
+        held += found
+    yield from sorted(held, key=reject_order)
 
 
 def write_parquet(url: str, tables: Iterable[pa.Table], schema: pa.Schema, group_rows: int = 1 << 16) -> None:
@@ -253,6 +294,11 @@ def pass_rows(work: str, passes, unit: str) -> list[tuple[dict[str, SegmentLabel
 def plan_url(work: str, unit: str) -> str:
     """Where the plan task of ``unit`` writes its kept samples, which the pack tasks read."""
     return posixpath.join(work, "plan", unit + ".arrow")
+
+
+def reject_url(work: str, unit: str) -> str:
+    """Where the plan task of ``unit`` writes the filters' rejects of it, which the commit reads."""
+    return posixpath.join(work, "rejects", unit + ".arrow")
 
 
 def index_part(work: str, shard: str) -> str:

@@ -26,3 +26,8 @@ class Reject:
 
 
 REJECTS_SCHEMA = arrow.arrow_schema(Reject)
+
+
+def reject_order(row: dict) -> tuple[str, str, str, str]:
+    """The order of ``rejects.parquet``'s rows (``Reject.to_row``): by uri, stage, reason and detail."""
+    return row["uri"], row["stage"], row["reason"], row["detail"]

@@ -9,7 +9,6 @@ from typing import Any
 
 from schemas import arrow
 from schemas.labels import Labels
-from schemas.reject import Reject
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,12 +61,15 @@ class PlannedSample:
 @dataclasses.dataclass(frozen=True, slots=True)
 class UnitPlanned:
     """What the plan task says of one kept unit (pack tasks read its samples from its plan file): each
-    kept sample's size in bytes, in order (little-endian int64), and what the filters dropped."""
+    kept sample's size in bytes, in order (little-endian int64), and what the filters dropped. The filters'
+    rejects themselves are in the unit's reject part (``OUTPUT/_work/rejects/<unit>.arrow``); only their
+    count by reason comes back."""
 
     unit: str
     sizes: bytes
-    rejects: tuple[Reject, ...] = ()
-    dropped: int = 0                  # segments the filters dropped
+    reject_reasons: tuple[str, ...] = ()      # sorted …
+    reject_counts: tuple[int, ...] = ()       # … with how many rejects each
+    dropped: int = 0                          # segments the filters dropped
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

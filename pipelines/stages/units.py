@@ -4,18 +4,22 @@ holds the corpus's segment records:
     resolve  (tasks)   UnitRef → PartRef: its segments (from its completion marker) and each one's patch,
                        dedup's with what every labeler pass run so far gave it (read from storage)
     plan     (tasks)   UnitRef → UnitPlanned: the filters' verdicts; the kept samples go to the unit's plan
-                       file (``_work/plan/<unit>.arrow``), and only their sizes go back, to cut the shards
+                       file (``_work/plan/<unit>.arrow``) and the rejects to its reject part
+                       (``_work/rejects/<unit>.arrow``); only the samples' sizes, to cut the shards, and the
+                       rejects' count by reason go back
 """
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
-from pipelines.passes import UnitsJob, pass_rows, plan_url, write_rows
+from pipelines.passes import UnitsJob, pass_rows, plan_url, reject_url, write_rows
 from pipelines.stage import Resources, Stage, StageFn
 from pipelines.stages.ingest import read_marker
 from processors.merge import labelled
-from schemas.reject import Reject
+from schemas.reject import Reject, reject_order
 from schemas.shard import Patch, PlannedSample, UnitPlanned
 from schemas.unit import PartRef, SegmentRef, UnitRef
 
@@ -75,8 +79,12 @@ class PlanUnits(StageFn):
         if active and not keep:
             rejects.append(Reject(ref.uri, "filter", "filtered", f"all {len(segments)} segments filtered out"))
         write_rows(plan_url(self.params.work, ref.unit), keep, PlannedSample)
-        return UnitPlanned(ref.unit, np.array([s.size for s in keep], "<i8").tobytes(), tuple(rejects),
-                           len(segments) - len(keep))
+        if rejects:
+            write_rows(reject_url(self.params.work, ref.unit), sorted(rejects, key=lambda r: reject_order(r.to_row())),
+                       Reject)
+        reasons = sorted(Counter(r.reason for r in rejects).items())
+        return UnitPlanned(ref.unit, np.array([s.size for s in keep], "<i8").tobytes(), tuple(k for k, _ in reasons),
+                           tuple(n for _, n in reasons), len(segments) - len(keep))
 
 
 def unit_stages(work: str, labelers: bool) -> dict[str, Stage]:

@@ -2,6 +2,7 @@
 only hears that a unit is done, however many segments go through."""
 
 import gc
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from pipelines.curate import CurateConfig
 from pipelines.curate import run as curate
 from pipelines.label import input_units
 from pipelines.output import Output
-from pipelines.passes import SegmentPasses, labels_url, read_rows
+from pipelines.passes import SegmentPasses, labels_url, part_rows, read_rows, reject_tables, write_rows
 from pipelines.runtime import RayConfig
 from pipelines.stage import Resources, Stage
 from pipelines.stages.label import LabelerError, ReadSegments, labeler_stages
@@ -23,6 +24,7 @@ from processors.shards import read_sample
 from schemas.labels import Caption
 from schemas.manifest import read_manifest
 from schemas import arrow
+from schemas.reject import Reject, reject_order
 from schemas.segment import IndexRow, SegmentAudio, SegmentLabels
 from schemas.shard import PlannedSample, ShardPlan, ShardResult
 from schemas.unit import PartRef
@@ -118,8 +120,9 @@ def test_the_plan_and_pack_hold_no_sample_records_on_the_driver_as_units_grow(un
     for n in (2, 8):                       # 8 and 32 segments
         passes, watch = _passes(tmp_path / f"out{n}", watched=(PlannedSample,))
         refs = _refs(units[:n])
-        sized, rejects, dropped = passes.plan(refs, FilterParams())
-        assert not rejects and dropped == 0 and watch.segments == n
+        planned = passes.plan(refs, FilterParams())
+        sized = planned.sized
+        assert not planned.rejected and not planned.with_rejects and planned.dropped == 0 and watch.segments == n
         assert [u for u, _ in sized] == [u.unit for u in sorted(units[:n], key=lambda u: u.uri)]
         assert [list(sizes) for _, sizes in sized] == [[s.size for s in u.segments]
                                                        for u in sorted(units[:n], key=lambda u: u.uri)]
@@ -129,3 +132,54 @@ def test_the_plan_and_pack_hold_no_sample_records_on_the_driver_as_units_grow(un
         keys = [r.key for table in passes.index_parts(shards) for r in arrow.from_table(IndexRow, table)]
         assert keys == [s.key for u in sorted(units[:n], key=lambda u: u.uri) for s in u.segments]
     assert most[8] == most[2] == 0, most
+
+
+def test_the_filters_rejects_go_to_storage_and_reach_the_rejects_in_order(units, tmp_path):
+    """The plan tasks write the filters' rejects to each unit's reject part and send back their count by
+    reason; the commit reads the parts back in order. Sending the rejects back would hold a Reject per
+    dropped segment on the driver."""
+    passes, watch = _passes(tmp_path / "out", "tests.pipelines.toy_labelers:Snr", watched=(Reject,))
+    refs = _refs(units[:8])
+    passes.run_labelers(refs)
+    snr = {r.key: r.labels.quality.snr_db for u in units[:8]
+           for r in read_rows(labels_url(passes.out.work, "labels", u.unit), SegmentLabels)}
+    # Just above the quietest unit's best segment: that unit loses all four, others lose some.
+    cut = min(max(snr[s.key] for s in u.segments) for u in units[:8]) + 0.0005
+    order = sorted(units[:8], key=lambda u: u.uri)
+    dropped = {u.uri: [s.key for s in u.segments if snr[s.key] < cut] for u in order}
+    whole = [uri for uri, keys in dropped.items() if len(keys) == 4]
+    assert len(whole) >= 1 and sum(map(len, dropped.values())) > 4 * len(whole), dropped
+    watch.most = 0
+    planned = passes.plan(refs, FilterParams(min_snr_db=cut))
+    assert watch.most == 0                                  # no Reject on the driver while the units came back
+    assert planned.rejected == Counter(below_min_snr=sum(map(len, dropped.values())), filtered=len(whole))
+    assert planned.dropped == sum(map(len, dropped.values()))
+    assert [list(sizes) for _, sizes in planned.sized] == [[s.size for s in u.segments if snr[s.key] >= cut] for u in order]
+    rows = [r for table in reject_tables([], planned.reject_rows(), rows=3) for r in table.to_pylist()]
+    assert rows == sorted(rows, key=reject_order)
+    assert sorted((r["uri"], r["detail"].split()[1]) for r in rows if r["reason"] == "below_min_snr") == sorted(
+        (uri, key) for uri, keys in dropped.items() for key in keys)
+    assert sorted(r["uri"] for r in rows if r["reason"] == "filtered") == whole
+
+
+def test_reject_tables_merge_the_driver_rejects_with_ordered_streams_as_one_sort_would(tmp_path):
+    """The driver's rejects sorted, a parent's rows and reject parts (two of one uri) merged in
+    ``reject_order``, ``rows`` at a time: the same rows, in the same order, as sorting them all at once."""
+    rng = np.random.default_rng(0)
+
+    def reject(uri, stage):
+        return Reject(uri, stage, str(rng.choice(["a", "b"])), f"d{rng.integers(1000)}")
+
+    driver = [reject(f"/in/{rng.integers(30):02d}.wav", "ingest") for _ in range(20)]
+    parent = sorted((reject(f"/in/{rng.integers(30):02d}.wav", "decode").to_row() for _ in range(15)), key=reject_order)
+    parts, rows_of_parts = [], []
+    for i, uri in enumerate(sorted(f"/in/{rng.integers(30):02d}.wav" for _ in range(12))):
+        got = sorted((reject(uri, "filter") for _ in range(rng.integers(1, 4))), key=lambda r: reject_order(r.to_row()))
+        parts.append(str(tmp_path / f"{i:02d}.arrow"))
+        write_rows(parts[-1], got, Reject)
+        rows_of_parts += [r.to_row() for r in got]
+    tables = list(reject_tables(driver, iter(parent), part_rows(parts), rows=7))
+    assert [len(t) for t in tables[:-1]] == [7] * (len(tables) - 1) and len(tables[-1]) <= 7
+    merged = [r for t in tables for r in t.to_pylist()]
+    assert merged == sorted([r.to_row() for r in driver] + parent + rows_of_parts, key=reject_order)
+    assert len({r["uri"] for r in rows_of_parts}) < len(parts)       # some uri had two parts

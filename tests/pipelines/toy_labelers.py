@@ -10,7 +10,7 @@ import numpy as np
 
 from pipelines.stage import Resources, StageFn
 from processors.audio import decode_flac
-from schemas.labels import Caption
+from schemas.labels import Caption, Quality
 from schemas.segment import SegmentAudio
 
 
@@ -34,6 +34,23 @@ class ZeroCrossing(StageFn):
             x, _ = decode_flac(s.flac)
             caption = Caption(f"zcr {zero_crossing_rate(x):.5f}", self.version)
             out.append(dataclasses.replace(s, labels=s.labels.replace(caption=caption)))
+        return out
+
+
+class Snr(ZeroCrossing):
+    """Rates each segment's quality by a crude SNR: the energy of its loudest tenth of 20 ms frames over
+    that of its quietest tenth, in dB."""
+
+    version = "toy-snr@1"
+
+    def __call__(self, segments: list[SegmentAudio]) -> list[SegmentAudio]:
+        out = []
+        for s in segments:
+            x, _ = decode_flac(s.flac)
+            energy = np.sort(np.square(x[: len(x) // 320 * 320].astype(np.float64)).reshape(-1, 320).mean(axis=1))
+            k = max(1, len(energy) // 10)
+            snr = round(float(10 * np.log10((energy[-k:].mean() + 1e-12) / (energy[:k].mean() + 1e-12))), 3)
+            out.append(dataclasses.replace(s, labels=s.labels.replace(quality=Quality(self.version, snr_db=snr))))
         return out
 
 

@@ -68,7 +68,7 @@ def test_shard_plan_with_patches_round_trips():
     _round_trip(PlannedSample("seg-1", "/p.tar", 0, 100, patch, "u1"))
     _round_trip(ShardPlan("segments-000000.tar", (PlanRange("u1", 0, 3), PlanRange("u2", 0, 1))))
     _round_trip(UnitRef("u1", "/a.wav", "s" * 64, "/p.tar", 2, 5.5, "/w/units/u1.arrow", (), ("seg-1",), (patch,)))
-    _round_trip(UnitPlanned("u1", b"\x01" * 16, (Reject("/a.wav", "filter", "low_dnsmos", "segment seg-2"),), 1))
+    _round_trip(UnitPlanned("u1", b"\x01" * 16, ("below_min_dnsmos", "filtered"), (2, 1), 2))
 
 
 def test_rejects_schema_is_the_record_schema():
