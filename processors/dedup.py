@@ -11,7 +11,7 @@ overlap (``coverage``); ``SpectralVerifier`` then confirms it on the audio itsel
 overlapping spans. ``resolve`` turns relations into decisions: each duplicate cluster keeps its best copy
 by ``rank`` (see ``copy_rank``), and containment is recorded (or the clip dropped, on request).
 
-The fingerprint index is numpy arrays sorted by hash (about 24 bytes per hash, 20 hashes per second of
+The fingerprint index is numpy arrays sorted by hash (about 24 bytes per hash, about 59 hashes per second of
 audio), and a hash found in more than ``max_hash_items`` inputs is common material (a jingle, a tone,
 a TTS voice's stock phrase) that says nothing about copies, so it is not used.
 """
