@@ -6,7 +6,8 @@ On one generated corpus of distinct recordings (TTS speech with pauses and music
 makes it) and on one ``--scale`` times its size, ``audiomill curate`` runs with a cheap labeler (each
 segment's zero-crossing rate, read from its FLAC) on 2 CPUs of embedded Ray, and the bench reports:
 
-- the driver process's own peak resident memory (``VmHWM``, read by the driver itself as it exits);
+- the driver process's own peak resident memory (``VmHWM``, read by the driver itself as it exits), the
+  peaks of its anonymous pages and of the object-store pages it maps, and its VmHWM after each stage;
 - the largest Ray worker's peak (``VmHWM`` of every worker process, sampled while the job runs);
 - wall time, audio-s per core-s after Ray's start-up, and the job's per-stage seconds;
 - then the 1× corpus again on a local 2-node Ray cluster (``ray.cluster_utils.Cluster``, one CPU a node)
@@ -55,11 +56,34 @@ def vm_hwm_mb(pid: int | str = "self") -> float:
     return 0.0
 
 
+def rss_parts_mb() -> tuple[float, float]:
+    """This process's resident memory now: its own (anonymous) pages and the shared ones it maps (Ray's
+    object store), in MB."""
+    parts = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("RssAnon:", "RssShmem:")):
+                parts[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return parts.get("RssAnon", 0.0), parts.get("RssShmem", 0.0)
+
+
 def child(argv: list[str]) -> None:
     """Run the CLI in this process, printing this process's own peak memory after each of the job's stages
-    and on its last line."""
+    and on its last lines: VmHWM, and the peaks of its anonymous and shared (object store) pages, sampled
+    every 50 ms."""
+    import threading
+
     from pipelines import curate
     from pipelines.cli import main
+
+    peaks = [0.0, 0.0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            peaks[:] = [max(p, now) for p, now in zip(peaks, rss_parts_mb())]
+
+    threading.Thread(target=sample, daemon=True).start()
 
     timed = curate._Job._timed
 
@@ -73,6 +97,8 @@ def child(argv: list[str]) -> None:
     try:
         rc = main(argv)
     finally:
+        stop.set()
+        print(f"DRIVER_ANON_SHMEM_PEAK_MB {peaks[0]:.1f} {peaks[1]:.1f}", flush=True)
         print(f"DRIVER_VMHWM_MB {vm_hwm_mb():.1f}", flush=True)
     sys.exit(rc)
 
@@ -144,7 +170,9 @@ def run_job(corpus: Path, out: Path, cpus: int, address: str = "") -> dict:
         proc.wait()
     wall, log, summary, stages = job_output(proc, out, t0)
     line = lambda key: next(ln for ln in log.splitlines() if key in ln)  # noqa: E731
-    return {"driver_mb": float(line("DRIVER_VMHWM_MB").split()[1]), "worker_mb": workers.largest,
+    anon, shmem = map(float, line("DRIVER_ANON_SHMEM_PEAK_MB").split()[1:])
+    return {"driver_mb": float(line("DRIVER_VMHWM_MB").split()[1]), "anon_mb": anon, "shmem_mb": shmem,
+            "worker_mb": workers.largest,
             "worker": workers.largest_title, "wall": wall, "after_startup": float(line("after Ray start-up").split()[-1]) / cpus,
             "hours": summary["audio_seconds_decoded"] / 3600, "segments": summary["segments"],
             "inputs": summary["inputs_seen"], "stages": stages,
@@ -255,7 +283,7 @@ def dedup_alone(hours: float, tmp: Path, bucket_hashes: int) -> dict:
 
 def show(name: str, r: dict) -> None:
     print(f"{name:<22} {r['inputs']:6d} inputs {r['hours']:6.2f} h {r['segments']:7d} segments | driver "
-          f"{r['driver_mb']:6.0f} MB | largest worker {r['worker_mb']:6.0f} MB ({r['worker']}) | wall "
+          f"{r['driver_mb']:6.0f} MB (peaks: own pages {r['anon_mb']:.0f}, object store pages {r['shmem_mb']:.0f}) | largest worker {r['worker_mb']:6.0f} MB ({r['worker']}) | wall "
           f"{r['wall']:6.1f} s | {r['after_startup']:6.1f} audio-s per core-s after start-up | stages {r['stages']} | driver peak MB after each "
           f"stage {r['driver_by_stage']}", flush=True)
 
@@ -294,6 +322,8 @@ def main() -> None:
                  "≤ 1.00", (big["driver_mb"] - one["driver_mb"]) / (big["hours"] - one["hours"]) <= 1.0),
                 (f"largest worker's peak, {args.scale}× / 1×", big["worker_mb"] / one["worker_mb"], "≤ 1.20",
                  big["worker_mb"] / one["worker_mb"] <= 1.2)]
+        rows.append(("driver's own pages, MB per audio hour", (big["anon_mb"] - one["anon_mb"]) / (big["hours"] - one["hours"]),
+                     "", True))
         if not args.skip_cluster:
             two = on_two_nodes(tmp / "c1", tmp / "o1-2nodes")
             show("1×, two nodes", two)
@@ -301,7 +331,7 @@ def main() -> None:
             rows.append(("2 nodes against 1, same output", float(same), "= 1", same))
         print(f"\n{'figure':<36} {'measured':>9} {'goal':>7}  met")
         for name, value, goal, met in rows:
-            print(f"{name:<36} {value:9.2f} {goal:>7}  {'yes' if met else 'NO'}")
+            print(f"{name:<36} {value:9.2f} {goal:>7}  {('yes' if met else 'NO') if goal else ''}")
 
 
 if __name__ == "__main__":
