@@ -44,27 +44,24 @@ sys.path.insert(0, str(ROOT))
 LABELER = "tests.pipelines.toy_labelers:ZeroCrossing"
 
 
-def vm_hwm_mb(pid: int | str = "self") -> float:
-    """A process's peak resident set size so far, in MB (0 when it is gone)."""
+def status_mb(*keys: str, pid: int | str = "self") -> list[float]:
+    """Fields of a process's ``/proc/<pid>/status`` in MB (``VmHWM``, ``RssAnon``, …), 0 for one missing
+    or a process gone."""
+    found: dict[str, float] = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
+                name, _, value = line.partition(":")
+                if name in keys:
+                    found[name] = int(value.split()[0]) / 1024
     except OSError:
         pass
-    return 0.0
+    return [found.get(k, 0.0) for k in keys]
 
 
-def rss_parts_mb() -> tuple[float, float]:
-    """This process's resident memory now: its own (anonymous) pages and the shared ones it maps (Ray's
-    object store), in MB."""
-    parts = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("RssAnon:", "RssShmem:")):
-                parts[line.split(":")[0]] = int(line.split()[1]) / 1024
-    return parts.get("RssAnon", 0.0), parts.get("RssShmem", 0.0)
+def vm_hwm_mb(pid: int | str = "self") -> float:
+    """A process's peak resident set size so far, in MB (0 when it is gone)."""
+    return status_mb("VmHWM", pid=pid)[0]
 
 
 def child(argv: list[str]) -> None:
@@ -81,7 +78,7 @@ def child(argv: list[str]) -> None:
 
     def sample() -> None:
         while not stop.wait(0.05):
-            peaks[:] = [max(p, now) for p, now in zip(peaks, rss_parts_mb())]
+            peaks[:] = [max(p, now) for p, now in zip(peaks, status_mb("RssAnon", "RssShmem"))]
 
     threading.Thread(target=sample, daemon=True).start()
 
