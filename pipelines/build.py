@@ -27,12 +27,13 @@ import numpy as np
 
 from pipelines.config import PREFIX_RE, name_problems, positive, show
 from pipelines.job import Job, run_job
-from pipelines.label import input_units, segments_input_problems
+from pipelines.label import segments_input_problems
 from pipelines.output import Output, OutputError
 from pipelines.passes import _exists, read_rows, reject_tables, write_rows
 from pipelines.runtime import RayConfig, cluster_cpus, say
 from pipelines.stage import Resources, Stage, apply, dataset, resumable_pass
 from pipelines.stages.build import BuildExamples, BuildJob, PackExamples, PackExamplesJob, ScanSegments
+from pipelines.stages.index import shard_units
 from processors.builders import chat, pretrain
 from processors.builders.examples import (BuildParams, CaptionParams, DecontaminateParams, DpoParams, MixParams,
                                           SftParams)
@@ -240,7 +241,7 @@ def _input_units(cfg: BuildConfig, parents: list[Manifest]) -> tuple[list[UnitRe
     seen: set[str] = set()
     units, rejects = [], []
     for url, manifest in zip(cfg.inputs, parents):
-        for u in input_units(url, manifest):
+        for u in shard_units(url, manifest):
             keep = []
             for s in u.segments:
                 if s.key in seen:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import fsspec
@@ -27,15 +27,27 @@ def read_table(url: str) -> list[dict]:
         return pq.read_table(f).to_pylist()
 
 
-def row_batches(url: str, columns: tuple[str, ...] | None = None, batch_rows: int = 4096) -> Iterator[list[dict]]:
-    """A Parquet file's rows (those of ``columns`` it has), ``batch_rows`` at a time: the card holds one batch."""
+def parquet_file(f):
+    """A Parquet reader that fetches one row group's columns at a time: with pyarrow's default
+    ``pre_buffer=True`` the first batch fetches every row group's, the whole file (measured in
+    ``tests/pipelines/test_index.py``)."""
     import pyarrow.parquet as pq
 
+    return pq.ParquetFile(f, pre_buffer=False)
+
+
+def parquet_batches(url: str, columns: Iterable[str] | None = None, batch_rows: int = 4096) -> Iterator:
+    """A Parquet file's record batches (of those of ``columns`` it has), ``batch_rows`` rows at a time."""
     with fsspec.open(url, "rb") as f:
-        pf = pq.ParquetFile(f)
+        pf = parquet_file(f)
         have = [c for c in columns if c in pf.schema_arrow.names] if columns else None
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=have):
-            yield batch.to_pylist()
+        yield from pf.iter_batches(batch_size=batch_rows, columns=have)
+
+
+def row_batches(url: str, columns: tuple[str, ...] | None = None, batch_rows: int = 4096) -> Iterator[list[dict]]:
+    """A Parquet file's rows (those of ``columns`` it has), ``batch_rows`` at a time: the card holds one batch."""
+    for batch in parquet_batches(url, columns, batch_rows):
+        yield batch.to_pylist()
 
 
 def read_at(url: str, offset: int, size: int) -> dict[str, bytes]:

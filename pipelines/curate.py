@@ -328,7 +328,7 @@ class _Job:
             keys, values = by_unit.setdefault(self.segment_unit[key], ([], []))
             keys.append(key)
             values.append(patch)
-        return [u.ref(marker_url(self.out.work, u.unit), False, *map(tuple, by_unit.get(u.unit, ([], [])))) for u in kept]
+        return [u.ref(marker_url(self.out.work, u.unit), *map(tuple, by_unit.get(u.unit, ([], [])))) for u in kept]
 
     # ---- dedup ---------------------------------------------------------------------------------------
 

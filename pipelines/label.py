@@ -10,7 +10,6 @@ filters, and are packed again with their new labels. The input's rejects are car
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import posixpath
 import time
 from collections import Counter
@@ -19,20 +18,20 @@ from typing import Any
 from pipelines.config import PREFIX_RE, ShardConfig, name_problems, positive, show
 from pipelines.job import Job, run_job
 from pipelines.output import Output, OutputError
-from pipelines.card import row_batches
+from pipelines.card import parquet_batches, row_batches
 from pipelines.passes import NOT_LABELERS, IndexTotals, SegmentPasses, reject_tables
 from pipelines.runtime import RayConfig, cluster_cpus, cluster_gpus, say
 from pipelines.stage import Resources, Stage
 from pipelines.stages.label import LabelerError, ReadSegments, expand, labeler_stages, model_problem
 from pipelines.stages.labelers import LabelParams
 from pipelines.stages.pack import PackJob, PackStage
+from pipelines.stages.index import IndexOrderError, shard_refs, shard_rows
 from pipelines.stages.units import unit_stages
 from processors.filters import FilterParams
-from schemas.labels import Labels
 from schemas.manifest import Manifest, read_manifest
 from schemas.segment import SegmentAudio
 from schemas.shard import ShardPlan, ShardResult
-from schemas.unit import PartRef, SegmentRef, UnitResult
+from schemas.unit import PartRef
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +85,7 @@ def run(cfg: LabelConfig) -> dict[str, Any]:
 def _work(job: Job) -> dict[str, Any]:
     cfg = job.cfg
     parent = read_manifest(cfg.input)
-    units = input_units(cfg.input, parent)
+    refs = shard_refs(cfg.input, parent)
     cpus, gpus = cluster_cpus(), cluster_gpus()
     stages = {"read": Stage("read", ReadSegments, PartRef, SegmentAudio, Resources(num_cpus=0.25))}
     stages.update({s.name: s for s in labeler_stages(cfg.labelers, cfg.label, cpus, gpus)})
@@ -94,9 +93,8 @@ def _work(job: Job) -> dict[str, Any]:
     stages["pack"] = Stage("pack", PackStage, ShardPlan, ShardResult,
                            Resources(num_cpus=1, tasks=cfg.ray.pack_tasks_on(cpus)), PackJob(cfg.output.rstrip("/"), job.out.work))
     passes = SegmentPasses(job.out, stages, cfg.ray, job.progress)
-    say(f"{sum(len(u.segments) for u in units)} segments in {len(units)} shards of {cfg.input}; labelers: "
+    say(f"{sum(r.segment_count for r in refs)} segments in {len(refs)} shards of {cfg.input}; labelers: "
         f"{', '.join(n for n in stages if n not in ('read',) + NOT_LABELERS)}")
-    refs = [u.ref(keep_segments=True) for u in units]
     passes.run_labelers(refs)
     planned = passes.plan(refs, cfg.filters)
     s = cfg.shards
@@ -106,26 +104,6 @@ def _work(job: Job) -> dict[str, Any]:
     carried = (row for rows in row_batches(posixpath.join(cfg.input, "rejects.parquet")) for row in rows)
     passes.commit(job, shards, reject_tables((), carried, planned.reject_rows()), manifest)
     return summary
-
-
-def input_units(url: str, manifest: Manifest) -> list[UnitResult]:
-    """One unit per input shard, its segments where the index says they are."""
-    import fsspec
-    import pyarrow.parquet as pq
-
-    with fsspec.open(posixpath.join(url, "index.parquet"), "rb") as f:
-        rows = pq.read_table(f).to_pylist()
-    by_shard: dict[str, list[dict]] = {}
-    for r in rows:
-        by_shard.setdefault(r["shard"], []).append(r)
-    units = []
-    for entry in manifest.shards:
-        part = posixpath.join(url.rstrip("/"), entry.name)
-        segs = tuple(SegmentRef(r["key"], r["start_s"], r["end_s"], r["kind"], r["offset"], r["size"], False, Labels())
-                     for r in sorted(by_shard.get(entry.name, []), key=lambda r: r["offset"]))
-        unit = hashlib.sha256(f"{part}\0{entry.sha256}".encode()).hexdigest()[:24]
-        units.append(UnitResult(unit=unit, uri=part, file_sha256=entry.sha256, part=part, segments=segs))
-    return units
 
 
 def segments_input_problems(url: str) -> list[str]:
@@ -142,14 +120,14 @@ def segments_input_problems(url: str) -> list[str]:
     return damaged_input(url, manifest)
 
 
-def damaged_input(url: str, manifest: Manifest) -> list[str]:
+def damaged_input(url: str, manifest: Manifest, batch_rows: int = 1 << 16) -> list[str]:
     """What is wrong with a finished segments output's files against its manifest: a shard missing or of
-    another size than recorded, an index row outside its shard. Sizes only: reading every byte for its
-    checksum is ``audiomill verify``'s work. The index is checked in Arrow, not as Python rows."""
+    another size than recorded, an index row outside its shard, a shard's rows not together. Sizes only:
+    reading every byte for its checksum is ``audiomill verify``'s work. The index is streamed and checked in
+    Arrow, ``batch_rows`` rows at a time, never held."""
     import fsspec
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     fs, root = fsspec.core.url_to_fs(url)
     sizes = {e.name: e.bytes for e in manifest.shards}
@@ -162,17 +140,23 @@ def damaged_input(url: str, manifest: Manifest) -> list[str]:
             continue
         if have != size:
             out.append(f"input {url!r}: its shard {name} has {have} bytes where its manifest says {size}")
+    index = posixpath.join(url, "index.parquet")
+    names, limits = pa.array(list(sizes), pa.string()), pa.array(list(sizes.values()), pa.int64())
+    n, first = 0, None
     try:
-        with fs.open(posixpath.join(root, "index.parquet"), "rb") as f:
-            index = pq.read_table(f, columns=["key", "shard", "offset", "size"])
+        for batch in parquet_batches(index, ["key", "shard", "offset", "size"], batch_rows):
+            limit = pc.take(limits, pc.index_in(batch["shard"], value_set=names))   # null: a shard not listed
+            bad = pc.fill_null(pc.greater(pc.add(batch["offset"], batch["size"]), limit), True)
+            found = pc.sum(bad).as_py() or 0
+            if found and first is None:
+                first = batch.filter(bad).slice(0, 1).to_pylist()[0]
+            n += found
+        shard_rows(index, batch_rows)
+    except IndexOrderError as e:
+        out.append(f"input {url!r}: its index.parquet is not in shard order: {e}")
     except (OSError, ValueError, KeyError) as e:
         return out + [f"input {url!r}: its index.parquet cannot be read ({type(e).__name__})"]
-    which = pc.index_in(index["shard"], value_set=pa.array(list(sizes), pa.string()))
-    limit = pc.take(pa.array(list(sizes.values()), pa.int64()), which)       # null for a shard not listed
-    bad = pc.fill_null(pc.greater(pc.add(index["offset"], index["size"]), limit), True)
-    n = pc.sum(bad).as_py() or 0
     if n:
-        first = index.filter(bad).slice(0, 1).to_pylist()[0]
         out.append(f"input {url!r}: its index.parquet names {n} sample(s) outside their shards "
                    f"(first: {first['key']} in {first['shard']})")
     return out

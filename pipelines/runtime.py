@@ -17,6 +17,8 @@ class RayConfig:
     object_store_mb: int = 1024  # embedded Ray only
     pack_tasks: int = 0          # shards packed at once; 0 → one per CPU of the cluster
     max_pass_retries: int = 2    # a pass that loses a worker is rerun (finished units are kept)
+    max_block_mb: int = 16       # the largest block a task hands on, so what a worker holds of a pass's
+                                 # audio does not grow with how much its input block carries
     progress: bool = True
     progress_every_s: float = 10.0
 
@@ -25,6 +27,8 @@ class RayConfig:
         for name in ("num_cpus", "pack_tasks", "max_pass_retries"):
             if getattr(self, name) < 0:
                 out.append(f"ray.{name}: must be ≥ 0, got {getattr(self, name)}")
+        if self.max_block_mb <= 0:
+            out.append(f"ray.max_block_mb: must be > 0, got {self.max_block_mb}")
         if self.object_store_mb < 80:
             out.append(f"ray.object_store_mb: Ray needs at least 80 MB, got {self.object_store_mb}")
         if not self.progress_every_s > 0:
@@ -86,6 +90,7 @@ def init_ray(cfg: RayConfig) -> None:
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
+    ctx.target_max_block_size = cfg.max_block_mb << 20
     ctx.print_on_execution_start = False
     # Ray Data warns once per process that its bars are off; they are off on purpose.
     log_once("ray_data_progress_manager_disabled")

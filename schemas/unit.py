@@ -57,12 +57,11 @@ class UnitResult:
     def ok(self) -> bool:
         return self.reject is None
 
-    def ref(self, marker: str = "", keep_segments: bool = False, patch_keys: tuple[str, ...] = (),
-            patches: tuple[Patch, ...] = ()) -> "UnitRef":
-        """What the passes after dedup get of this unit: its segments read from ``marker``, or carried."""
+    def ref(self, marker: str = "", patch_keys: tuple[str, ...] = (), patches: tuple[Patch, ...] = ()) -> "UnitRef":
+        """What the passes after dedup get of this unit: its segments are read from ``marker``."""
         lean = self.lean()
         return UnitRef(self.unit, self.uri, self.file_sha256, self.part, lean.segment_count, lean.segment_seconds,
-                       marker, self.segments if keep_segments else (), patch_keys, patches)
+                       marker, patch_keys=patch_keys, patches=patches)
 
     def lean(self) -> "UnitResult":
         """The record without its fingerprint and segment records, which stay in the unit's marker: what
@@ -107,10 +106,10 @@ class PartRef:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class UnitRef:
-    """A kept unit as the driver sends it to the passes after dedup: its segments are read from its
-    completion marker in the task (``marker``), unless it carries them (the label job's units, made from a
-    parent's index), so the driver never holds a corpus of segment records. ``patch_keys`` and
-    ``patches``: dedup's changes to some of its segments, by key."""
+    """A kept unit as the driver sends it to the passes after dedup: the task reads its segments from its
+    completion marker (``marker``), or, for the label job's units (a parent's shards), from its rows
+    ``[index_start, index_stop)`` of the parent's ``index.parquet`` (``index``), so the driver never holds a
+    corpus of segment records. ``patch_keys`` and ``patches``: dedup's changes to some of its segments, by key."""
 
     unit: str
     uri: str
@@ -119,7 +118,9 @@ class UnitRef:
     segment_count: int = 0                # what the driver knows of its segments (``UnitResult.lean``)
     segment_seconds: float = 0.0
     marker: str = ""
-    segments: tuple[SegmentRef, ...] = ()
+    index: str = ""
+    index_start: int = 0
+    index_stop: int = 0
     patch_keys: tuple[str, ...] = ()
     patches: tuple[Patch, ...] = ()
 

@@ -1,7 +1,7 @@
 """What a kept unit becomes in the tasks after dedup, so that the driver sends small ``UnitRef``s and never
 holds the corpus's segment records:
 
-    resolve  (tasks)   UnitRef → PartRef: its segments (from its completion marker) and each one's patch,
+    resolve  (tasks)   UnitRef → PartRef: its segments (from its completion marker, or a parent's index) and each one's patch,
                        dedup's with what every labeler pass run so far gave it (read from storage)
     plan     (tasks)   UnitRef → UnitPlanned: the filters' verdicts; the kept samples go to the unit's plan
                        file (``_work/plan/<unit>.arrow``) and the rejects to its reject part
@@ -17,6 +17,7 @@ import numpy as np
 
 from pipelines.passes import UnitsJob, pass_rows, plan_url, reject_url, write_rows
 from pipelines.stage import Resources, Stage, StageFn
+from pipelines.stages.index import index_segments, read_rows
 from pipelines.stages.ingest import read_marker
 from processors.merge import labelled
 from schemas.reject import Reject, reject_order
@@ -25,8 +26,10 @@ from schemas.unit import PartRef, SegmentRef, UnitRef
 
 
 def segments_of(ref: UnitRef) -> tuple[SegmentRef, ...]:
-    """The unit's segments: those it carries, or its marker's."""
-    return ref.segments if ref.segments or not ref.marker else read_marker(ref.marker).segments
+    """The unit's segments: its rows of a parent's index, or its marker's."""
+    if ref.index:
+        return index_segments(read_rows(ref.index, ref.index_start, ref.index_stop))
+    return read_marker(ref.marker).segments if ref.marker else ()
 
 
 def dedup_patches(ref: UnitRef) -> dict[str, Patch]:

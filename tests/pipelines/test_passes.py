@@ -10,13 +10,13 @@ import pytest
 from pipelines.config import load_config
 from pipelines.curate import CurateConfig
 from pipelines.curate import run as curate
-from pipelines.label import input_units
 from pipelines.output import Output
 from pipelines.passes import SegmentPasses, labels_url, part_rows, read_rows, reject_tables, write_rows
 from pipelines.runtime import RayConfig
 from pipelines.stage import Resources, Stage
 from pipelines.stages.label import LabelerError, ReadSegments, labeler_stages
 from pipelines.stages.pack import PackJob, PackStage
+from pipelines.stages.index import shard_refs, shard_units
 from pipelines.stages.units import unit_stages
 from processors.filters import FilterParams
 from processors.audio import decode_flac
@@ -35,7 +35,7 @@ WATCHED = (SegmentLabels, SegmentAudio, Caption)
 
 
 @pytest.fixture(scope="module")
-def units(ray_cluster, tmp_path_factory):
+def segments_dir(ray_cluster, tmp_path_factory):
     """32 one-sentence segments, 4 to a shard: one unit of the label pass per shard."""
     raw = tmp_path_factory.mktemp("raw")
     for i in range(32):
@@ -44,8 +44,23 @@ def units(ray_cluster, tmp_path_factory):
     seg = tmp_path_factory.mktemp("out") / "segments"
     curate(load_config(CurateConfig, None, ["ray.progress=false", "labelers=[none]", "shards.max_samples=4"],
                        {"inputs": [str(raw)], "output": str(seg)}))
-    found = input_units(str(seg), read_manifest(str(seg)))
+    return str(seg)
+
+
+@pytest.fixture(scope="module")
+def units(segments_dir):
+    """The shards with their segments, as the build job reads them."""
+    found = shard_units(segments_dir, read_manifest(segments_dir))
     assert sum(len(u.segments) for u in found) == 32 and all(len(u.segments) == 4 for u in found)
+    return found
+
+
+@pytest.fixture(scope="module")
+def refs(segments_dir, units):
+    """The same shards as the label job sends them: each names its rows of the index."""
+    found = shard_refs(segments_dir, read_manifest(segments_dir))
+    assert [(r.unit, r.part, r.segment_count) for r in found] == [(u.unit, u.part, 4) for u in units]
+    assert [r.segment_seconds for r in found] == pytest.approx([sum(s.end_s - s.start_s for s in u.segments) for u in units])
     return found
 
 
@@ -80,15 +95,11 @@ def _passes(out, labeler="tests.pipelines.toy_labelers:ZeroCrossing", watched=WA
     return SegmentPasses(output, stages, RayConfig(progress=False), watch), watch
 
 
-def _refs(units):
-    return [u.ref(keep_segments=True) for u in units]
-
-
-def test_a_label_pass_holds_no_labels_on_the_driver_as_segments_grow(units, tmp_path):
+def test_a_label_pass_holds_no_labels_on_the_driver_as_segments_grow(units, refs, tmp_path):
     most = {}
     for n in (2, 8):                       # 8 and 32 segments
         passes, watch = _passes(tmp_path / f"out{n}")
-        passes.run_labelers(_refs(units[:n]))
+        passes.run_labelers(refs[:n])
         assert watch.segments == 4 * n
         most[n] = watch.most
         for u in units[:n]:
@@ -107,20 +118,19 @@ def _check_written(passes, u):
             assert r.labels.caption.text == f"zcr {zero_crossing_rate(x):.5f}"
 
 
-def test_a_labeler_that_loses_a_segment_stops_the_pass(units, tmp_path):
+def test_a_labeler_that_loses_a_segment_stops_the_pass(refs, tmp_path):
     passes, _ = _passes(tmp_path / "out", "tests.pipelines.toy_labelers:DropsLast")
     with pytest.raises(LabelerError, match="without a label row for each segment"):
-        passes.run_labelers(_refs(units[:2]))
+        passes.run_labelers(refs[:2])
 
 
-def test_the_plan_and_pack_hold_no_sample_records_on_the_driver_as_units_grow(units, tmp_path):
+def test_the_plan_and_pack_hold_no_sample_records_on_the_driver_as_units_grow(units, refs, tmp_path):
     """The plan tasks write each unit's samples to storage and send back their sizes; the pack tasks read
     their shards' ranges of them. Planning on the driver would hold a record per sample by the last unit."""
     most = {}
     for n in (2, 8):                       # 8 and 32 segments
         passes, watch = _passes(tmp_path / f"out{n}", watched=(PlannedSample,))
-        refs = _refs(units[:n])
-        planned = passes.plan(refs, FilterParams())
+        planned = passes.plan(refs[:n], FilterParams())
         sized = planned.sized
         assert not planned.rejected and not planned.with_rejects and planned.dropped == 0 and watch.segments == n
         assert [u for u, _ in sized] == [u.unit for u in sorted(units[:n], key=lambda u: u.uri)]
@@ -134,13 +144,12 @@ def test_the_plan_and_pack_hold_no_sample_records_on_the_driver_as_units_grow(un
     assert most[8] == most[2] == 0, most
 
 
-def test_the_filters_rejects_go_to_storage_and_reach_the_rejects_in_order(units, tmp_path):
+def test_the_filters_rejects_go_to_storage_and_reach_the_rejects_in_order(units, refs, tmp_path):
     """The plan tasks write the filters' rejects to each unit's reject part and send back their count by
     reason; the commit reads the parts back in order. Sending the rejects back would hold a Reject per
     dropped segment on the driver."""
     passes, watch = _passes(tmp_path / "out", "tests.pipelines.toy_labelers:Snr", watched=(Reject,))
-    refs = _refs(units[:8])
-    passes.run_labelers(refs)
+    passes.run_labelers(refs[:8])
     snr = {r.key: r.labels.quality.snr_db for u in units[:8]
            for r in read_rows(labels_url(passes.out.work, "labels", u.unit), SegmentLabels)}
     # Just above the quietest unit's best segment: that unit loses all four, others lose some.
@@ -150,7 +159,7 @@ def test_the_filters_rejects_go_to_storage_and_reach_the_rejects_in_order(units,
     whole = [uri for uri, keys in dropped.items() if len(keys) == 4]
     assert len(whole) >= 1 and sum(map(len, dropped.values())) > 4 * len(whole), dropped
     watch.most = 0
-    planned = passes.plan(refs, FilterParams(min_snr_db=cut))
+    planned = passes.plan(refs[:8], FilterParams(min_snr_db=cut))
     assert watch.most == 0                                  # no Reject on the driver while the units came back
     assert planned.rejected == Counter(below_min_snr=sum(map(len, dropped.values())), filtered=len(whole))
     assert planned.dropped == sum(map(len, dropped.values()))

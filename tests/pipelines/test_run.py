@@ -125,7 +125,17 @@ def test_a_rerun_after_the_registry_moved_gives_the_same_versions(first_run, tmp
     assert "already published" in capsys.readouterr().out
 
 
-def test_a_ctrl_c_or_a_kill_in_any_phase_then_a_rerun_gives_the_same_versions(first_run, tmp_path):
+@pytest.fixture
+def ctrl_c_reaches_children():
+    """A suite started in the background of a shell (``make test &``) runs with SIGINT ignored, and a child
+    inherits an ignored signal, so the run under test would never see its Ctrl-C. A handled signal is reset
+    to the default in the child: handle it here for the test's length."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_a_ctrl_c_or_a_kill_in_any_phase_then_a_rerun_gives_the_same_versions(first_run, tmp_path, ctrl_c_reaches_children):
     import ray
     import yaml
 
@@ -147,14 +157,20 @@ def test_a_ctrl_c_or_a_kill_in_any_phase_then_a_rerun_gives_the_same_versions(fi
     # In each phase a Ctrl-C (exit 130, one line), then a kill, then the next phase.
     for phase, (ready, unfinished) in kill_when.items():
         for sig in (signal.SIGINT, signal.SIGKILL):
-            proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline and not ready() and proc.poll() is None:
+            log = tmp_path / f"{phase}-{sig.name}.out"
+            with open(log, "w") as out:
+                proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.PIPE, text=True)
+            start = time.monotonic()
+            while time.monotonic() < start + 300 and not ready() and proc.poll() is None:
                 time.sleep(0.02)
+            # (what the failure message needs: when the signal went, whether the phase had been seen, and whether
+            # the run had already ended)
+            sent = (round(time.monotonic() - start, 2), ready(), proc.poll())
             proc.send_signal(sig)
             _, err = proc.communicate(timeout=180)
             if sig == signal.SIGINT:
-                assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, (phase, err[-2000:])
+                assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, \
+                    (phase, sent, err[-2000:], log.read_text()[-2000:])
             assert not unfinished.exists(), f"stopped too late in {phase}"
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -58,7 +58,7 @@ def test_unit_result_round_trip_with_fingerprint_segments_and_reject():
     assert dataclasses.replace(lean, hashes=0, segment_count=0, segment_seconds=0.0) == \
         dataclasses.replace(ok, fingerprint=b"", segments=())
     assert ok.ref("/w/units/u1.arrow") == UnitRef("u1", "/a.wav", "f" * 64, "/w/parts/u1.tar", 1, 2.5, "/w/units/u1.arrow")
-    assert ok.ref(keep_segments=True).segments == (ref,) and lean.ref() == ok.ref()
+    assert lean.ref() == ok.ref() and ok.ref(patch_keys=("seg-1",)).patch_keys == ("seg-1",)
 
 
 def test_shard_plan_with_patches_round_trips():
@@ -67,7 +67,9 @@ def test_shard_plan_with_patches_round_trips():
                   contained_in=(Containment("/long.wav", "l" * 64, 12.5, 15.0),))
     _round_trip(PlannedSample("seg-1", "/p.tar", 0, 100, patch, "u1"))
     _round_trip(ShardPlan("segments-000000.tar", (PlanRange("u1", 0, 3), PlanRange("u2", 0, 1))))
-    _round_trip(UnitRef("u1", "/a.wav", "s" * 64, "/p.tar", 2, 5.5, "/w/units/u1.arrow", (), ("seg-1",), (patch,)))
+    _round_trip(UnitRef("u1", "/a.wav", "s" * 64, "/p.tar", 2, 5.5, "/w/units/u1.arrow", patch_keys=("seg-1",),
+                        patches=(patch,)))
+    _round_trip(UnitRef("u1", "/p.tar", "s" * 64, "/p.tar", 2, 5.5, index="/in/index.parquet", index_start=4, index_stop=6))
     _round_trip(UnitPlanned("u1", b"\x01" * 16, ("below_min_dnsmos", "filtered"), (2, 1), 2))
 
 
