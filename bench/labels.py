@@ -1,7 +1,8 @@
 """Accuracy of every built-in labeler against ground truth that ships with real audio, and what each costs
 on CPU, printed as one table.
 
-    .venv/bin/python bench/labels.py [--data build/bench-labels] [--skip-fetch]
+    .venv/bin/python bench/labels.py [--data build/bench-labels]
+    .venv/bin/python bench/labels.py --gpu [--minutes 10] [--device cpu]   # rates on one GPU
 
 Ground truth (nothing here is made up by the bench; TTS text and MIDI tempo are inputs, not guesses):
 - ASR, English WER: Harvard sentences (IEEE 1969) spoken by Piper's joe voice and by espeak-ng; CMU ARCTIC
@@ -240,10 +241,125 @@ def wer(refs: list[str], hyps: list[str]) -> float:
     return float(jiwer.wer([normalise(r) for r in refs], [normalise(h) or "-" for h in hyps]))
 
 
+class GpuSampler:
+    """GPU 0's utilisation (the share of time a kernel ran) and memory in use, from ``nvidia-smi`` every
+    100 ms in a child process, while the block runs; nothing on a machine without one (``--device cpu``)."""
+
+    def __init__(self, on: bool):
+        self.on, self.busy, self.memory_mb = on, [], []
+
+    def __enter__(self) -> "GpuSampler":
+        if self.on:
+            self.proc = subprocess.Popen(["nvidia-smi", "-i", "0", "--query-gpu=utilization.gpu,memory.used",
+                                          "--format=csv,noheader,nounits", "-lms", "100"],
+                                         stdout=subprocess.PIPE, text=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.on:
+            self.proc.terminate()
+            for line in self.proc.communicate(timeout=10)[0].splitlines():
+                busy, _, memory = line.partition(",")
+                if busy.strip().isdigit() and memory.strip().isdigit():
+                    self.busy.append(int(busy) / 100)
+                    self.memory_mb.append(int(memory))
+
+    def share(self) -> str:
+        return f"{np.mean(self.busy):.0%}" if self.busy else "n/a"
+
+
+def cuda_devices() -> tuple[int, int]:
+    """CUDA devices torch and CTranslate2 (the ASR runtime) each see."""
+    import ctranslate2
+    import torch
+
+    return torch.cuda.device_count(), ctranslate2.get_cuda_device_count()
+
+
+def gpu_main(args) -> int:
+    """``--gpu``: each default labeler run as the label pass runs it (its stage, in the stage's batches of
+    segments) on one device, over ``--minutes`` of Piper speech (single sentences and ~25 s pieces, as
+    segments come out of curate) and fluidsynth music: audio-hours per device-hour, the GPU's busy share,
+    CPU seconds per audio second, and the GPU memory it took. The speakers stage reads a source's
+    segments from its part tar; here its model gets each source's 8 segments directly."""
+    import torch
+
+    from pipelines.stages.label import expand, labeler_stages
+    from pipelines.stages.labelers import LabelParams
+    from processors.audio import encode_flac
+    from processors.tts import piper
+    from schemas.labels import Labels
+    from schemas.segment import SegmentAudio
+
+    cuda = args.device == "cuda"
+    if cuda and 0 in cuda_devices():
+        print(f"bench/labels.py --gpu: no CUDA device for both torch and CTranslate2 {cuda_devices()}; "
+              "--device cpu runs the same passes on CPU", file=sys.stderr)
+        return 2
+    say = lambda *a: print("[bench]", *a, flush=True)  # noqa: E731
+    say("building the segments")
+    short = [piper(s) for s in HARVARD]
+    speech = short + concat(short, gap_s=0.4, max_s=25.0)
+    music = [midi_piece(bpm, key, program, Path(args.data).resolve() / "wav" / f"gpu-{bpm}.wav")
+             for bpm, key, program in ((96, "C major", 0), (128, "A minor", 24))]
+    clips: list[tuple[str, np.ndarray]] = []
+    seconds = 0.0
+    while seconds < args.minutes * 60:
+        for kind, x in [("speech", x) for x in speech] + [("music", x) for x in music]:
+            clips.append((kind, x))
+            seconds += len(x) / SR
+    segments = [SegmentAudio(key=f"s{i:06d}", unit=f"u{i // 8:05d}", uri=f"bench://{i // 8}", source_sha256="0" * 64,
+                             start_s=0.0, end_s=len(x) / SR, kind=kind, labels=Labels(), flac=encode_flac(x),
+                             unit_segments=8) for i, (kind, x) in enumerate(clips)]
+    params = LabelParams()
+    names = expand(["auto"], params)
+    say(f"{len(segments)} segments, {seconds / 60:.1f} min; labelers: {', '.join(names)}; device {args.device}")
+    rows = []
+    for stage in labeler_stages(names, params, cpus=1, gpus=1.0 if cuda else 0.0):
+        with GpuSampler(cuda) as before:
+            time.sleep(0.3)
+        fn = stage.build()
+        if getattr(fn, "unit_level", False):
+            groups = [[(s.key, 0.0, x) for s, (kind, x) in zip(segments[i:i + 8], clips[i:i + 8]) if kind == "speech"]
+                      for i in range(0, len(segments), 8)]
+            run = fn.model.diarize
+        else:
+            n = stage.resources.batch_size or 8
+            groups = [segments[i:i + n] for i in range(0, len(segments), n)]
+            run = fn
+        run(groups[0])                                  # warm-up: CUDA context, kernels, lazy loads
+        t, cpu = time.perf_counter(), time.process_time()
+        with GpuSampler(cuda) as during:
+            for group in groups:
+                run(group)
+        wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+        taken = (max(during.memory_mb) - min(before.memory_mb)) if during.memory_mb and before.memory_mb else None
+        rows.append((stage.name, seconds / wall, during.share(), cpu / seconds, taken))
+        say(f"{stage.name}: {wall:.1f} s")
+        del fn, run                                   # the next labeler gets the GPU to itself
+        if cuda:
+            torch.cuda.empty_cache()
+    print(f"\n{args.device}: {seconds / 60:.1f} min of segments, one process per labeler, the stage's batches\n")
+    print("| labeler | audio-h per device-h | GPU busy | CPU s per audio s | GPU memory, MB |\n|---|---|---|---|---|")
+    for name, rate, share, cpu_rate, taken in rows:
+        print(f"| {name} | {rate:.0f} | {share} | {cpu_rate:.3f} | {taken if taken is not None else 'n/a'} |")
+    print(f"| **default set, one after another** | **{1 / sum(1 / r[1] for r in rows):.0f}** | | "
+          f"**{sum(r[3] for r in rows):.3f}** | |")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="build/bench-labels")
+    ap.add_argument("--gpu", action="store_true", help="the default labelers' rates on one device (see gpu_main)")
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="with --gpu: cpu runs the same passes")
+    ap.add_argument("--minutes", type=float, default=10.0, help="with --gpu: minutes of segments")
     args = ap.parse_args()
+    if args.gpu:
+        if args.device == "cpu":
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""        # before torch or CTranslate2 look for one
+        (Path(args.data) / "wav").mkdir(parents=True, exist_ok=True)
+        return gpu_main(args)
     data = Path(args.data).resolve()
     (data / "wav").mkdir(parents=True, exist_ok=True)
     import torch

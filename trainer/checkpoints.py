@@ -43,10 +43,21 @@ def remove_unfinished(stage_dir: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def prune(stage_dir: str, keep: int) -> list[str]:
+    """Remove all but the ``keep`` newest committed checkpoints (0: keep every one); the removed folders."""
+    import shutil
+
+    gone = [os.path.dirname(p) for p in checkpoints(stage_dir)[keep:]] if keep > 0 else []
+    for folder in gone:
+        shutil.rmtree(folder, ignore_errors=True)
+    return gone
+
+
 def save_checkpoint(stage_dir: str, step: int, model, opt, sched, consumed: dict[str, Any], processor,
-                    dist: Dist) -> tuple[str | None, dict[str, Any] | None]:
+                    dist: Dist, keep: int = 0) -> tuple[str | None, dict[str, Any] | None]:
     """Collective: every rank hands over its model and optimiser shards and its own stream positions and
-    RNG state; rank 0 writes ``step-N/`` and returns its path and the full model state (None elsewhere)."""
+    RNG state; rank 0 writes ``step-N/``, then leaves the ``keep`` newest (``prune``), and returns its path
+    and the full model state (None elsewhere)."""
     model_state, opt_state = parallel.full_state(model, opt)
     ranks = _gather(dist, {"positions": list(consumed["positions"]), "torch_rng": torch.get_rng_state(),
                            "python_rng": list(random.getstate()[1]), "python_rng_pos": random.getstate()[2]})
@@ -64,6 +75,7 @@ def save_checkpoint(stage_dir: str, step: int, model, opt, sched, consumed: dict
 
         shutil.rmtree(folder)
     os.replace(tmp, folder)
+    prune(stage_dir, keep)
     return folder, model_state
 
 

@@ -48,6 +48,7 @@ class TrainConfig:
     shuffle_buffer: int = 64
     loader_workers: int = 0          # DataLoader worker processes that decode, encode and collate (0 → in-process)
     checkpoint_every: int = 200
+    keep_checkpoints: int = 2        # the newest step-N checkpoints kept, ours and Ray Train's copies; 0 → every one
     keep_best: bool = True           # score each checkpoint's export on the held-out set; keep the best in best/
     patience: int = 2                # keep_best: stop after this many held-out scores in a row below the best
     eval_max_examples: int = 200
@@ -99,6 +100,8 @@ class TrainConfig:
                 problems.append(f"{name}: must be > 0")
         if self.loader_workers < 0:
             problems.append("loader_workers: must be ≥ 0")
+        if self.keep_checkpoints < 0:
+            problems.append("keep_checkpoints: must be ≥ 0 (0 keeps every one)")
         if self.max_epochs is not None and self.max_epochs < 0:
             problems.append(f"max_epochs: must be ≥ 0, got {self.max_epochs}")
         if self.patience < 0:

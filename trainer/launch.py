@@ -43,7 +43,7 @@ def run_stage(cfg: TrainConfig, echo: bool = False) -> dict[str, Any]:
     if cfg.launcher == "local":
         return train_loop(cfg)
     import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if not ray.is_initialized():
@@ -55,7 +55,8 @@ def run_stage(cfg: TrainConfig, echo: bool = False) -> dict[str, Any]:
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         run_config=RunConfig(name=f"audiomill-{cfg.stage}", storage_path=os.path.abspath(os.path.join(cfg.output, "ray")),
-                             failure_config=FailureConfig(max_failures=1)),
+                             failure_config=FailureConfig(max_failures=1),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints or None)),
     )
     os.makedirs(os.path.join(cfg.output, cfg.stage), exist_ok=True)
     with _Echo(os.path.join(cfg.output, cfg.stage, CONSOLE), enabled=echo):

@@ -73,6 +73,27 @@ def wrap(model, mode: str, device: torch.device, world: int, bf16: bool):
     return model
 
 
+@contextlib.contextmanager
+def grad_sync(model, on: bool):
+    """Forward and backward inside sync the gradients over the ranks only when ``on``. An accumulated step
+    turns it on for its last micro-batch alone: DDP all-reduces, or FSDP2 reduce-scatters, once per
+    optimiser step instead of once per micro-batch, and the summed gradients are the same. (Under FSDP2 the
+    micro-batches' gradients are held unsharded until then: memory traded for communication.)"""
+    if on:
+        yield
+    elif hasattr(model, "no_sync"):                          # DDP
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):       # FSDP2, every sharded layer below it too
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:                                                    # one rank: nothing to sync
+        yield
+
+
 def autocast(mode: str, device: torch.device, bf16: bool):
     """bf16 autocast for unsharded modes (FSDP casts through its mixed-precision policy instead)."""
     if bf16 and mode != "fsdp":

@@ -185,7 +185,8 @@ def train_step(s: Session, micro: list[Batch]) -> dict[str, float]:
 def checkpoint(s: Session, metrics: dict[str, Any]) -> str | None:
     """Collective: a resumable checkpoint of the step; with ``keep_best``, rank 0 also scores its export on
     the held-out set and keeps it in ``best/`` when it beats the best so far."""
-    folder, model_state = save_checkpoint(s.stage_dir, s.step, s.model, s.opt, s.sched, s.consumed, s.processor, s.dist)
+    folder, model_state = save_checkpoint(s.stage_dir, s.step, s.model, s.opt, s.sched, s.consumed, s.processor,
+                                          s.dist, s.cfg.keep_checkpoints)
     if s.dist.rank == 0 and s.cfg.keep_best:
         candidate = os.path.join(s.stage_dir, "candidate")
         export(s, model_state, candidate)
@@ -274,7 +275,7 @@ def finish(s: Session, history: list[dict[str, Any]], errors: SkipCounter) -> tu
     result: dict[str, Any] = {"steps": s.step, "workers": s.dist.world, "parallel": s.mode, "bf16": s.cfg.bf16,
                               "skipped_data": errors.errors[:20]}
     final_ckpt, model_state = save_checkpoint(s.stage_dir, s.step, s.model, s.opt, s.sched, s.consumed, s.processor,
-                                              s.dist)
+                                              s.dist, s.cfg.keep_checkpoints)
     s.opt = s.ref = None
     if s.dist.rank != 0:
         return result, final_ckpt
@@ -321,7 +322,8 @@ def train_loop(cfg: TrainConfig, dist: Dist | None = None) -> dict[str, Any]:
     with _Interrupt(enabled=not dist.ray) as interrupt:
         while s.step < s.total:
             if interrupt.requested:
-                folder, _ = save_checkpoint(s.stage_dir, s.step, s.model, s.opt, s.sched, s.consumed, s.processor, dist)
+                folder, _ = save_checkpoint(s.stage_dir, s.step, s.model, s.opt, s.sched, s.consumed, s.processor, dist,
+                                            cfg.keep_checkpoints)
                 raise KeyboardInterrupt(f"{cfg.stage} interrupted at step {s.step}; checkpoint {folder} saved")
             micro = [next(batches) for _ in range(cfg.grad_accum)]
             metrics = train_step(s, micro)

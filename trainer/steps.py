@@ -11,7 +11,7 @@ import torch
 from trainer import lora
 from trainer.data import PairEncoded, collate
 from trainer.losses import IGNORE, DPOLoss, count_targets, nll_sum, sequence_logprob
-from trainer.parallel import Dist, _core
+from trainer.parallel import Dist, _core, grad_sync
 
 
 def _to(batch: dict[str, Any], device) -> dict[str, Any]:
@@ -49,10 +49,11 @@ def lm_step(model, micro: list[list], pad_id: int, fe, dist: Dist, amp=contextli
     batches = [_tensors(m, pad_id, fe, pairs=False) for m in micro]
     tokens = torch.tensor(_sum(dist, [sum(count_targets(b["labels"]) for b in batches)])[0], device=dist.device)
     total = 0.0
-    for b in batches:
+    for i, b in enumerate(batches):
         b = _to(b, dist.device)
-        loss = nll_sum(_logits(model, b, amp), b["labels"]) * dist.world / tokens.clamp(min=1)
-        loss.backward()
+        with grad_sync(model, i == len(batches) - 1):
+            loss = nll_sum(_logits(model, b, amp), b["labels"]) * dist.world / tokens.clamp(min=1)
+            loss.backward()
         total += loss.item() / dist.world
     return {"loss": _sum(dist, [total])[0], "target_tokens": tokens.item()}
 
@@ -63,21 +64,22 @@ def dpo_step(model, ref, micro: list[list[PairEncoded]], pad_id: int, fe, dist: 
     adapters disabled) runs without gradients."""
     pairs = torch.tensor(_sum(dist, [sum(len(m) for m in micro)])[0], device=dist.device)
     total, correct, margin = 0.0, 0.0, 0.0
-    for m in micro:
+    for i, m in enumerate(micro):
         b = _to(_tensors(m, pad_id, fe, pairs=True), dist.device)
         n = len(m)
-        logps = sequence_logprob(_logits(model, b, amp), b["labels"])
-        if ref is None:        # LoRA: the starting model is the policy with its adapters disabled
-            core = _core(model)
-            with lora.reference(core):
-                ref_logps = sequence_logprob(_logits(core, b, amp), b["labels"])
-        else:
-            with torch.no_grad():
-                ref_logps = sequence_logprob(_logits(ref, b, amp), b["labels"])
-        chosen_tokens = (b["labels"][:n, 1:] != IGNORE).sum(dim=-1)
-        losses, rc, rr = loss_fn(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:], chosen_tokens)
-        loss = losses.sum() * dist.world / pairs
-        loss.backward()
+        with grad_sync(model, i == len(micro) - 1):
+            logps = sequence_logprob(_logits(model, b, amp), b["labels"])
+            if ref is None:        # LoRA: the starting model is the policy with its adapters disabled
+                core = _core(model)
+                with lora.reference(core):
+                    ref_logps = sequence_logprob(_logits(core, b, amp), b["labels"])
+            else:
+                with torch.no_grad():
+                    ref_logps = sequence_logprob(_logits(ref, b, amp), b["labels"])
+            chosen_tokens = (b["labels"][:n, 1:] != IGNORE).sum(dim=-1)
+            losses, rc, rr = loss_fn(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:], chosen_tokens)
+            loss = losses.sum() * dist.world / pairs
+            loss.backward()
         total += loss.item() / dist.world
         correct += (rc > rr).float().sum().item()
         margin += (rc - rr).sum().item()

@@ -27,11 +27,15 @@ def _weights(final) -> dict[str, torch.Tensor]:
 
 def test_ddp_and_fsdp_train_alike_and_fsdp_resumes(tmp_path, ray_cluster):
     build_language_id(tmp_path / "ex")
+    # (two micro-batches a step: each step's gradients are synced on its second only, in both modes)
     base = dict(examples=str(tmp_path / "ex"), stage="pretrain", launcher="ray", num_workers=2, max_steps=6,
-                checkpoint_every=3, max_tokens=600)
+                checkpoint_every=3, max_tokens=600, grad_accum=2)
 
-    ddp = run_stage(TrainConfig(output=str(tmp_path / "ddp"), parallel="ddp", **base))
+    ddp = run_stage(TrainConfig(output=str(tmp_path / "ddp"), parallel="ddp", keep_checkpoints=1, **base))
     assert ddp["steps"] == 6 and ddp["eval"]["examples"] == 16
+    # keep_checkpoints=1: of steps 3 and 6 only the last stays, in our folder and in Ray Train's copies
+    assert [p.name for p in (tmp_path / "ddp" / "pretrain" / "checkpoints").iterdir()] == ["step-0000006"]
+    assert len([p for p in (tmp_path / "ddp" / "ray").rglob("checkpoint_*") if p.is_dir()]) == 1
     fsdp = run_stage(TrainConfig(output=str(tmp_path / "fsdp"), parallel="fsdp", **base))
     assert fsdp["steps"] == 6
 

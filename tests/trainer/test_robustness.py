@@ -63,6 +63,8 @@ def test_a_killed_save_and_a_corrupt_checkpoint_fall_back_to_the_one_before(exam
     assert f"resuming pretrain from {ckpts / 'step-0000002' / 'state.pt'} (step 2" in run.stdout
     assert not (ckpts / "step-0000006.tmp").exists()
     assert json.loads((out / "pretrain" / "eval.json").read_text())["steps"] == 6
+    # keep_checkpoints (2 by default): the step-2 checkpoint went when step 6 was saved
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-0000004", "step-0000006"]
 
 
 @pytest.mark.parametrize("loader_workers", [0, 2])
