@@ -87,10 +87,11 @@ def _job(command: str, go, interrupted: str = "finished work is kept") -> int:
     from pipelines.output import OutputError
     from pipelines.registry import RegistryError
     from pipelines.stage import PassFailed
+    from trainer.memory import DoesNotFit
 
     try:
         go()
-    except (ConfigError, OutputError, RegistryError) as e:
+    except (ConfigError, OutputError, RegistryError, DoesNotFit) as e:
         return _fail(command, str(e), EXIT_USAGE)
     except ErrorBudgetExceeded as e:
         return _fail(command, f"stopped: {e}", EXIT_BUDGET)
@@ -189,10 +190,11 @@ def _train(args: argparse.Namespace) -> int:
     from trainer.data import TooMuchBadData
     from trainer.layout import TrainDataError
     from trainer.launch import run_all, run_stage
+    from trainer.memory import DoesNotFit
 
     try:
         result = run_all(cfg) if args.command == "train-all" else {cfg.stage: run_stage(cfg)}
-    except TrainDataError as e:
+    except (TrainDataError, DoesNotFit) as e:
         return _fail(args.command, str(e), EXIT_USAGE)
     except KeyboardInterrupt as e:
         return _fail(args.command, f"{e or 'interrupted'}; rerun the same command to resume", EXIT_INTERRUPTED)

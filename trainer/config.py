@@ -57,6 +57,7 @@ class TrainConfig:
     eval_max_new_tokens: int = 32
     num_workers: int = 1             # Ray Train workers
     use_gpu: bool = False
+    gpu_memory_gb: float = 0.0       # one training GPU's memory for the memory plan (0 → the first CUDA device's)
     bf16: bool = False               # bf16 compute (autocast, or FSDP's mixed precision), fp32 master weights
     parallel: str = "auto"           # ddp | fsdp over the Ray Train workers (auto → fsdp for large presets)
     gradient_checkpointing: bool = False
@@ -100,6 +101,8 @@ class TrainConfig:
                 problems.append(f"{name}: must be > 0")
         if self.loader_workers < 0:
             problems.append("loader_workers: must be ≥ 0")
+        if self.gpu_memory_gb < 0:
+            problems.append("gpu_memory_gb: must be ≥ 0 (0: the first CUDA device's)")
         if self.keep_checkpoints < 0:
             problems.append("keep_checkpoints: must be ≥ 0 (0 keeps every one)")
         if self.max_epochs is not None and self.max_epochs < 0:

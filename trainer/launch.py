@@ -11,6 +11,7 @@ from typing import Any
 from trainer.checkpoints import stage_checkpoint
 from trainer.config import STAGES, TrainConfig
 from trainer.console import CONSOLE, _Echo
+from trainer import memory
 from trainer.layout import (TrainDataError, check_data, foreign_shards, held_out_slice, holdout_plan, layout_problem,
                             stage_shards, stage_tasks)
 from trainer.parallel import Dist
@@ -34,6 +35,7 @@ def run_stage(cfg: TrainConfig, echo: bool = False) -> dict[str, Any]:
     cfg = dataclasses.replace(cfg, **{k: os.path.abspath(getattr(cfg, k)) for k in ("examples", "output", "model_dir", "chat_template")
                                       if getattr(cfg, k) and "://" not in getattr(cfg, k)})
     check_data(cfg)
+    memory.check(cfg)            # printed; a plan over the GPU's memory stops here, before any GPU work
     if held_out_slice(cfg):
         print(f"[audiomill] {cfg.stage}: no {cfg.stage}/eval set; held out for evaluation by content: "
               f"{holdout_plan(cfg).summary()}", flush=True)

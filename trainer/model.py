@@ -91,20 +91,29 @@ def build_processor(tokenizer, chunk_s: int, num_mel_bins: int = 80, chat_templa
     return Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tokenizer, chat_template=chat_template)
 
 
-def build_model(preset: Preset, tokenizer, seed: int = 0):
-    """A randomly initialised Qwen2AudioForConditionalGeneration of ``preset`` for ``tokenizer``."""
-    import torch
-    from transformers import Qwen2AudioConfig, Qwen2AudioEncoderConfig, Qwen2AudioForConditionalGeneration, Qwen2Config
+def preset_config(preset: Preset, vocab_size: int, audio_token_index: int = 0, eos_token_id: int | None = None,
+                  pad_token_id: int | None = None):
+    """The Qwen2AudioConfig of ``preset`` with a vocabulary of ``vocab_size``."""
+    from transformers import Qwen2AudioConfig, Qwen2AudioEncoderConfig, Qwen2Config
 
     enc = Qwen2AudioEncoderConfig(num_mel_bins=preset.num_mel_bins, encoder_layers=preset.encoder_layers,
                                   encoder_attention_heads=preset.encoder_heads, encoder_ffn_dim=preset.encoder_ffn,
                                   d_model=preset.d_model, max_source_positions=preset.chunk_s * 50)
-    lm = Qwen2Config(vocab_size=len(tokenizer), hidden_size=preset.lm_hidden, intermediate_size=preset.lm_ffn,
+    lm = Qwen2Config(vocab_size=vocab_size, hidden_size=preset.lm_hidden, intermediate_size=preset.lm_ffn,
                      num_hidden_layers=preset.lm_layers, num_attention_heads=preset.lm_heads,
                      num_key_value_heads=preset.lm_kv_heads, max_position_embeddings=4096, tie_word_embeddings=preset.tied,
-                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    cfg = Qwen2AudioConfig(audio_config=enc, text_config=lm, tie_word_embeddings=preset.tied,
-                           audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"))
+                     eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+    return Qwen2AudioConfig(audio_config=enc, text_config=lm, tie_word_embeddings=preset.tied,
+                            audio_token_index=audio_token_index)
+
+
+def build_model(preset: Preset, tokenizer, seed: int = 0):
+    """A randomly initialised Qwen2AudioForConditionalGeneration of ``preset`` for ``tokenizer``."""
+    import torch
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    cfg = preset_config(preset, len(tokenizer), tokenizer.convert_tokens_to_ids("<|AUDIO|>"), tokenizer.eos_token_id,
+                        tokenizer.pad_token_id)
     torch.manual_seed(seed)
     model = Qwen2AudioForConditionalGeneration(cfg)
     # A reply ends with <|im_end|>: plain ``generate`` stops there, as Qwen2-Audio-Instruct's generation
