@@ -104,8 +104,10 @@ class MemoryPlan:
         return self.parameters + self.gradients + self.optimizer + self.reference + self.activations
 
     def table(self) -> str:
+        """The five parts and the total, in GB (in MB for a plan under a GB, as the small presets' are)."""
+        unit, size = ("GB", GB) if self.total >= GB else ("MB", 1e6)
         parts = [(k, getattr(self, k)) for k in ("parameters", "gradients", "optimizer", "reference", "activations")]
-        return ", ".join(f"{k} {v / GB:.2f}" for k, v in parts) + f"; total {self.total / GB:.2f} GB per GPU"
+        return ", ".join(f"{k} {v / size:.2f}" for k, v in parts) + f"; total {self.total / size:.2f} {unit} per GPU"
 
 
 def saved_bytes(shape: ModelShape, tokens: int, clips: int, bf16: bool, checkpointing: bool) -> int:
@@ -220,7 +222,7 @@ def check(cfg, world: int | None = None) -> MemoryPlan:
     p = plan(shape, cfg, world, mode)
     budget = gpu_budget(cfg)
     print(f"[audiomill] {cfg.stage}: memory plan ({mode}, {world} worker(s)): {p.table()}"
-          + (f" of {budget / GB:.0f}" if budget else ""), flush=True)
+          + (f" (the GPU has {budget / GB:.0f} GB)" if budget else ""), flush=True)
     if budget is not None and p.total > HEADROOM * budget:
         cache: dict[tuple, ModelShape] = {}
 
