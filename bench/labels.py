@@ -292,8 +292,9 @@ def gpu_main(args) -> int:
     from schemas.segment import SegmentAudio
 
     cuda = args.device == "cuda"
-    if cuda and 0 in cuda_devices():
-        print(f"bench/labels.py --gpu: no CUDA device for both torch and CTranslate2 {cuda_devices()}; "
+    seen = cuda_devices() if cuda else ()
+    if 0 in seen:
+        print(f"bench/labels.py --gpu: no CUDA device for both torch and CTranslate2 {seen}; "
               "--device cpu runs the same passes on CPU", file=sys.stderr)
         return 2
     say = lambda *a: print("[bench]", *a, flush=True)  # noqa: E731

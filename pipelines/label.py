@@ -25,7 +25,7 @@ from pipelines.stage import Resources, Stage
 from pipelines.stages.label import LabelerError, ReadSegments, expand, labeler_stages, model_problem
 from pipelines.stages.labelers import LabelParams
 from pipelines.stages.pack import PackJob, PackStage
-from pipelines.stages.index import IndexOrderError, shard_refs, shard_rows
+from pipelines.stages.index import RANGE_COLUMNS, IndexOrderError, ShardRanges, shard_refs
 from pipelines.stages.units import unit_stages
 from processors.filters import FilterParams
 from schemas.manifest import Manifest, read_manifest
@@ -142,20 +142,25 @@ def damaged_input(url: str, manifest: Manifest, batch_rows: int = 1 << 16) -> li
             out.append(f"input {url!r}: its shard {name} has {have} bytes where its manifest says {size}")
     index = posixpath.join(url, "index.parquet")
     names, limits = pa.array(list(sizes), pa.string()), pa.array(list(sizes.values()), pa.int64())
-    n, first = 0, None
+    n, first, order = 0, None, None
+    ranges = ShardRanges()                     # the shard order, checked in the same pass
     try:
-        for batch in parquet_batches(index, ["key", "shard", "offset", "size"], batch_rows):
+        for batch in parquet_batches(index, ["key", "offset", "size", *RANGE_COLUMNS], batch_rows):
             limit = pc.take(limits, pc.index_in(batch["shard"], value_set=names))   # null: a shard not listed
             bad = pc.fill_null(pc.greater(pc.add(batch["offset"], batch["size"]), limit), True)
             found = pc.sum(bad).as_py() or 0
             if found and first is None:
                 first = batch.filter(bad).slice(0, 1).to_pylist()[0]
             n += found
-        shard_rows(index, batch_rows)
-    except IndexOrderError as e:
-        out.append(f"input {url!r}: its index.parquet is not in shard order: {e}")
+            if order is None:
+                try:
+                    ranges.add(batch)
+                except IndexOrderError as e:
+                    order = e
     except (OSError, ValueError, KeyError) as e:
         return out + [f"input {url!r}: its index.parquet cannot be read ({type(e).__name__})"]
+    if order is not None:
+        out.append(f"input {url!r}: its index.parquet is not in shard order: {order}")
     if n:
         out.append(f"input {url!r}: its index.parquet names {n} sample(s) outside their shards "
                    f"(first: {first['key']} in {first['shard']})")

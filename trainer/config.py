@@ -133,5 +133,10 @@ class TrainConfig:
     def epochs(self) -> float:
         return DEFAULT_EPOCHS[self.stage] if self.max_epochs is None else self.max_epochs
 
+    def modules(self, fresh: bool) -> list[str]:
+        """What the stage trains: ``train_modules``, else the stage's default (with the LM too when pretraining
+        a model built here, whose LM starts random: ``fresh``)."""
+        return self.train_modules or (list(DEFAULT_TRAIN[self.stage]) + (["lm"] if fresh and self.stage == "pretrain" else []))
+
     def learning_rate(self) -> float:
         return self.lr or DEFAULT_LR[self.stage]

@@ -64,15 +64,13 @@ def model_shape(cfg, config=None) -> ModelShape:
     from transformers import Qwen2AudioForConditionalGeneration
 
     from trainer import lora
-    from trainer.config import DEFAULT_TRAIN
     from trainer.parallel import shard_units
     from trainer.recipe import set_trainable
 
     config = config or model_config(cfg)
     with torch.device("meta"):
         model = Qwen2AudioForConditionalGeneration(config)
-    fresh = not cfg.model_dir
-    modules = cfg.train_modules or (list(DEFAULT_TRAIN[cfg.stage]) + (["lm"] if fresh and cfg.stage == "pretrain" else []))
+    modules = cfg.modules(fresh=not cfg.model_dir)
     units = [sum(p.numel() for p in unit.parameters()) for unit in shard_units(model)]
     if cfg.lora_r:
         model = lora.attach(model, modules, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
@@ -158,7 +156,10 @@ def plan(shape: ModelShape, cfg, world: int, mode: str) -> MemoryPlan:
     reference = 0.0
     if cfg.stage == "dpo" and not cfg.lora_r:
         loaded = 2 if cfg.bf16 and cfg.model_dir else 4
-        reference = 4 * shape.params / world + 2 * shape.largest_unit * compute if mode == "fsdp" else loaded * shape.params
+        if mode == "fsdp":
+            reference = 4 * shape.params / world + 2 * shape.largest_unit * compute
+        else:
+            reference = loaded * shape.params
     sequences = 2 if cfg.stage == "dpo" else 1
     clips = max(1, cfg.max_tokens // shape.audio_tokens)
     activations = sequences * activation_bytes(shape, cfg.max_tokens, clips, cfg.bf16, cfg.gradient_checkpointing)
@@ -224,13 +225,9 @@ def check(cfg, world: int | None = None) -> MemoryPlan:
     print(f"[audiomill] {cfg.stage}: memory plan ({mode}, {world} worker(s)): {p.table()}"
           + (f" (the GPU has {budget / GB:.0f} GB)" if budget else ""), flush=True)
     if budget is not None and p.total > HEADROOM * budget:
-        cache: dict[tuple, ModelShape] = {}
-
-        def shape_of(other) -> ModelShape:
-            key = (other.lora_r, other.lora_alpha)
-            return cache.setdefault(key, shape if key == (cfg.lora_r, cfg.lora_alpha) else model_shape(other))
-
-        fits = alternatives(shape_of, cfg, world, mode, HEADROOM * budget)
+        # (only the LoRA alternative changes what trains, and so the shape)
+        fits = alternatives(lambda other: shape if other.lora_r == cfg.lora_r else model_shape(other), cfg, world,
+                            mode, HEADROOM * budget)
         raise DoesNotFit(f"{cfg.stage} needs {p.total / GB:.1f} GB per GPU, over {HEADROOM:.0%} of its "
                          f"{budget / GB:.0f} GB ({p.table()}); "
                          + ("each of these fits: " + "; ".join(fits) if fits else "no single setting here fits"))

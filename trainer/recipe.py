@@ -25,7 +25,7 @@ import torch
 
 from trainer import lora, parallel
 from trainer.checkpoints import latest_checkpoint, remove_unfinished, save_checkpoint, resume_latest, _best_so_far
-from trainer.config import DEFAULT_TRAIN, TrainConfig
+from trainer.config import TrainConfig
 from trainer.console import _Progress, _Interrupt, _writer, _say, _report, CONSOLE
 from trainer.data import Encoder, SkipCounter
 from trainer.features import LogMel
@@ -109,7 +109,7 @@ def setup(cfg: TrainConfig, dist: Dist) -> Session:
     os.makedirs(stage_dir, exist_ok=True)
     model, processor, fresh = load_or_build(cfg)
     mode = parallel.strategy(cfg.parallel, cfg.preset, dist.world)
-    modules = cfg.train_modules or (list(DEFAULT_TRAIN[cfg.stage]) + (["lm"] if fresh and cfg.stage == "pretrain" else []))
+    modules = cfg.modules(fresh)
     ref, ref_dir = None, cfg.model_dir
     if cfg.stage == "dpo":
         if not ref_dir:   # a DPO run from a new model: keep its starting point for the held-out eval

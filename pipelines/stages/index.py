@@ -38,22 +38,26 @@ class ShardRows:
     seconds: float = 0.0
 
 
-def shard_rows(url: str, batch_rows: int = 1 << 16) -> dict[str, ShardRows]:
-    """Each shard's range of rows in the index at ``url``, read ``batch_rows`` rows of three columns at a
-    time. Raises ``IndexOrderError`` naming the first shard whose rows are split."""
-    found: dict[str, ShardRows] = {}
-    last = None            # the shard of the batch's last row, whose range the next batch may go on with
-    at = 0
-    for batch in parquet_batches(url, ["shard", "start_s", "end_s"], batch_rows):
+class ShardRanges:
+    """Each shard's range of rows in an index, added up from its batches in order (``add``), which need
+    the shard, start and end columns. Raises ``IndexOrderError`` naming the first shard whose rows are split."""
+
+    def __init__(self):
+        self.found: dict[str, ShardRows] = {}
+        self.last = None       # the shard of the last batch's last row, whose range the next batch may go on with
+        self.at = 0            # rows added so far
+
+    def add(self, batch) -> None:
         names = batch.column("shard").to_numpy(zero_copy_only=False)
         seconds = batch.column("end_s").to_numpy() - batch.column("start_s").to_numpy()
         starts = np.concatenate([[0], np.flatnonzero(names[1:] != names[:-1]) + 1])
         sums = np.add.reduceat(seconds, starts) if len(names) else []
+        at, found = self.at, self.found
         for begin, end, total in zip(starts, [*starts[1:], len(names)], sums):
             name = names[begin]
             if name is None:
                 raise IndexOrderError(f"row {at + begin} names no shard")
-            if name == last and begin == 0:
+            if name == self.last and begin == 0:
                 r = found[name]
                 found[name] = ShardRows(r.start, at + end, r.seconds + float(total))
             elif name in found:
@@ -61,9 +65,20 @@ def shard_rows(url: str, batch_rows: int = 1 << 16) -> dict[str, ShardRows]:
             else:
                 found[name] = ShardRows(at + begin, at + end, float(total))
         if len(names):
-            last = names[-1]
-        at += len(names)
-    return found
+            self.last = names[-1]
+        self.at += len(names)
+
+
+RANGE_COLUMNS = ["shard", "start_s", "end_s"]
+
+
+def shard_rows(url: str, batch_rows: int = 1 << 16) -> dict[str, ShardRows]:
+    """Each shard's range of rows in the index at ``url``, read ``batch_rows`` rows of three columns at a
+    time (``ShardRanges``)."""
+    ranges = ShardRanges()
+    for batch in parquet_batches(url, RANGE_COLUMNS, batch_rows):
+        ranges.add(batch)
+    return ranges.found
 
 
 def read_rows(url: str, start: int, stop: int) -> pa.Table:
@@ -99,7 +114,11 @@ def shard_refs(url: str, manifest: Manifest, batch_rows: int = 1 << 16) -> list[
     """One unit per shard of the segments output at ``url``, in the manifest's order, each naming its rows of
     the index; a task reads its segments from there (``pipelines/stages/units.py:segments_of``)."""
     index = posixpath.join(url, "index.parquet")
-    rows = shard_rows(index, batch_rows)
+    return _refs(url, manifest, shard_rows(index, batch_rows))
+
+
+def _refs(url: str, manifest: Manifest, rows: dict[str, ShardRows]) -> list[UnitRef]:
+    index = posixpath.join(url, "index.parquet")
     refs = []
     for entry in manifest.shards:
         part = posixpath.join(url.rstrip("/"), entry.name)
@@ -113,6 +132,9 @@ def shard_units(url: str, manifest: Manifest) -> list[UnitResult]:
     """``shard_refs`` with each unit's segments: what the build job plans over, every segment at once."""
     with fsspec.open(posixpath.join(url, "index.parquet"), "rb") as f:
         index = parquet_file(f).read(columns=list(COLUMNS))
+    ranges = ShardRanges()               # from the table already read, not from a second read of the file
+    for batch in index.to_batches():
+        ranges.add(batch)
     return [UnitResult(unit=r.unit, uri=r.uri, file_sha256=r.source_sha256, part=r.part,
                        segments=index_segments(index.slice(r.index_start, r.index_stop - r.index_start)))
-            for r in shard_refs(url, manifest)]
+            for r in _refs(url, manifest, ranges.found)]
